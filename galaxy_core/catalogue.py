@@ -1,0 +1,258 @@
+"""Galaxy Zoo tables (GZ1 table 2, GZ2 Hart et al. 2016, or our own) -> one canonical frame.
+
+Canonical columns: ``id, ra, dec, frac_smooth, frac_features, frac_artifact, label`` and, when
+images are known, ``image`` (a path relative to the dataset folder).  The vote fractions are kept
+so training can use them as soft labels, not only the thresholded class.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from .atomic import atomic_path
+from .config import CLASSES, GalaxyError
+
+CatalogueFormat = Literal["auto", "gz1", "gz2", "canonical"]
+
+CANONICAL_COLUMNS = ["id", "ra", "dec", "frac_smooth", "frac_features", "frac_artifact", "label"]
+GZ1_COLUMNS = ["OBJID", "RA", "DEC", "P_EL_DEBIASED", "P_CS_DEBIASED", "P_DK",
+               "SPIRAL", "ELLIPTICAL", "UNCERTAIN"]
+GZ2_PREFIX = "t01_smooth_or_features_"
+GZ2_COLUMNS = ["ra", "dec", GZ2_PREFIX + "a01_smooth_debiased",
+               GZ2_PREFIX + "a02_features_or_disk_debiased",
+               GZ2_PREFIX + "a03_star_or_artifact_debiased"]
+LABEL_THRESHOLD = 0.8
+MAX_CATALOGUE_BYTES = 2 * 1024**3
+
+
+class CatalogueError(GalaxyError):
+    """The catalogue cannot be read or is inconsistent."""
+
+
+def label_from_fractions(frac_smooth: np.ndarray, frac_features: np.ndarray) -> np.ndarray:
+    """The Galaxy Zoo rule: a class needs more than 80% of the debiased vote."""
+    smooth = np.asarray(frac_smooth, dtype=float)
+    features = np.asarray(frac_features, dtype=float)
+    labels = np.full(smooth.shape, "Uncertain", dtype=object)
+    labels[features > LABEL_THRESHOLD] = "Spiral"
+    labels[smooth > LABEL_THRESHOLD] = "Elliptical"
+    return labels
+
+
+def parse_sexagesimal(values: pd.Series, *, hours: bool, column: str) -> np.ndarray:
+    """'HH:MM:SS.ss' (RA, hours) or '+DD:MM:SS.s' (Dec, degrees) -> decimal degrees."""
+    text = values.astype(str).str.strip()
+    parts = text.str.extract(r"^([+-]?)(\d{1,3})[:\s](\d{1,2})[:\s](\d{1,2}(?:\.\d*)?)$")
+    bad = parts[1].isna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise CatalogueError(
+            f"line {row + 2}, column {column}: cannot read {values.iloc[row]!r} as "
+            f"{'HH:MM:SS' if hours else '±DD:MM:SS'}")
+    whole = parts[1].astype(float) + parts[2].astype(float) / 60 + parts[3].astype(float) / 3600
+    sign = np.where(parts[0] == "-", -1.0, 1.0)
+    return (whole * (15.0 if hours else 1.0) * sign).to_numpy(dtype=float)
+
+
+def _require_columns(frame: pd.DataFrame, columns: list[str], fmt: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise CatalogueError(f"{fmt} catalogue is missing column(s): {', '.join(missing)}")
+
+
+def _numeric(frame: pd.DataFrame, column: str) -> np.ndarray:
+    values = pd.to_numeric(frame[column], errors="coerce")
+    bad = values.isna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raw = frame[column].iloc[row]
+        what = "is empty" if pd.isna(raw) or str(raw).strip() == "" else f"is not a number ({raw!r})"
+        raise CatalogueError(f"line {row + 2}, column {column}: value {what}")
+    return values.to_numpy(dtype=float)
+
+
+def _from_gz1(frame: pd.DataFrame) -> pd.DataFrame:
+    _require_columns(frame, GZ1_COLUMNS, "GZ1")
+    flags = np.stack([_numeric(frame, c) for c in ("SPIRAL", "ELLIPTICAL", "UNCERTAIN")], axis=1)
+    bad = (flags.sum(axis=1) != 1) | ~np.isin(flags, (0, 1)).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise CatalogueError(
+            f"line {row + 2}: exactly one of SPIRAL, ELLIPTICAL, UNCERTAIN must be 1, "
+            f"got {flags[row].astype(int).tolist()}")
+    for column in ("RA", "DEC"):
+        empty = frame[column].isna()
+        if empty.any():
+            raise CatalogueError(f"line {int(np.flatnonzero(empty)[0]) + 2}, column {column}: value is empty")
+    return pd.DataFrame({
+        "id": frame["OBJID"].astype(str).str.strip(),
+        "ra": parse_sexagesimal(frame["RA"], hours=True, column="RA"),
+        "dec": parse_sexagesimal(frame["DEC"], hours=False, column="DEC"),
+        "frac_smooth": _numeric(frame, "P_EL_DEBIASED"),
+        "frac_features": _numeric(frame, "P_CS_DEBIASED"),
+        "frac_artifact": _numeric(frame, "P_DK"),
+        "label": np.asarray(CLASSES, dtype=object)[flags.argmax(axis=1)],
+    })
+
+
+def _gz2_ids(frame: pd.DataFrame, ra: np.ndarray, dec: np.ndarray) -> pd.Series:
+    for column in ("dr7objid", "objid", "OBJID"):
+        if column in frame.columns:
+            return frame[column].astype(str).str.strip()
+    if "image" in frame.columns:
+        return frame["image"].astype(str).map(lambda p: Path(p).stem)
+    return pd.Series([f"gz2_{r:.5f}_{d:+.5f}" for r, d in zip(ra, dec)])
+
+
+def _from_gz2(frame: pd.DataFrame) -> pd.DataFrame:
+    _require_columns(frame, GZ2_COLUMNS, "GZ2")
+    ra, dec = _numeric(frame, "ra"), _numeric(frame, "dec")
+    smooth = _numeric(frame, GZ2_PREFIX + "a01_smooth_debiased")
+    features = _numeric(frame, GZ2_PREFIX + "a02_features_or_disk_debiased")
+    out = pd.DataFrame({
+        "id": _gz2_ids(frame, ra, dec).to_numpy(),
+        "ra": ra, "dec": dec,
+        "frac_smooth": smooth, "frac_features": features,
+        "frac_artifact": _numeric(frame, GZ2_PREFIX + "a03_star_or_artifact_debiased"),
+        "label": label_from_fractions(smooth, features),
+    })
+    if "image" in frame.columns:
+        out["image"] = frame["image"].astype(str).to_numpy()
+    return out
+
+
+def _from_canonical(frame: pd.DataFrame) -> pd.DataFrame:
+    _require_columns(frame, CANONICAL_COLUMNS, "canonical")
+    out = pd.DataFrame({"id": frame["id"].astype(str).str.strip()})
+    for column in CANONICAL_COLUMNS[1:-1]:
+        out[column] = _numeric(frame, column)
+    labels = frame["label"].astype(str).str.strip()
+    bad = ~labels.isin(CLASSES)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise CatalogueError(f"line {row + 2}, column label: {labels.iloc[row]!r} is not one of "
+                             f"{', '.join(CLASSES)}")
+    out["label"] = labels.to_numpy()
+    if "image" in frame.columns:
+        out["image"] = frame["image"].astype(str).to_numpy()
+    return out
+
+
+def detect_format(columns: list[str]) -> CatalogueFormat:
+    cols = set(columns)
+    if {"OBJID", "SPIRAL", "ELLIPTICAL", "UNCERTAIN"} <= cols:
+        return "gz1"
+    if any(c.startswith(GZ2_PREFIX) for c in cols):
+        return "gz2"
+    if {"id", "label"} <= cols:
+        return "canonical"
+    raise CatalogueError(
+        "cannot tell the catalogue format: expected Galaxy Zoo 1 table 2 columns (OBJID, RA, DEC, "
+        "SPIRAL, ELLIPTICAL, UNCERTAIN, ...) or Galaxy Zoo 2 columns (ra, dec, "
+        f"{GZ2_PREFIX}..._debiased); found {', '.join(sorted(cols)[:8]) or 'no columns'}")
+
+
+def validate_canonical(frame: pd.DataFrame) -> pd.DataFrame:
+    """Coordinates in range, fractions in [0, 1], unique ids; raises naming the first bad row."""
+    if frame.empty:
+        raise CatalogueError("the catalogue has no rows")
+    checks = [
+        ("ra", (frame["ra"] < 0) | (frame["ra"] >= 360), "RA must be in [0, 360) degrees"),
+        ("dec", (frame["dec"] < -90) | (frame["dec"] > 90), "Dec must be in [-90, 90] degrees"),
+    ]
+    for column in ("frac_smooth", "frac_features", "frac_artifact"):
+        checks.append((column, (frame[column] < 0) | (frame[column] > 1), "must be in [0, 1]"))
+    for column, bad, why in checks:
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise CatalogueError(f"line {row + 2}, column {column}: {frame[column].iloc[row]} - {why}")
+    empty_id = frame["id"].isin(["", "nan", "None"])
+    if empty_id.any():
+        raise CatalogueError(f"line {int(np.flatnonzero(empty_id.to_numpy())[0]) + 2}: empty galaxy id")
+    dup = frame["id"].duplicated(keep="first")
+    if dup.any():
+        row = int(np.flatnonzero(dup.to_numpy())[0])
+        first = int(np.flatnonzero((frame["id"] == frame["id"].iloc[row]).to_numpy())[0])
+        raise CatalogueError(f"line {row + 2}: duplicate galaxy id {frame['id'].iloc[row]!r} "
+                             f"(first seen on line {first + 2})")
+    return frame.reset_index(drop=True)
+
+
+def _read_bytes_table(raw: bytes, source: str) -> pd.DataFrame:
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise CatalogueError(f"{source}: corrupt gzip file ({exc})") from None
+    head = raw[:512].lstrip().lower()
+    if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<")):
+        raise CatalogueError(f"{source}: the answer is HTML/XML, not a CSV catalogue")
+    if b"\x00" in raw[:4096]:
+        raise CatalogueError(f"{source}: binary data, not a CSV catalogue")
+    if not raw.strip():
+        raise CatalogueError(f"{source}: the catalogue is empty")
+    try:
+        return pd.read_csv(io.BytesIO(raw), skipinitialspace=True, dtype=str,
+                           keep_default_na=False, na_values=[""], skip_blank_lines=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise CatalogueError(f"{source}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+
+
+def fetch_bytes(url: str, *, timeout_s: float = 60.0, max_bytes: int = MAX_CATALOGUE_BYTES) -> bytes:
+    """GET a catalogue over http(s), refusing error statuses and oversized answers."""
+    import requests
+
+    try:
+        with requests.get(url, stream=True, timeout=timeout_s) as response:
+            if response.status_code != 200:
+                raise CatalogueError(f"{url}: server answered HTTP {response.status_code}")
+            chunks, size = [], 0
+            for chunk in response.iter_content(1 << 20):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise CatalogueError(f"{url}: catalogue larger than {max_bytes} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except requests.RequestException as exc:
+        raise CatalogueError(f"{url}: download failed ({exc.__class__.__name__}: {exc})") from None
+
+
+def read_catalogue(source: str | os.PathLike[str], fmt: CatalogueFormat = "auto") -> pd.DataFrame:
+    """Read a GZ1, GZ2 or canonical catalogue from a path or URL into the canonical frame."""
+    text = str(source)
+    if text.startswith(("http://", "https://")):
+        raw = fetch_bytes(text)
+    else:
+        path = Path(text)
+        if not path.is_file():
+            raise CatalogueError(f"catalogue file not found: {path}")
+        raw = path.read_bytes()
+    frame = _read_bytes_table(raw, text)
+    frame.columns = [str(c).strip() for c in frame.columns]
+    empty = frame.isna().all(axis=1).to_numpy()
+    if empty.any():
+        raise CatalogueError(f"{text}: line {int(np.flatnonzero(empty)[0]) + 2} is empty")
+    if fmt == "auto":
+        fmt = detect_format(list(frame.columns))
+    readers = {"gz1": _from_gz1, "gz2": _from_gz2, "canonical": _from_canonical}
+    if fmt not in readers:
+        raise CatalogueError(f"unknown catalogue format {fmt!r}: use gz1, gz2 or auto")
+    return validate_canonical(readers[fmt](frame))
+
+
+def write_catalogue(frame: pd.DataFrame, path: Path) -> None:
+    """Write atomically, so a crash never leaves a half catalogue behind."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def class_counts(labels: pd.Series | np.ndarray) -> dict[str, int]:
+    series = pd.Series(np.asarray(labels))
+    return {name: int((series == name).sum()) for name in CLASSES}

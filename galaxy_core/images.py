@@ -1,0 +1,125 @@
+"""Safe image decoding: any mode or size in, 8-bit RGB out, hostile files refused before decoding."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from .config import GalaxyError
+
+ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
+DEFAULT_MAX_PIXELS = 50_000_000
+MAX_FILE_BYTES = 64 * 1024**2
+
+
+class ImageLoadError(GalaxyError):
+    """The file is not an image we can read safely."""
+
+
+def _open(source: ImageSource) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise ImageLoadError("empty file")
+        return Image.open(io.BytesIO(source))
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise ImageLoadError("file not found")
+        size = path.stat().st_size
+        if size == 0:
+            raise ImageLoadError("empty file")
+        if size > MAX_FILE_BYTES:
+            raise ImageLoadError(f"file is {size / 1024**2:.0f} MB, larger than the "
+                                 f"{MAX_FILE_BYTES // 1024**2} MB limit")
+        return Image.open(io.BytesIO(path.read_bytes()))
+    data = source.read(MAX_FILE_BYTES + 1)
+    if not data:
+        raise ImageLoadError("empty file")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageLoadError(f"file is larger than the {MAX_FILE_BYTES // 1024**2} MB limit")
+    return Image.open(io.BytesIO(data))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB; 16-bit and float images are rescaled, not clipped."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = np.zeros_like(array) if high <= low else (array - low) / (high - low) * 255.0
+        return Image.fromarray(np.round(scaled).astype(np.uint8), "L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode one image as RGB; raises ImageLoadError with a one-line reason for bad input.
+
+    The pixel count is checked from the header, before any pixel data is decoded, so a tiny
+    file that claims to be 20000x20000 never allocates gigabytes.
+    """
+    try:
+        image = _open(source)
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise ImageLoadError(f"image has no pixels ({width}x{height})")
+        if width * height > max_pixels:
+            raise ImageLoadError(f"image is {width}x{height} pixels, more than the "
+                                 f"{max_pixels:,} pixel limit (possible decompression bomb)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            previous = ImageFile.LOAD_TRUNCATED_IMAGES
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+            try:
+                image.load()
+            finally:
+                ImageFile.LOAD_TRUNCATED_IMAGES = previous
+        return _to_rgb(image)
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageLoadError("not an image file (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(f"refused as a possible decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        reason = str(exc) or exc.__class__.__name__
+        if "truncated" in reason.lower() or isinstance(exc, EOFError):
+            raise ImageLoadError(f"truncated or corrupt image ({reason})") from None
+        raise ImageLoadError(f"cannot decode image ({reason})") from None
+    except MemoryError:
+        raise ImageLoadError("image too large to decode in memory") from None
+
+
+def check_jpeg(data: bytes) -> None:
+    """Raise ImageLoadError unless ``data`` is a complete, decodable JPEG."""
+    if not data.startswith(b"\xff\xd8"):
+        head = data[:64].lstrip().lower()
+        kind = "HTML" if head.startswith((b"<", b"<!doctype")) else "not JPEG"
+        raise ImageLoadError(f"answer is {kind} ({len(data)} bytes), not a JPEG")
+    if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        raise ImageLoadError(f"JPEG is truncated ({len(data)} bytes, no end marker)")
+    load_image(data)
+
+
+def resize_square(image: Image.Image, size: int) -> np.ndarray:
+    """Centre-crop to a square and resize to ``size`` x ``size``; returns uint8 HxWx3."""
+    width, height = image.size
+    side = min(width, height)
+    if width != height:
+        left, top = (width - side) // 2, (height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    if side != size:
+        image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+    return np.asarray(image, dtype=np.uint8)

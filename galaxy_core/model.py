@@ -1,0 +1,84 @@
+"""The networks: a compact ResNet sized for 64-px galaxy cutouts, and a plain CNN baseline."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ConfigError
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual shortcut (He et al. 2016)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                          nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class GalaxyResNet(nn.Module):
+    """Stem at half resolution, four stages doubling width, global average pooling.
+
+    ``features`` is the last convolutional stage, which Grad-CAM reads for saliency maps.
+    """
+
+    def __init__(self, num_classes: int = 3, width: int = 32, depth: int = 2, dropout: float = 0.2):
+        super().__init__()
+        widths = [width, width * 2, width * 4, width * 8]
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1, bias=False),
+                                  nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        layers, c_in = [], width
+        for i, c_out in enumerate(widths):
+            for j in range(depth):
+                layers.append(BasicBlock(c_in, c_out, 2 if (j == 0 and i > 0) else 1))
+                c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                                  nn.Linear(c_in, num_classes))
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        for block in self.features:
+            nn.init.zeros_(block.bn2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(self.stem(x)))
+
+
+class PlainCNN(nn.Module):
+    """The baseline: four conv-pool blocks and a linear head, as in the original project."""
+
+    def __init__(self, num_classes: int = 3, width: int = 32, depth: int = 1, dropout: float = 0.3):
+        super().__init__()
+        blocks, c_in = [], 3
+        for i in range(4):
+            c_out = width * 2 ** min(i, 2)
+            blocks += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            c_in = c_out
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
+                                  nn.Linear(c_in, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+ARCHITECTURES = {"resnet_small": GalaxyResNet, "plain_cnn": PlainCNN}
+
+
+def build_model(arch: str, num_classes: int = 3, width: int = 32, depth: int = 2) -> nn.Module:
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {arch!r}: choose from {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[arch](num_classes=num_classes, width=width, depth=depth)

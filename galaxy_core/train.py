@@ -1,0 +1,466 @@
+"""The training loop: seeded, resumable, data-parallel under torchrun, with progress callbacks.
+
+Shape follows torchvision's reference script: ``train_one_epoch``, ``evaluate_split``, ``train``.
+Every epoch draws its shuffling and augmentation from ``seed`` and the epoch number alone, and a
+checkpoint is written at each epoch end, so a stopped run resumes to the same result.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import platform
+import queue
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .atomic import atomic_path
+from .bundle import save_bundle
+from .config import CLASSES, ConfigError, GalaxyError, TrainConfig
+from .dataset import Balanced, PackedDataset, Split, balance, split_dataset
+from .inference import logits_for, predict_probs, prepare_batch, symmetry_agreement
+from .metrics import classification_metrics, misclassified
+from .model import build_model
+from .normalise import (ChannelStats, InputGeometry, compute_channel_stats, crop_and_resize,
+                        dihedral_per_sample, normalise)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOCK_NAME = ".train.lock"
+SPLIT_NAME = "split.json"
+# Settings that may change between a run and its resumption without changing the result.
+RESUMABLE_KEYS = {"data_dir", "out_dir", "cache_dir", "num_threads", "device"}
+
+
+class TrainingBusyError(GalaxyError):
+    """Another training job is already writing to this output folder."""
+
+
+@dataclass
+class TrainProgress:
+    """One event for the CLI's progress bar or the app's live charts."""
+
+    phase: str
+    epoch: int = 0
+    epochs: int = 0
+    batch: int = 0
+    batches: int = 0
+    loss: float | None = None
+    accuracy: float | None = None
+    elapsed_s: float = 0.0
+    eta_s: float | None = None
+    message: str = ""
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    stopped: bool
+    epochs_done: int
+    history: list[dict]
+    metrics: dict | None
+    counts_before: dict[str, int]
+    counts_after: dict[str, int]
+    split_sizes: dict[str, int]
+
+
+@dataclass
+class Distributed:
+    world: int = 1
+    rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def sum(self, values: list[float], device: torch.device) -> list[float]:
+        if self.world == 1:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda was asked for but no CUDA GPU is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return torch.device(name)
+
+
+def setup_distributed(device: torch.device) -> Distributed:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(world=dist.get_world_size(), rank=dist.get_rank())
+
+
+@contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """An exclusive OS lock on the output folder: one training job per folder, however started."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(out_dir / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise TrainingBusyError(f"another training job is already writing to {out_dir}") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
+    if smoothing:
+        targets = targets * (1 - smoothing) + smoothing / targets.shape[1]
+    return -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+@dataclass
+class BatchSource:
+    """Training views (row, quarter turns) and how to turn them into network input."""
+
+    dataset: PackedDataset
+    views: Balanced
+    stats: ChannelStats
+    geometry: InputGeometry
+    config: TrainConfig
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.views.rows) / self.config.batch_size)
+
+    def batches(self, epoch: int, dist_info: Distributed) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Global batches are the same for any world size; each rank takes every world-th item."""
+        gen = epoch_generator(self.config.seed, epoch)
+        n, size = len(self.views.rows), self.config.batch_size
+        perm = torch.randperm(n, generator=gen).numpy()
+        steps = self.steps_per_epoch()
+        perm = np.resize(perm, steps * size)
+        flips = torch.randint(0, 8, (steps * size,), generator=gen)
+        for step in range(steps):
+            chunk = np.arange(step * size, (step + 1) * size)[dist_info.rank::dist_info.world]
+            picked = perm[chunk]
+            rows = self.views.rows[picked]
+            images = torch.from_numpy(self.dataset.images(rows))
+            quarter = torch.from_numpy(self.views.rotations[picked])
+            images = dihedral_per_sample(images.permute(0, 3, 1, 2), quarter).permute(0, 2, 3, 1)
+            x = crop_and_resize(images, self.geometry)
+            if self.config.augment:
+                x = dihedral_per_sample(x, flips[chunk])
+            x = normalise(x, self.stats).contiguous(memory_format=torch.channels_last)
+            targets = torch.from_numpy(self.dataset.targets(rows, self.config.soft_labels))
+            yield x, targets
+
+
+def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
+    """Prepare the next batches in a thread while the current one trains."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in iterator:
+                if stop.is_set():
+                    return
+                slots.put(item)
+            slots.put(done)
+        except BaseException as exc:  # surfaced in the consumer
+            slots.put(exc)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+def train_one_epoch(model: nn.Module, source: BatchSource, optimiser: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, device: torch.device,
+                    dist_info: Distributed, on_batch: Callable[[int, int, float, float], None],
+                    stop: threading.Event | None) -> tuple[float, float, bool]:
+    """One pass over the training views; returns (loss, accuracy, stopped)."""
+    model.train()
+    torch.manual_seed(source.config.seed * 100_003 + epoch)
+    loss_sum = correct = seen = 0.0
+    steps = source.steps_per_epoch()
+    for step, (x, targets) in enumerate(prefetch(source.batches(epoch, dist_info))):
+        if stop is not None and stop.is_set():
+            return loss_sum / max(seen, 1), correct / max(seen, 1), True
+        x, targets = x.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        logits = model(x)
+        loss = soft_cross_entropy(logits, targets, source.config.label_smoothing)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        scheduler.step()
+        n = x.shape[0]
+        loss_sum += float(loss) * n
+        correct += float((logits.argmax(1) == targets.argmax(1)).sum())
+        seen += n
+        on_batch(step + 1, steps, loss_sum / seen, correct / seen)
+    loss_sum, correct, seen = dist_info.sum([loss_sum, correct, seen], device)
+    return loss_sum / max(seen, 1), correct / max(seen, 1), False
+
+
+def evaluate_split(model: nn.Module, dataset: PackedDataset, rows: np.ndarray, stats: ChannelStats,
+                   geometry: InputGeometry, device: torch.device, dist_info: Distributed,
+                   tta: bool = False, batch_size: int = 256) -> tuple[float, float]:
+    """Loss and accuracy on un-augmented galaxies (hard labels), reduced across processes."""
+    model.eval()
+    mine = rows[dist_info.rank::dist_info.world]
+    probs = predict_probs(model, dataset.images(mine), stats, geometry, tta=tta, batch_size=batch_size)
+    labels = dataset.labels[mine]
+    nll = float(-np.log(np.clip(probs[np.arange(len(mine)), labels], 1e-12, 1)).sum()) if len(mine) else 0.0
+    correct = float((probs.argmax(1) == labels).sum()) if len(mine) else 0.0
+    nll, correct, n = dist_info.sum([nll, correct, float(len(mine))], device)
+    return nll / max(n, 1), correct / max(n, 1)
+
+
+def fit_temperature(model: nn.Module, images: np.ndarray, labels: np.ndarray, stats: ChannelStats,
+                    geometry: InputGeometry, tta: bool) -> float:
+    """Temperature scaling (Guo et al. 2017) on validation galaxies: one scalar, accuracy unchanged."""
+    device = next(model.parameters()).device
+    logp = []
+    for start in range(0, len(images), 256):
+        x = prepare_batch(images[start:start + 256], stats, geometry, device)
+        logp.append(logits_for(model, x, tta).cpu())
+    logits = torch.cat(logp).double()
+    target = torch.as_tensor(labels)
+    grid = np.exp(np.linspace(np.log(0.3), np.log(5.0), 121))
+    losses = [float(F.cross_entropy(logits / t, target)) for t in grid]
+    return float(grid[int(np.argmin(losses))])
+
+
+def comparable(config_dict: dict) -> dict:
+    return {k: v for k, v in config_dict.items() if k not in RESUMABLE_KEYS}
+
+
+def load_checkpoint(path: Path, config: TrainConfig) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a corrupt or hostile file is refused, never executed
+        raise GalaxyError(f"checkpoint {path} cannot be loaded safely ({exc.__class__.__name__}); "
+                          "delete it or use --restart") from None
+    if comparable(state["config"]) != comparable(config.to_dict()):
+        changed = sorted(k for k, v in comparable(config.to_dict()).items() if state["config"].get(k) != v)
+        raise ConfigError(f"{path.parent} holds a checkpoint trained with different settings "
+                          f"({', '.join(changed)}); use a new --out folder or --restart")
+    return state
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def prepare_data(config: TrainConfig, dist_info: Distributed,
+                 report: Callable[[str], None]) -> tuple[PackedDataset, Split, Balanced]:
+    """Cache, split by galaxy before any augmentation, then balance the training galaxies."""
+    report("building the image cache")
+    if dist_info.main:
+        dataset = PackedDataset.open(config.data_dir, cache_root=config.cache_dir)
+    dist_info.barrier()
+    if not dist_info.main:
+        dataset = PackedDataset.open(config.data_dir, cache_root=config.cache_dir)
+    rows = np.arange(len(dataset))
+    if config.max_galaxies is not None and config.max_galaxies < len(rows):
+        rows = np.sort(np.random.default_rng(config.seed).choice(rows, config.max_galaxies, replace=False))
+    local = split_dataset(dataset.ids[rows], dataset.labels[rows], config.dataset)
+    split = Split(rows[local.train], rows[local.val], rows[local.test])
+    if len(split.val) == 0 or len(split.test) == 0:
+        raise ConfigError(f"{len(rows)} galaxies are too few to hold out validation and test "
+                          "galaxies; download more")
+    if config.balance:
+        views = balance(split.train, dataset.labels, config.seed)
+    else:
+        counts = dict(zip(CLASSES, map(int, np.bincount(dataset.labels[split.train], minlength=3))))
+        missing = [c for c, n in counts.items() if n == 0]
+        if missing:
+            raise ConfigError(f"class(es) {', '.join(missing)} have no training examples")
+        views = Balanced(split.train, np.zeros(len(split.train), np.int64), counts, counts)
+    if config.batch_size > len(views.rows):
+        raise ConfigError(f"batch size {config.batch_size} is larger than the {len(views.rows)} "
+                          "training views; lower it or use more galaxies")
+    if config.batch_size < 2 * dist_info.world:
+        raise ConfigError(f"batch size {config.batch_size} is too small for {dist_info.world} processes")
+    return dataset, split, views
+
+
+def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None = None,
+          stop: threading.Event | None = None, command: str | None = None) -> TrainResult:
+    """Train, checkpoint every epoch, evaluate on the test galaxies and save a model bundle."""
+    config.validate()
+    device = pick_device(config.device)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    dist_info = setup_distributed(device)
+    out_dir = Path(config.out_dir)
+    emit = progress if (progress is not None and dist_info.main) else (lambda event: None)
+    start = time.monotonic()
+
+    def report(message: str) -> None:
+        emit(TrainProgress("prepare", epochs=config.epochs, message=message,
+                           elapsed_s=time.monotonic() - start))
+
+    lock = output_lock(out_dir) if dist_info.main else _no_lock()
+    with lock:
+        dataset, split, views = prepare_data(config, dist_info, report)
+        geometry = InputGeometry(source_size=dataset.image_size, crop=config.crop, size=config.image_size)
+        report("computing channel statistics")
+        stats = compute_channel_stats(
+            crop_and_resize(torch.from_numpy(dataset.images(split.train[i:i + 512])), geometry)
+            for i in range(0, len(split.train), 512))
+        torch.manual_seed(config.seed)
+        model = build_model(config.arch, len(CLASSES), config.width, config.depth).to(device)
+        model = model.to(memory_format=torch.channels_last)
+        source = BatchSource(dataset, views, stats, geometry, config)
+        optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimiser, max_lr=config.lr, total_steps=config.epochs * source.steps_per_epoch(),
+            pct_start=0.25)
+        history: list[dict] = []
+        start_epoch = 0
+        checkpoint = load_checkpoint(out_dir / CHECKPOINT_NAME, config)
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint["model"])
+            optimiser.load_state_dict(checkpoint["optimiser"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+            history, start_epoch = checkpoint["history"], checkpoint["epoch"]
+            report(f"resuming from epoch {start_epoch}")
+        net = model
+        if dist_info.world > 1:
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        steps = source.steps_per_epoch()
+        total_steps = config.epochs * steps
+        run_start, run_steps = time.monotonic(), 0
+
+        for epoch in range(start_epoch, config.epochs):
+            epoch_start = time.monotonic()
+
+            def on_batch(batch: int, batches: int, loss: float, acc: float) -> None:
+                nonlocal run_steps
+                run_steps += 1
+                per_step = (time.monotonic() - run_start) / run_steps
+                remaining = total_steps - (epoch * steps + batch)
+                emit(TrainProgress("train", epoch + 1, config.epochs, batch, batches, loss, acc,
+                                   time.monotonic() - start, per_step * remaining, history=history))
+
+            loss, acc, stopped = train_one_epoch(net, source, optimiser, scheduler, epoch, device,
+                                                 dist_info, on_batch, stop)
+            if stopped:
+                emit(TrainProgress("stopped", epoch, config.epochs, elapsed_s=time.monotonic() - start,
+                                   message=f"stopped; resumes from epoch {epoch}", history=history))
+                return TrainResult(out_dir, True, epoch, history, None, views.counts_before,
+                                   views.counts_after, split.sizes())
+            val_loss, val_acc = evaluate_split(model, dataset, split.val, stats, geometry, device, dist_info)
+            history.append({"epoch": epoch + 1, "train_loss": loss, "train_accuracy": acc,
+                            "val_loss": val_loss, "val_accuracy": val_acc,
+                            "lr": scheduler.get_last_lr()[0],
+                            "seconds": time.monotonic() - epoch_start})
+            if dist_info.main:
+                save_checkpoint(out_dir / CHECKPOINT_NAME, {
+                    "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
+                    "config": config.to_dict(), "history": history})
+            emit(TrainProgress("epoch", epoch + 1, config.epochs, steps, steps, loss, acc,
+                               time.monotonic() - start, history=list(history),
+                               message=f"val accuracy {val_acc:.3f}"))
+            dist_info.barrier()
+
+        metrics = None
+        if dist_info.main:
+            report("evaluating on the test galaxies")
+            metrics = finish_bundle(model, dataset, split, views, stats, geometry, config, history,
+                                    time.monotonic() - start, command, dist_info.world)
+            emit(TrainProgress("done", config.epochs, config.epochs, elapsed_s=time.monotonic() - start,
+                               history=history, message=f"test accuracy {metrics['accuracy']:.3f}"))
+        dist_info.barrier()
+    return TrainResult(out_dir, False, config.epochs, history, metrics, views.counts_before,
+                       views.counts_after, split.sizes())
+
+
+@contextmanager
+def _no_lock() -> Iterator[None]:
+    yield
+
+
+def finish_bundle(model: nn.Module, dataset: PackedDataset, split: Split, views: Balanced,
+                  stats: ChannelStats, geometry: InputGeometry, config: TrainConfig,
+                  history: list[dict], seconds: float, command: str | None, world: int) -> dict:
+    """Calibrate on validation galaxies, measure on test galaxies, write weights + card."""
+    model.eval()
+    temperature = fit_temperature(model, dataset.images(split.val), dataset.labels[split.val],
+                                  stats, geometry, config.tta)
+    test_images = dataset.images(split.test)
+    probs = predict_probs(model, test_images, stats, geometry, tta=config.tta, temperature=temperature)
+    labels = dataset.labels[split.test]
+    metrics = classification_metrics(labels, probs)
+    metrics["symmetry_agreement"] = symmetry_agreement(model, test_images, stats, geometry)
+    metrics["split"] = "test"
+    ids = dataset.ids
+    card = {
+        "classes": list(CLASSES), "arch": config.arch, "width": config.width, "depth": config.depth,
+        "input": {"source_size": geometry.source_size, "crop": geometry.crop, "size": geometry.size},
+        "normalisation": stats.to_dict(), "tta": config.tta, "temperature": temperature,
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "training_seconds": round(seconds, 1),
+        "command": command, "seed": config.seed, "config": config.to_dict(),
+        "machine": {"device": str(next(model.parameters()).device), "processes": world,
+                    "threads": torch.get_num_threads(), "platform": platform.platform(),
+                    "torch": torch.__version__},
+        "data": {"galaxies": len(split.train) + len(split.val) + len(split.test),
+                 "cache": dataset.meta["key"], "split": split.sizes(),
+                 "train_before_balancing": views.counts_before,
+                 "train_after_balancing": views.counts_after},
+        "metrics": {k: v for k, v in metrics.items() if k != "reliability"},
+        "history": history,
+    }
+    evaluation = {"metrics": metrics,
+                  "split_ids": {name: ids[getattr(split, name)].tolist() for name in ("train", "val", "test")},
+                  "misclassified": misclassified(ids[split.test], dataset.index["image"].to_numpy()[split.test],
+                                                 labels, probs)}
+    save_bundle(Path(config.out_dir), model, card, evaluation)
+    return metrics
