@@ -6,6 +6,7 @@ interrupted write leaves the previous version untouched.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from contextlib import contextmanager
@@ -36,3 +37,39 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 def write_text_atomic(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def remove_stale_parts(folder: Path) -> int:
+    """Delete the temporary files of writers that were killed before they could clean up.
+
+    Call it only while holding the folder's lock: a live writer's temporary file would vanish.
+    """
+    removed = 0
+    for path in Path(folder).glob(".*.part"):
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+@contextmanager
+def exclusive_lock(lock_file: Path, busy: Exception) -> Iterator[None]:
+    """Hold an OS lock (flock) for the block, or raise ``busy`` at once if another holder has it.
+
+    The kernel drops the lock when its holder exits, even by SIGKILL, so no stale lock survives.
+    """
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_file, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise busy from None
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()

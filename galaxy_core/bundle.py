@@ -107,14 +107,24 @@ def load_bundle(model_dir: Path, device: str | torch.device = "cpu") -> ModelBun
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"{weights} is not a valid safetensors file ({exc})") from None
-    model = build_model(card["arch"], len(card["classes"]), card.get("width", 32), card.get("depth", 2))
+    try:
+        model = build_model(card["arch"], len(card["classes"]), int(card.get("width", 32)),
+                            int(card.get("depth", 2)), int(card.get("aux_outputs", 0)))
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{model_dir / CARD_NAME} describes no buildable model ({exc})") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise BundleError(f"{weights} does not match architecture {card['arch']}: "
                           f"{str(exc).splitlines()[0]}") from None
     model.to(device).eval()
-    return ModelBundle(model.to(memory_format=torch.channels_last), card, model_dir)
+    bundle = ModelBundle(model.to(memory_format=torch.channels_last), card, model_dir)
+    try:  # read now, so a malformed card fails here with its name, not later inside a prediction
+        bundle.geometry, bundle.stats
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{model_dir / CARD_NAME} has a malformed input or normalisation entry "
+                          f"({exc.__class__.__name__}: {exc})") from None
+    return bundle
 
 
 def read_evaluation(model_dir: Path) -> dict[str, Any] | None:

@@ -7,9 +7,11 @@ so training can use them as soft labels, not only the thresholded class.
 
 from __future__ import annotations
 
-import gzip
+import csv
 import io
 import os
+import warnings
+import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +32,8 @@ GZ2_COLUMNS = ["ra", "dec", GZ2_PREFIX + "a01_smooth_debiased",
                GZ2_PREFIX + "a03_star_or_artifact_debiased"]
 LABEL_THRESHOLD = 0.8
 MAX_CATALOGUE_BYTES = 2 * 1024**3
+# The full GZ1 table 2 is about 100 MB of text; a gzip that expands beyond this is hostile.
+MAX_DECOMPRESSED_BYTES = MAX_CATALOGUE_BYTES
 
 
 class CatalogueError(GalaxyError):
@@ -56,7 +60,13 @@ def parse_sexagesimal(values: pd.Series, *, hours: bool, column: str) -> np.ndar
         raise CatalogueError(
             f"line {row + 2}, column {column}: cannot read {values.iloc[row]!r} as "
             f"{'HH:MM:SS' if hours else '±DD:MM:SS'}")
-    whole = parts[1].astype(float) + parts[2].astype(float) / 60 + parts[3].astype(float) / 3600
+    minutes, seconds = parts[2].astype(float), parts[3].astype(float)
+    over = ((minutes >= 60) | (seconds >= 60)).to_numpy()
+    if over.any():
+        row = int(np.flatnonzero(over)[0])
+        raise CatalogueError(f"line {row + 2}, column {column}: {values.iloc[row]!r} has minutes or "
+                             "seconds of 60 or more")
+    whole = parts[1].astype(float) + minutes / 60 + seconds / 3600
     sign = np.where(parts[0] == "-", -1.0, 1.0)
     return (whole * (15.0 if hours else 1.0) * sign).to_numpy(dtype=float)
 
@@ -153,10 +163,15 @@ def detect_format(columns: list[str]) -> CatalogueFormat:
         return "gz2"
     if {"id", "label"} <= cols:
         return "canonical"
+    nearest = ""
+    if "id" in cols:
+        nearest = f"; as our own format it lacks {', '.join(c for c in CANONICAL_COLUMNS if c not in cols)}"
+    elif "OBJID" in cols:
+        nearest = f"; as GZ1 it lacks {', '.join(c for c in GZ1_COLUMNS if c not in cols)}"
     raise CatalogueError(
         "cannot tell the catalogue format: expected Galaxy Zoo 1 table 2 columns (OBJID, RA, DEC, "
         "SPIRAL, ELLIPTICAL, UNCERTAIN, ...) or Galaxy Zoo 2 columns (ra, dec, "
-        f"{GZ2_PREFIX}..._debiased); found {', '.join(sorted(cols)[:8]) or 'no columns'}")
+        f"{GZ2_PREFIX}..._debiased); found {', '.join(sorted(cols)[:8]) or 'no columns'}{nearest}")
 
 
 def validate_canonical(frame: pd.DataFrame) -> pd.DataFrame:
@@ -185,12 +200,38 @@ def validate_canonical(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+def _gunzip(raw: bytes, source: str, limit: int = MAX_DECOMPRESSED_BYTES) -> bytes:
+    """Decompress every gzip member, refusing corrupt data and output beyond ``limit`` bytes."""
+    out, size = [], 0
+    try:
+        while raw:
+            inflater = zlib.decompressobj(wbits=31)
+            chunk = inflater.decompress(raw, limit + 1 - size)
+            size += len(chunk)
+            out.append(chunk)
+            if size > limit:
+                raise CatalogueError(f"{source}: gzip expands beyond {limit:,} bytes")
+            if not inflater.eof:
+                raise CatalogueError(f"{source}: corrupt gzip file (it ends before its last block)")
+            raw = inflater.unused_data.lstrip(b"\x00")
+    except zlib.error as exc:
+        raise CatalogueError(f"{source}: corrupt gzip file ({exc})") from None
+    return b"".join(out)
+
+
+def _ragged_line(raw: bytes) -> str:
+    """Name the first data line with more fields than the header (pandas only warns about it)."""
+    rows = csv.reader(io.StringIO(raw.decode("utf-8-sig", errors="replace")), skipinitialspace=True)
+    header = next(rows, [])
+    for number, row in enumerate(rows, start=2):
+        if len(row) > len(header) and any(field.strip() for field in row[len(header):]):
+            return f"line {number} has {len(row)} fields but the header has {len(header)}"
+    return "rows have more fields than the header"
+
+
 def _read_bytes_table(raw: bytes, source: str) -> pd.DataFrame:
     if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise CatalogueError(f"{source}: corrupt gzip file ({exc})") from None
+        raw = _gunzip(raw, source)
     head = raw[:512].lstrip().lower()
     if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<")):
         raise CatalogueError(f"{source}: the answer is HTML/XML, not a CSV catalogue")
@@ -199,10 +240,17 @@ def _read_bytes_table(raw: bytes, source: str) -> pd.DataFrame:
     if not raw.strip():
         raise CatalogueError(f"{source}: the catalogue is empty")
     try:
-        return pd.read_csv(io.BytesIO(raw), skipinitialspace=True, dtype=str,
-                           keep_default_na=False, na_values=[""], skip_blank_lines=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            # index_col=False: a row with an extra field must not turn the first column into an
+            # index and shift every value into the wrong column.
+            frame = pd.read_csv(io.BytesIO(raw), skipinitialspace=True, dtype=str, index_col=False,
+                                keep_default_na=False, na_values=[""], skip_blank_lines=False)
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        raise CatalogueError(f"{source}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+        raise CatalogueError(f"{source}: not a readable CSV ({str(exc).strip().splitlines()[0]})") from None
+    if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+        raise CatalogueError(f"{source}: not a consistent CSV table ({_ragged_line(raw)})")
+    return frame
 
 
 def fetch_bytes(url: str, *, timeout_s: float = 60.0, max_bytes: int = MAX_CATALOGUE_BYTES) -> bytes:
@@ -233,7 +281,10 @@ def read_catalogue(source: str | os.PathLike[str], fmt: CatalogueFormat = "auto"
         path = Path(text)
         if not path.is_file():
             raise CatalogueError(f"catalogue file not found: {path}")
-        raw = path.read_bytes()
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise CatalogueError(f"cannot read catalogue {path}: {exc.strerror or exc}") from None
     frame = _read_bytes_table(raw, text)
     frame.columns = [str(c).strip() for c in frame.columns]
     empty = frame.isna().all(axis=1).to_numpy()

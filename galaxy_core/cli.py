@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import threading
@@ -46,7 +47,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     for name, kind, text in [
         ("epochs", int, "passes over the training views"), ("batch-size", int, "images per step"),
         ("lr", float, "peak learning rate (one-cycle)"), ("weight-decay", float, "AdamW decay"),
-        ("label-smoothing", float, ""), ("image-size", int, "network input in pixels"),
+        ("label-smoothing", float, ""), ("aux-weight", float, "weight of the vote-fraction regression loss"),
+        ("image-size", int, "network input in pixels"),
         ("crop", int, "centre crop of the 128-px cutout, before resizing"),
         ("width", int, "channels of the first stage"), ("depth", int, "residual blocks per stage"),
         ("seed", int, "seeds the split, balancing and training"),
@@ -151,13 +153,14 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .train import CHECKPOINT_NAME, train
+    from .train import check_data, discard_checkpoint, train
 
     fields = {k: getattr(args, k) for k in vars(TrainConfig(Path("."), Path("."))) if hasattr(args, k)}
     config = TrainConfig(**{**fields, "data_dir": args.data, "out_dir": args.out})
     config.validate()
-    if args.restart:
-        (args.out / CHECKPOINT_NAME).unlink(missing_ok=True)
+    if args.restart and os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 owns --out
+        check_data(config)  # settings that cannot train must not cost the old checkpoint
+        discard_checkpoint(args.out)
     bar = None
 
     def progress(event) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 CLASSES: tuple[str, ...] = ("Spiral", "Elliptical", "Uncertain")
 """Class names in the order of every probability vector the package produces."""
 
+ARCHITECTURES: tuple[str, ...] = ("resnet_small", "plain_cnn")
 DEFAULT_CATALOGUE_URL = "https://data.galaxyzoo.org/galaxy-zoo-1/GalaxyZoo1_DR_table2.csv.gz"
 DEFAULT_CUTOUT_URL = "https://skyserver.sdss.org/dr16/SkyServerWS/ImgCutout/getjpeg"
 
@@ -70,8 +71,12 @@ class DownloadConfig:
             raise ConfigError(f"retries must be >= 0, got {self.retries}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be at least 1, got {self.limit}")
-        if self.max_requests_per_s is not None and self.max_requests_per_s <= 0:
+        if self.max_requests_per_s is not None and not self.max_requests_per_s > 0:
             raise ConfigError(f"--max-rate must be positive, got {self.max_requests_per_s}")
+        if not 0 < self.timeout_s <= 3600:
+            raise ConfigError(f"--timeout must be between 0 and 3600 seconds, got {self.timeout_s}")
+        if not 0 <= self.backoff_s <= 600:
+            raise ConfigError(f"backoff must be between 0 and 600 seconds, got {self.backoff_s}")
         if not self.cutout_url.startswith(("http://", "https://")):
             raise ConfigError(f"--cutout-url must be an http(s) URL, got {self.cutout_url!r}")
 
@@ -102,6 +107,7 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
+    aux_weight: float = 0.0
     image_size: int = 64
     crop: int = 96
     arch: str = "resnet_small"
@@ -126,10 +132,12 @@ class TrainConfig:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
         if not 0 < self.lr <= 1:
             raise ConfigError(f"learning rate must be in (0, 1], got {self.lr}")
-        if self.weight_decay < 0:
+        if not self.weight_decay >= 0:
             raise ConfigError(f"weight decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.aux_weight <= 10:
+            raise ConfigError(f"aux weight must be in [0, 10], got {self.aux_weight}")
         if not 16 <= self.image_size <= 512:
             raise ConfigError(f"image size must be between 16 and 512, got {self.image_size}")
         if self.crop < self.image_size // 2 or self.crop < 16:
@@ -138,10 +146,16 @@ class TrainConfig:
             raise ConfigError(f"width must be at least 4, got {self.width}")
         if not 1 <= self.depth <= 8:
             raise ConfigError(f"depth must be between 1 and 8, got {self.depth}")
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(f"unknown architecture {self.arch!r}: choose from {', '.join(ARCHITECTURES)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.max_galaxies is not None and self.max_galaxies < 3:
             raise ConfigError(f"max galaxies must be at least 3, got {self.max_galaxies}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {self.num_threads}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be between 0 and 2**32 - 1, got {self.seed}")
         DatasetConfig(self.val_fraction, self.test_fraction, self.seed).validate()
 
     @property

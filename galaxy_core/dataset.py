@@ -6,16 +6,19 @@ memory stays flat however many galaxies there are, and no JPEG is ever decoded t
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -26,6 +29,7 @@ from .images import ImageLoadError, load_image, resize_square
 
 CACHE_FORMAT = 1
 DEFAULT_SHARD_SIZE = 10_000
+BUILD_LOCK_NAME = ".build.lock"
 SOFT_LABEL_TEMPERATURE = 0.04
 
 
@@ -64,10 +68,12 @@ def load_catalogue_with_images(data_dir: Path) -> pd.DataFrame:
     if "image" not in frame.columns:
         raise DatasetError(f"{data_dir}/catalogue.csv has no 'image' column: it does not describe "
                            "downloaded images")
-    root = Path(data_dir).resolve()
+    # Containment is judged where the catalogue points, not where a link there leads: a folder
+    # of symlinks to images kept on another disk is fine, a path climbing out with ../ is not.
+    root = Path(os.path.abspath(data_dir))
     present = []
     for rel in frame["image"]:
-        path = (root / rel).resolve()
+        path = Path(os.path.normpath(root / rel))
         present.append(path.is_relative_to(root) and path.is_file())
     frame = frame[np.asarray(present, dtype=bool)].reset_index(drop=True)
     if frame.empty:
@@ -92,10 +98,61 @@ def _decode(path: Path, image_size: int) -> np.ndarray | str:
         return str(exc)
 
 
+def _decode_in_order(paths: Iterable[Path], image_size: int, workers: int,
+                     window: int | None = None) -> Iterator[np.ndarray | str]:
+    """Decoded images (or failure reasons) in catalogue order, with at most ``window`` decoded or
+    in flight at once, so memory stays flat however far writing lags behind decoding."""
+    window = window or 16 * workers
+    pending: deque[Future] = deque()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        try:
+            for path in paths:
+                pending.append(pool.submit(_decode, path, image_size))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+@contextmanager
+def _build_lock(cache_root: Path) -> Iterator[None]:
+    """One builder per cache folder at a time: the processes of a torchrun job (or the CLI beside
+    the app) wait for the first to finish, then find its cache and reuse it.
+
+    A folder where no lock can be taken (read-only, or a file system without locks) is used
+    unlocked: builds there are still safe, as a finished cache is renamed into place whole."""
+    try:
+        cache_root.mkdir(parents=True, exist_ok=True)
+        handle = open(cache_root / BUILD_LOCK_NAME, "a+")
+    except OSError:
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+
+
 def build_cache(data_dir: Path, *, image_size: int = 128, shard_size: int = DEFAULT_SHARD_SIZE,
                 workers: int | None = None, cache_root: Path | None = None,
                 progress: Callable[[BuildProgress], None] | None = None) -> BuildReport:
-    """Decode every image once into shards under ``cache_root``; reuse a cache with the same key."""
+    """Decode every image once into shards under ``cache_root``; reuse a cache with the same key.
+
+    Concurrent callers take turns, so N processes starting together decode the images once.
+    """
+    cache_root = Path(cache_root) if cache_root is not None else default_cache_root()
+    with _build_lock(cache_root):
+        return _build_cache(data_dir, image_size=image_size, shard_size=shard_size, workers=workers,
+                            cache_root=cache_root, progress=progress)
+
+
+def _build_cache(data_dir: Path, *, image_size: int, shard_size: int, workers: int | None,
+                 cache_root: Path, progress: Callable[[BuildProgress], None] | None) -> BuildReport:
     data_dir = Path(data_dir)
     cache_root = Path(cache_root) if cache_root is not None else default_cache_root()
     frame = load_catalogue_with_images(data_dir)
@@ -114,9 +171,10 @@ def build_cache(data_dir: Path, *, image_size: int = 128, shard_size: int = DEFA
     keep: list[int] = []
     try:
         shard, shard_fill, shard_no, shards = None, 0, 0, []
-        paths = [data_dir / rel for rel in frame["image"]]
-        with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
-            for i, result in enumerate(pool.map(lambda p: _decode(p, image_size), paths)):
+        paths = (data_dir / rel for rel in frame["image"])
+        decoded = _decode_in_order(paths, image_size, workers or min(4, os.cpu_count() or 1))
+        with closing(decoded):
+            for i, result in enumerate(decoded):
                 if isinstance(result, str):
                     failed[str(frame["id"].iat[i])] = result
                 else:
@@ -164,13 +222,19 @@ def build_cache(data_dir: Path, *, image_size: int = 128, shard_size: int = DEFA
 
 
 def _finish_partial_shard(tmp: Path, shards: list[list], image_size: int) -> None:
-    """A shard sized for rows that then failed to decode is trimmed to the rows it holds."""
+    """A shard sized for rows that then failed to decode is trimmed to the rows it holds,
+    copied in slices so that not even one shard has to fit in memory."""
     name, filled = shards[-1]
     array = np.load(tmp / name, mmap_mode="r")
     if array.shape[0] != filled:
-        trimmed = np.array(array[:filled])
-        del array
-        np.save(tmp / name, trimmed)
+        trimmed = np.lib.format.open_memmap(tmp / f"{name}.trim", mode="w+", dtype=np.uint8,
+                                            shape=(filled, image_size, image_size, 3))
+        for start in range(0, filled, 1024):
+            stop = min(start + 1024, filled)
+            trimmed[start:stop] = array[start:stop]
+        trimmed.flush()
+        del trimmed, array
+        os.replace(tmp / f"{name}.trim", tmp / name)
 
 
 def soft_targets(frac_smooth: np.ndarray, frac_features: np.ndarray,
@@ -229,12 +293,34 @@ class PackedDataset:
             out[where[order]] = self.shards[shard][offsets[order]]
         return out
 
-    def targets(self, rows: np.ndarray, soft: bool) -> np.ndarray:
+    def targets(self, rows: np.ndarray, soft: bool, with_fractions: bool = False) -> np.ndarray:
+        """Class targets (n, 3); with ``with_fractions`` two more columns, the smooth and
+        features vote fractions, for the auxiliary regression head."""
         rows = np.asarray(rows, dtype=np.int64)
+        smooth = self.index["frac_smooth"].to_numpy()[rows]
+        features = self.index["frac_features"].to_numpy()[rows]
         if soft:
-            return soft_targets(self.index["frac_smooth"].to_numpy()[rows],
-                                self.index["frac_features"].to_numpy()[rows])
-        return np.eye(len(CLASSES), dtype=np.float32)[self.labels[rows]]
+            out = soft_targets(smooth, features)
+        else:
+            out = np.eye(len(CLASSES), dtype=np.float32)[self.labels[rows]]
+        if with_fractions:
+            out = np.concatenate([out, np.stack([smooth, features], 1).astype(np.float32)], axis=1)
+        return out
+
+
+class ImageRows:
+    """A lazy, sliceable view of some rows' images: code that walks a split in batches
+    (``predict_probs``, ``symmetry_agreement``) then reads one batch at a time, not the split."""
+
+    def __init__(self, dataset: PackedDataset, rows: np.ndarray):
+        self.dataset = dataset
+        self.rows = np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, part: slice) -> np.ndarray:
+        return self.dataset.images(self.rows[part])
 
 
 @dataclass
@@ -320,5 +406,5 @@ def dataset_summary(data_dir: Path, config: DatasetConfig = DatasetConfig(),
 
 
 __all__ = ["BuildProgress", "BuildReport", "Balanced", "CatalogueError", "DatasetError",
-           "PackedDataset", "Split", "balance", "build_cache", "dataset_summary", "soft_targets",
+           "ImageRows", "PackedDataset", "Split", "balance", "build_cache", "dataset_summary", "soft_targets",
            "split_dataset"]

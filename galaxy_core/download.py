@@ -6,11 +6,13 @@ into place, so a file under ``images/`` is always whole: a resumed run trusts wh
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,19 +21,32 @@ import pandas as pd
 import requests
 from requests.adapters import HTTPAdapter
 
-from .atomic import write_bytes_atomic
+from .atomic import exclusive_lock, remove_stale_parts, write_bytes_atomic
 from .catalogue import write_catalogue
 from .config import DownloadConfig, GalaxyError
 from .images import ImageLoadError, check_jpeg
 
 IMAGES_DIR = "images"
 MANIFEST_NAME = "download-manifest.json"
+# A killed run (power cut, SIGKILL) leaves a manifest at most this old; the files are the truth.
+MANIFEST_EVERY_S = 30.0
+# Galaxies queued per pool thread: enough to keep every thread busy, few enough that the full
+# catalogue never becomes 667,944 futures in memory.
+QUEUED_PER_THREAD = 4
+LOCK_NAME = ".download.lock"
 MAX_IMAGE_BYTES = 16 * 1024**2
 RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+# Pool threads per request in flight: spare threads keep every request slot busy while others
+# sleep before a retry, so a few transient faults cost their retries, not the pool's throughput.
+THREADS_PER_REQUEST_SLOT = 2
 
 
 class DownloadError(GalaxyError):
     """The download could not start (bad settings or output folder)."""
+
+
+class DownloadBusyError(DownloadError):
+    """Another download is already writing to this output folder."""
 
 
 @dataclass
@@ -77,11 +92,62 @@ class RateLimiter:
             time.sleep(start - now)
 
 
+def _id_digest(galaxy_id: str) -> str:
+    return hashlib.sha256(str(galaxy_id).encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
 def image_relpath(galaxy_id: str) -> str:
+    """A file name inside ``images/`` for any id: no separators, no ``..``, never too long."""
     safe = "".join(ch if ch.isalnum() or ch in "._+-" else "_" for ch in str(galaxy_id))
     if not safe.strip("."):
         safe = "galaxy"
+    if len(safe.encode()) > 100:
+        safe = f"{safe[:40]}-{_id_digest(galaxy_id)}"
     return f"{IMAGES_DIR}/{safe}.jpg"
+
+
+def unique_relpaths(ids: list[str]) -> list[str]:
+    """``image_relpath`` for every id, except that ids which would share a file (``a/b`` and
+    ``a_b``, ``.`` and ``..``, or names equal but for case on macOS and Windows) do not: the
+    first id that names its file exactly keeps it, the others get a hash of the id appended."""
+    paths = [image_relpath(i) for i in ids]
+    groups = Counter(p.lower() for p in paths)
+    kept: set[str] = set()
+    out = []
+    for galaxy_id, path in zip(ids, paths):
+        key = path.lower()
+        exact = path == f"{IMAGES_DIR}/{galaxy_id}.jpg"
+        if groups[key] > 1 and (key in kept or not exact):
+            path = f"{path[:-4]}-{_id_digest(galaxy_id)}.jpg"
+        elif groups[key] > 1:
+            kept.add(key)
+        out.append(path)
+    return out
+
+
+def is_complete_jpeg(path: Path) -> bool:
+    """Cheap check of a file already on disk: JPEG start and end markers, nothing read between."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - 64))
+            tail = handle.read()
+    except OSError:
+        return False
+    return head == b"\xff\xd8" and tail.rstrip(b"\x00").endswith(b"\xff\xd9")
+
+
+def _read_capped(response: requests.Response, limit: int) -> bytes:
+    """The body, refusing to hold more than ``limit`` bytes from a hostile or broken server."""
+    chunks, size = [], 0
+    for chunk in response.iter_content(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise ImageLoadError(f"answer larger than {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def cutout_params(ra: float, dec: float, config: DownloadConfig) -> dict[str, str]:
@@ -96,6 +162,7 @@ class CutoutClient:
         self.config = config
         self.local = threading.local()
         self.limiter = RateLimiter(config.max_requests_per_s)
+        self.slots = threading.BoundedSemaphore(config.workers)
 
     def session(self) -> requests.Session:
         session = getattr(self.local, "session", None)
@@ -111,41 +178,73 @@ class CutoutClient:
         """Return validated JPEG bytes, retrying transient faults with jittered backoff."""
         config = self.config
         reason = "no attempt"
+        attempts = 0
         for attempt in range(config.retries + 1):
             if attempt:
                 delay = config.backoff_s * 2 ** (attempt - 1)
                 time.sleep(delay * (0.5 + random.random()))
-            self.limiter.wait()
+            attempts += 1
             try:
-                response = self.session().get(config.cutout_url, params=cutout_params(ra, dec, config),
-                                              timeout=config.timeout_s)
-                data = response.content
+                params = cutout_params(ra, dec, config)
+                # The rate limiter is passed inside a request slot: waiting on it first would let
+                # threads that queued for a slot start their requests in a burst.
+                with self.slots:
+                    self.limiter.wait()
+                    with self.session().get(config.cutout_url, params=params,
+                                            timeout=config.timeout_s, stream=True) as response:
+                        status = response.status_code
+                        data = _read_capped(response, MAX_IMAGE_BYTES) if status == 200 else b""
             except requests.RequestException as exc:
                 reason = f"{exc.__class__.__name__}"
                 self.local.session = None
                 continue
-            if response.status_code != 200:
-                reason = f"HTTP {response.status_code}"
-                if response.status_code in RETRY_STATUSES:
-                    continue
+            except ImageLoadError as exc:
+                reason = str(exc)
+                self.local.session = None
                 break
-            if len(data) > MAX_IMAGE_BYTES:
-                reason = f"answer too large ({len(data)} bytes)"
+            if status != 200:
+                reason = f"HTTP {status}"
+                if status in RETRY_STATUSES:
+                    continue
                 break
             try:
                 check_jpeg(data)
                 return data
             except ImageLoadError as exc:
                 reason = str(exc)
-        raise ImageLoadError(reason)
+        raise ImageLoadError(f"{reason} (after {attempts} attempt{'s' if attempts > 1 else ''})")
 
 
-def _write_manifest(out_dir: Path, report: DownloadReport, config: DownloadConfig) -> None:
+def read_manifest(out_dir: Path) -> dict:
+    """The manifest of the last run into ``out_dir``; empty for a new folder or an unreadable file."""
+    try:
+        manifest = json.loads((Path(out_dir) / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _check_resumable(out_dir: Path, previous: dict, config: DownloadConfig) -> None:
+    """A resumed run trusts the files it finds, so they must be cutouts of the same kind."""
+    if not previous.get("present"):
+        return
+    for key, value in (("size", config.size), ("scale", config.scale)):
+        if key in previous and previous[key] != value:
+            raise DownloadError(f"{out_dir} holds cutouts made with --{key} {previous[key]}, not {value}: "
+                                f"resume with --{key} {previous[key]} or use a new --out folder")
+
+
+def _write_manifest(out_dir: Path, report: DownloadReport, config: DownloadConfig,
+                    failed: dict[str, str], running: bool) -> None:
+    """What is done and what is not: ``failed`` holds the missing galaxies whose last attempt,
+    in this run or an earlier one, failed; the rest of ``missing`` were not tried yet."""
+    present = report.skipped + report.downloaded
     manifest = {
         "cutout_url": config.cutout_url, "size": config.size, "scale": config.scale,
-        "total": report.total, "present": report.skipped + report.downloaded,
-        "downloaded_this_run": report.downloaded, "failed": report.failed,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "total": report.total, "present": present, "missing": report.total - present,
+        "complete": present == report.total, "failed": failed, "running": running,
+        "downloaded_this_run": report.downloaded, "seconds_this_run": round(report.elapsed_s, 1),
+        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_bytes_atomic(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=1).encode())
 
@@ -160,20 +259,56 @@ def download_cutouts(catalogue: pd.DataFrame, config: DownloadConfig,
         (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DownloadError(f"cannot create output folder {out_dir}: {exc.strerror}") from None
+    busy = DownloadBusyError(f"another download is already writing to {out_dir}")
+    with exclusive_lock(out_dir / LOCK_NAME, busy):
+        remove_stale_parts(out_dir)
+        remove_stale_parts(out_dir / IMAGES_DIR)
+        return _download_locked(catalogue, config, out_dir, progress, stop)
+
+
+def _download_locked(catalogue: pd.DataFrame, config: DownloadConfig, out_dir: Path,
+                     progress: Callable[[DownloadProgress], None] | None,
+                     stop: threading.Event | None) -> DownloadReport:
+    previous = read_manifest(out_dir)
+    _check_resumable(out_dir, previous, config)
     rows = catalogue if config.limit is None else catalogue.iloc[: config.limit]
-    rows = rows.assign(image=[image_relpath(i) for i in rows["id"]])
+    rows = rows.assign(image=unique_relpaths([str(i) for i in rows["id"]]))
     write_catalogue(rows.reset_index(drop=True), out_dir / "catalogue.csv")
 
     start = time.monotonic()
-    todo = [(r.image, r.ra, r.dec, r.id) for r in rows.itertuples() if not (out_dir / r.image).is_file()]
+    images, ids = rows["image"].tolist(), [str(i) for i in rows["id"]]
+    ras, decs = rows["ra"].to_numpy(float), rows["dec"].to_numpy(float)
+    # A file that is there but not a whole JPEG (copied in, or cut short by a crash of the
+    # machine) is fetched again rather than trusted.
+    todo = [i for i, rel in enumerate(images) if not is_complete_jpeg(out_dir / rel)]
     report = DownloadReport(total=len(rows), downloaded=0, skipped=len(rows) - len(todo))
+    # Earlier runs' failures stay on record until this run tries those galaxies again.
+    missing = {ids[i] for i in todo}
+    earlier = {k: v for k, v in dict(previous.get("failed") or {}).items() if k in missing}
     client = CutoutClient(config)
+    halt = threading.Event()
 
-    def one(item: tuple[str, float, float, str]) -> None:
-        relpath, ra, dec, _ = item
-        if stop is not None and stop.is_set():
+    def stopped() -> bool:
+        return halt.is_set() or (stop is not None and stop.is_set())
+
+    def one(i: int) -> None:
+        if stopped():
             raise InterruptedError("stopped")
-        write_bytes_atomic(out_dir / relpath, client.fetch(ra, dec))
+        write_bytes_atomic(out_dir / images[i], client.fetch(float(ras[i]), float(decs[i])))
+
+    def settle(future: Future, i: int) -> None:
+        try:
+            future.result()
+            report.downloaded += 1
+        except (InterruptedError, CancelledError):
+            return
+        except (ImageLoadError, OSError) as exc:
+            report.failed[ids[i]] = str(exc)
+        earlier.pop(ids[i], None)
+
+    def save(running: bool) -> None:
+        report.elapsed_s = time.monotonic() - start
+        _write_manifest(out_dir, report, config, {**earlier, **report.failed}, running)
 
     def notify() -> None:
         if progress is not None:
@@ -182,24 +317,34 @@ def download_cutouts(catalogue: pd.DataFrame, config: DownloadConfig,
                                       skipped=report.skipped, elapsed_s=time.monotonic() - start))
 
     notify()
-    with ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="cutout") as pool:
-        futures = {pool.submit(one, item): item for item in todo}
-        try:
-            for future in as_completed(futures):
-                item = futures[future]
-                try:
-                    future.result()
-                    report.downloaded += 1
-                except InterruptedError:
-                    continue
-                except (ImageLoadError, OSError) as exc:
-                    report.failed[str(item[3])] = str(exc)
-                notify()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-        finally:
-            report.elapsed_s = time.monotonic() - start
-            _write_manifest(out_dir, report, config)
+    threads = config.workers * THREADS_PER_REQUEST_SLOT
+    queue, pending, saved_at = iter(todo), {}, time.monotonic()
+    try:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cutout") as pool:
+            try:
+                while True:
+                    while len(pending) < QUEUED_PER_THREAD * threads and not stopped():
+                        i = next(queue, None)
+                        if i is None:
+                            break
+                        pending[pool.submit(one, i)] = i
+                    if not pending:
+                        break
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        settle(future, pending.pop(future))
+                        notify()
+                    if time.monotonic() - saved_at > MANIFEST_EVERY_S:
+                        save(running=True)
+                        saved_at = time.monotonic()
+            except BaseException:
+                halt.set()
+                for future in pending:
+                    future.cancel()
+                raise
+    finally:
+        for future, i in pending.items():  # requests that finished while the pool shut down
+            if future.done():
+                settle(future, i)
+        save(running=False)
     return report

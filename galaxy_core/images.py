@@ -16,6 +16,9 @@ from .config import GalaxyError
 ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
 DEFAULT_MAX_PIXELS = 50_000_000
 MAX_FILE_BYTES = 64 * 1024**2
+# Only ordinary raster formats are parsed: Pillow's other plugins include EPS, which runs
+# Ghostscript on the file, and rarely used parsers that have had memory-safety bugs.
+ALLOWED_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "GIF", "WEBP")
 
 
 class ImageLoadError(GalaxyError):
@@ -28,7 +31,7 @@ def _open(source: ImageSource) -> Image.Image:
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise ImageLoadError("empty file")
-        return Image.open(io.BytesIO(source))
+        return Image.open(io.BytesIO(source), formats=ALLOWED_FORMATS)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
@@ -39,13 +42,13 @@ def _open(source: ImageSource) -> Image.Image:
         if size > MAX_FILE_BYTES:
             raise ImageLoadError(f"file is {size / 1024**2:.0f} MB, larger than the "
                                  f"{MAX_FILE_BYTES // 1024**2} MB limit")
-        return Image.open(io.BytesIO(path.read_bytes()))
+        return Image.open(io.BytesIO(path.read_bytes()), formats=ALLOWED_FORMATS)
     data = source.read(MAX_FILE_BYTES + 1)
     if not data:
         raise ImageLoadError("empty file")
     if len(data) > MAX_FILE_BYTES:
         raise ImageLoadError(f"file is larger than the {MAX_FILE_BYTES // 1024**2} MB limit")
-    return Image.open(io.BytesIO(data))
+    return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -71,15 +74,18 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     file that claims to be 20000x20000 never allocates gigabytes.
     """
     try:
-        image = _open(source)
-        width, height = image.size
-        if width < 1 or height < 1:
-            raise ImageLoadError(f"image has no pixels ({width}x{height})")
-        if width * height > max_pixels:
-            raise ImageLoadError(f"image is {width}x{height} pixels, more than the "
-                                 f"{max_pixels:,} pixel limit (possible decompression bomb)")
         with warnings.catch_warnings():
+            # Pillow warns about damaged metadata (ignored: the pixels decide) and, as early as
+            # Image.open, about large images (an error here).
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = _open(source)
+            width, height = image.size
+            if width < 1 or height < 1:
+                raise ImageLoadError(f"image has no pixels ({width}x{height})")
+            if width * height > max_pixels:
+                raise ImageLoadError(f"image is {width}x{height} pixels, more than the "
+                                     f"{max_pixels:,} pixel limit (possible decompression bomb)")
             previous = ImageFile.LOAD_TRUNCATED_IMAGES
             ImageFile.LOAD_TRUNCATED_IMAGES = False
             try:
@@ -90,16 +96,25 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        raise ImageLoadError("not an image file (unrecognised format)") from None
+        raise ImageLoadError("not an image file (unrecognised format; expected "
+                             f"{', '.join(ALLOWED_FORMATS)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageLoadError(f"refused as a possible decompression bomb ({exc})") from None
+        raise ImageLoadError(f"refused as a possible decompression bomb ({_one_line(exc)})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        reason = str(exc) or exc.__class__.__name__
+        reason = _one_line(exc)
         if "truncated" in reason.lower() or isinstance(exc, EOFError):
             raise ImageLoadError(f"truncated or corrupt image ({reason})") from None
         raise ImageLoadError(f"cannot decode image ({reason})") from None
     except MemoryError:
         raise ImageLoadError("image too large to decode in memory") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's parsers fail in many ways on hostile bytes
+        raise ImageLoadError(f"corrupt image ({_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """Exception text fit for one line of a CSV cell or a terminal."""
+    text = " ".join(str(exc).split())
+    return text[:200] or exc.__class__.__name__
 
 
 def check_jpeg(data: bytes) -> None:
@@ -122,4 +137,4 @@ def resize_square(image: Image.Image, size: int) -> np.ndarray:
         image = image.crop((left, top, left + side, top + side))
     if side != size:
         image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-    return np.asarray(image, dtype=np.uint8)
+    return np.array(image, dtype=np.uint8)

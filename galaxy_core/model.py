@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import ConfigError
+from .config import ARCHITECTURES, ConfigError
 
 
 class BasicBlock(nn.Module):
@@ -28,13 +28,32 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
+class PooledHead(nn.Module):
+    """Global average pooling, dropout, class logits; optionally auxiliary regression outputs,
+    returned beside the logits in training mode only, so inference always sees class logits."""
+
+    def __init__(self, channels: int, num_classes: int, dropout: float, aux_outputs: int = 0):
+        super().__init__()
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout))
+        self.fc = nn.Linear(channels, num_classes)
+        self.aux = nn.Linear(channels, aux_outputs) if aux_outputs else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.pool(x)
+        logits = self.fc(pooled)
+        if self.training and self.aux is not None:
+            return logits, self.aux(pooled)
+        return logits
+
+
 class GalaxyResNet(nn.Module):
     """Stem at half resolution, four stages doubling width, global average pooling.
 
     ``features`` is the last convolutional stage, which Grad-CAM reads for saliency maps.
     """
 
-    def __init__(self, num_classes: int = 3, width: int = 32, depth: int = 2, dropout: float = 0.2):
+    def __init__(self, num_classes: int = 3, width: int = 32, depth: int = 2, dropout: float = 0.2,
+                 aux_outputs: int = 0):
         super().__init__()
         widths = [width, width * 2, width * 4, width * 8]
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1, bias=False),
@@ -45,8 +64,7 @@ class GalaxyResNet(nn.Module):
                 layers.append(BasicBlock(c_in, c_out, 2 if (j == 0 and i > 0) else 1))
                 c_in = c_out
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                  nn.Linear(c_in, num_classes))
+        self.head = PooledHead(c_in, num_classes, dropout, aux_outputs)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -60,7 +78,8 @@ class GalaxyResNet(nn.Module):
 class PlainCNN(nn.Module):
     """The baseline: four conv-pool blocks and a linear head, as in the original project."""
 
-    def __init__(self, num_classes: int = 3, width: int = 32, depth: int = 1, dropout: float = 0.3):
+    def __init__(self, num_classes: int = 3, width: int = 32, depth: int = 1, dropout: float = 0.3,
+                 aux_outputs: int = 0):
         super().__init__()
         blocks, c_in = [], 3
         for i in range(4):
@@ -68,17 +87,18 @@ class PlainCNN(nn.Module):
             blocks += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             c_in = c_out
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                  nn.Linear(c_in, num_classes))
+        self.head = PooledHead(c_in, num_classes, dropout, aux_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
 
-ARCHITECTURES = {"resnet_small": GalaxyResNet, "plain_cnn": PlainCNN}
+NETWORKS = {"resnet_small": GalaxyResNet, "plain_cnn": PlainCNN}
+assert tuple(NETWORKS) == ARCHITECTURES, "config.ARCHITECTURES lists the names users may pass"
 
 
-def build_model(arch: str, num_classes: int = 3, width: int = 32, depth: int = 2) -> nn.Module:
-    if arch not in ARCHITECTURES:
-        raise ConfigError(f"unknown architecture {arch!r}: choose from {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[arch](num_classes=num_classes, width=width, depth=depth)
+def build_model(arch: str, num_classes: int = 3, width: int = 32, depth: int = 2,
+                aux_outputs: int = 0) -> nn.Module:
+    if arch not in NETWORKS:
+        raise ConfigError(f"unknown architecture {arch!r}: choose from {', '.join(NETWORKS)}")
+    return NETWORKS[arch](num_classes=num_classes, width=width, depth=depth, aux_outputs=aux_outputs)

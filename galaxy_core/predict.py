@@ -82,16 +82,19 @@ class Classifier:
         names = list(names) if names is not None else [str(s) if isinstance(s, (str, os.PathLike))
                                                        else f"image {i + 1}" for i, s in enumerate(sources)]
         results = [Prediction(name) for name in names]
-        good: list[tuple[int, Image.Image]] = []
-        for i, source in enumerate(sources):
-            try:
-                good.append((i, load_image(source, max_pixels=self.config.max_pixels)))
-            except ImageLoadError as exc:
-                results[i].error = str(exc)
-        probs = self.probabilities([image for _, image in good])
-        for (i, _), p in zip(good, probs):
-            results[i].probabilities = {c: float(v) for c, v in zip(CLASSES, p)}
-            results[i].label = CLASSES[int(np.argmax(p))]
+        # One batch of decoded images at a time: a folder of large photos never sits in memory whole.
+        step = max(1, self.config.batch_size)
+        for start in range(0, len(sources), step):
+            good: list[tuple[int, Image.Image]] = []
+            for i in range(start, min(start + step, len(sources))):
+                try:
+                    good.append((i, load_image(sources[i], max_pixels=self.config.max_pixels)))
+                except ImageLoadError as exc:
+                    results[i].error = str(exc)
+            probs = self.probabilities([image for _, image in good])
+            for (i, _), p in zip(good, probs):
+                results[i].probabilities = {c: float(v) for c, v in zip(CLASSES, p)}
+                results[i].label = CLASSES[int(np.argmax(p))]
         return results
 
     def grad_cam(self, image: Image.Image, class_index: int | None = None) -> np.ndarray:

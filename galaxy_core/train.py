@@ -14,6 +14,7 @@ import platform
 import queue
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,17 +26,20 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .atomic import atomic_path
+from .atomic import atomic_path, remove_stale_parts
 from .bundle import save_bundle
 from .config import CLASSES, ConfigError, GalaxyError, TrainConfig
-from .dataset import Balanced, PackedDataset, Split, balance, split_dataset
+from .dataset import (Balanced, ImageRows, PackedDataset, Split, balance, load_catalogue_with_images,
+                      split_dataset)
 from .inference import logits_for, predict_probs, prepare_batch, symmetry_agreement
 from .metrics import classification_metrics, misclassified
 from .model import build_model
+from .model_card import write_model_card
 from .normalise import (ChannelStats, InputGeometry, compute_channel_stats, crop_and_resize,
                         dihedral_per_sample, normalise)
 
 CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_KEYS = frozenset({"model", "optimiser", "scheduler", "epoch", "config", "history"})
 LOCK_NAME = ".train.lock"
 SPLIT_NAME = "split.json"
 # Settings that may change between a run and its resumption without changing the result.
@@ -44,6 +48,10 @@ RESUMABLE_KEYS = {"data_dir", "out_dir", "cache_dir", "num_threads", "device"}
 
 class TrainingBusyError(GalaxyError):
     """Another training job is already writing to this output folder."""
+
+
+class CheckpointError(GalaxyError):
+    """A checkpoint file is corrupt, hostile or not one of ours."""
 
 
 @dataclass
@@ -77,8 +85,12 @@ class TrainResult:
 
 @dataclass
 class Distributed:
+    """This process's place in a torchrun job; a single process is world 1, rank 0."""
+
     world: int = 1
     rank: int = 0
+    backend: str = "none"
+    owns_group: bool = False
 
     @property
     def main(self) -> bool:
@@ -95,6 +107,27 @@ class Distributed:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
+    def from_main(self, value: object) -> object:
+        """Rank 0's ``value`` on every rank: only rank 0 reads the output folder, which need not
+        be shared between machines."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Copy rank 0's BatchNorm statistics to every rank, which drift apart on local batches,
+        so evaluation and the saved weights are the same model everywhere."""
+        if self.world > 1:
+            for buffer in model.buffers():
+                dist.broadcast(buffer.data, src=0)
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
 
 def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
@@ -107,14 +140,20 @@ def pick_device(name: str) -> torch.device:
 
 
 def setup_distributed(device: torch.device) -> Distributed:
+    """Join the process group that torchrun describes in WORLD_SIZE/RANK/MASTER_ADDR (NCCL on
+    GPUs, gloo on CPUs); a plain ``python -m galaxy_core train`` is a world of one."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Distributed()
-    if not dist.is_initialized():
+        return Distributed(backend=device.type)
+    owns = not dist.is_initialized()
+    if owns:
+        if not dist.is_available():
+            raise ConfigError(f"WORLD_SIZE is {world} but this PyTorch build has no torch.distributed")
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(world=dist.get_world_size(), rank=dist.get_rank())
+    return Distributed(world=dist.get_world_size(), rank=dist.get_rank(),
+                       backend=str(dist.get_backend()), owns_group=owns)
 
 
 @contextmanager
@@ -128,6 +167,7 @@ def output_lock(out_dir: Path) -> Iterator[None]:
         handle.close()
         raise TrainingBusyError(f"another training job is already writing to {out_dir}") from None
     try:
+        remove_stale_parts(out_dir)  # half-written checkpoints of a job that was killed
         yield
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
@@ -140,8 +180,44 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: f
     return -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
 
 
+def training_loss(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
+                  config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft cross-entropy on the classes, plus (with ``aux_weight``) binary cross-entropy on the
+    smooth and features vote fractions: the fractions say how far a galaxy is from the 0.8
+    threshold, which the class label alone does not."""
+    if config.aux_weight <= 0:
+        logits = model(x)
+        return soft_cross_entropy(logits, targets, config.label_smoothing), logits
+    logits, aux = model(x)
+    k = len(CLASSES)
+    loss = soft_cross_entropy(logits, targets[:, :k], config.label_smoothing)
+    aux_loss = F.binary_cross_entropy_with_logits(aux.float(), targets[:, k:])
+    return loss + config.aux_weight * aux_loss, logits
+
+
+def one_cycle_schedule(optimiser: torch.optim.Optimizer, total_steps: int,
+                       warmup: float = 0.25) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from lr/25 over the first quarter, then cosine decay towards zero (the
+    one-cycle shape); a pure function of the step, so it works for any number of steps and a
+    checkpoint only needs the step count."""
+    warm = max(1, int(total_steps * warmup))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return 0.04 + 0.96 * step / warm
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def compose_dihedral(k: torch.Tensor, quarter_turns: torch.Tensor) -> torch.Tensor:
+    """The symmetry index of ``dihedral(dihedral(x, quarter_turns), k)`` for turns in 0..3."""
+    return (k % 4 + quarter_turns) % 4 + 4 * (k >= 4)
 
 
 @dataclass
@@ -169,14 +245,16 @@ class BatchSource:
             chunk = np.arange(step * size, (step + 1) * size)[dist_info.rank::dist_info.world]
             picked = perm[chunk]
             rows = self.views.rows[picked]
-            images = torch.from_numpy(self.dataset.images(rows))
-            quarter = torch.from_numpy(self.views.rotations[picked])
-            images = dihedral_per_sample(images.permute(0, 3, 1, 2), quarter).permute(0, 2, 3, 1)
-            x = crop_and_resize(images, self.geometry)
+            x = crop_and_resize(torch.from_numpy(self.dataset.images(rows)), self.geometry)
+            # The balancing turn and the random symmetry, composed and applied once to the small
+            # network-size crop (they commute with a centred crop and resize), not to the cutout.
+            symmetry = torch.from_numpy(self.views.rotations[picked])
             if self.config.augment:
-                x = dihedral_per_sample(x, flips[chunk])
-            x = normalise(x, self.stats).contiguous(memory_format=torch.channels_last)
-            targets = torch.from_numpy(self.dataset.targets(rows, self.config.soft_labels))
+                symmetry = compose_dihedral(flips[chunk], symmetry)
+            x = normalise(dihedral_per_sample(x, symmetry), self.stats)
+            x = x.contiguous(memory_format=torch.channels_last)
+            targets = torch.from_numpy(self.dataset.targets(rows, self.config.soft_labels,
+                                                            with_fractions=self.config.aux_weight > 0))
             yield x, targets
 
 
@@ -228,14 +306,17 @@ def train_one_epoch(model: nn.Module, source: BatchSource, optimiser: torch.opti
         if stop is not None and stop.is_set():
             return loss_sum / max(seen, 1), correct / max(seen, 1), True
         x, targets = x.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        logits = model(x)
-        loss = soft_cross_entropy(logits, targets, source.config.label_smoothing)
+        loss, logits = training_loss(model, x, targets, source.config)
+        targets = targets[:, :len(CLASSES)]
+        n = x.shape[0]
+        # DDP averages gradients over ranks; weighting each rank's mean by its share of the
+        # global batch makes that average the global batch's mean however the items split.
+        share = n * dist_info.world / source.config.batch_size
         optimiser.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * share if share != 1 else loss).backward()
         optimiser.step()
         scheduler.step()
-        n = x.shape[0]
-        loss_sum += float(loss) * n
+        loss_sum += float(loss.detach()) * n
         correct += float((logits.argmax(1) == targets.argmax(1)).sum())
         seen += n
         on_batch(step + 1, steps, loss_sum / seen, correct / seen)
@@ -249,7 +330,7 @@ def evaluate_split(model: nn.Module, dataset: PackedDataset, rows: np.ndarray, s
     """Loss and accuracy on un-augmented galaxies (hard labels), reduced across processes."""
     model.eval()
     mine = rows[dist_info.rank::dist_info.world]
-    probs = predict_probs(model, dataset.images(mine), stats, geometry, tta=tta, batch_size=batch_size)
+    probs = predict_probs(model, ImageRows(dataset, mine), stats, geometry, tta=tta, batch_size=batch_size)
     labels = dataset.labels[mine]
     nll = float(-np.log(np.clip(probs[np.arange(len(mine)), labels], 1e-12, 1)).sum()) if len(mine) else 0.0
     correct = float((probs.argmax(1) == labels).sum()) if len(mine) else 0.0
@@ -257,8 +338,8 @@ def evaluate_split(model: nn.Module, dataset: PackedDataset, rows: np.ndarray, s
     return nll / max(n, 1), correct / max(n, 1)
 
 
-def fit_temperature(model: nn.Module, images: np.ndarray, labels: np.ndarray, stats: ChannelStats,
-                    geometry: InputGeometry, tta: bool) -> float:
+def fit_temperature(model: nn.Module, images: np.ndarray | ImageRows, labels: np.ndarray,
+                    stats: ChannelStats, geometry: InputGeometry, tta: bool) -> float:
     """Temperature scaling (Guo et al. 2017) on validation galaxies: one scalar, accuracy unchanged."""
     device = next(model.parameters()).device
     logp = []
@@ -280,15 +361,32 @@ def load_checkpoint(path: Path, config: TrainConfig) -> dict | None:
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's remarks on a foreign pickle are not for the user
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt or hostile file is refused, never executed
-        raise GalaxyError(f"checkpoint {path} cannot be loaded safely ({exc.__class__.__name__}); "
-                          "delete it or use --restart") from None
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({exc.__class__.__name__}); "
+                              "delete it or use --restart") from None
+    missing = CHECKPOINT_KEYS - set(state) if isinstance(state, dict) else CHECKPOINT_KEYS
+    if missing or not isinstance(state["config"], dict):
+        raise CheckpointError(f"{path} is not a training checkpoint (missing "
+                              f"{', '.join(sorted(missing)) or 'config'}); delete it or use --restart")
     if comparable(state["config"]) != comparable(config.to_dict()):
         changed = sorted(k for k, v in comparable(config.to_dict()).items() if state["config"].get(k) != v)
         raise ConfigError(f"{path.parent} holds a checkpoint trained with different settings "
                           f"({', '.join(changed)}); use a new --out folder or --restart")
     return state
+
+
+def discard_checkpoint(out_dir: Path) -> bool:
+    """Start a run over; raises TrainingBusyError rather than pull the checkpoint from under a
+    job that is still writing to ``out_dir``."""
+    path = Path(out_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        return False
+    with output_lock(Path(out_dir)):
+        path.unlink(missing_ok=True)
+    return True
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -298,25 +396,33 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 def prepare_data(config: TrainConfig, dist_info: Distributed,
                  report: Callable[[str], None]) -> tuple[PackedDataset, Split, Balanced]:
-    """Cache, split by galaxy before any augmentation, then balance the training galaxies."""
+    """Cache, split by galaxy before any augmentation, then balance the training galaxies.
+
+    Every process opens the cache itself, so each machine may keep its own copy; the cache's
+    build lock makes the processes sharing one cache folder decode the images only once, with no
+    collective call (whose timeout a long build would overrun) while they wait.
+    """
     report("building the image cache")
-    if dist_info.main:
-        dataset = PackedDataset.open(config.data_dir, cache_root=config.cache_dir)
-    dist_info.barrier()
-    if not dist_info.main:
-        dataset = PackedDataset.open(config.data_dir, cache_root=config.cache_dir)
-    rows = np.arange(len(dataset))
+    dataset = PackedDataset.open(config.data_dir, cache_root=config.cache_dir)
+    split, views = plan_split(dataset.ids, dataset.labels, config, dist_info.world)
+    return dataset, split, views
+
+
+def plan_split(ids: np.ndarray, labels: np.ndarray, config: TrainConfig,
+               world: int) -> tuple[Split, Balanced]:
+    """Subset, split and balance galaxies by id and class index; raises if they cannot train."""
+    rows = np.arange(len(ids))
     if config.max_galaxies is not None and config.max_galaxies < len(rows):
         rows = np.sort(np.random.default_rng(config.seed).choice(rows, config.max_galaxies, replace=False))
-    local = split_dataset(dataset.ids[rows], dataset.labels[rows], config.dataset)
+    local = split_dataset(ids[rows], labels[rows], config.dataset)
     split = Split(rows[local.train], rows[local.val], rows[local.test])
     if len(split.val) == 0 or len(split.test) == 0:
         raise ConfigError(f"{len(rows)} galaxies are too few to hold out validation and test "
                           "galaxies; download more")
     if config.balance:
-        views = balance(split.train, dataset.labels, config.seed)
+        views = balance(split.train, labels, config.seed)
     else:
-        counts = dict(zip(CLASSES, map(int, np.bincount(dataset.labels[split.train], minlength=3))))
+        counts = dict(zip(CLASSES, map(int, np.bincount(labels[split.train], minlength=3))))
         missing = [c for c, n in counts.items() if n == 0]
         if missing:
             raise ConfigError(f"class(es) {', '.join(missing)} have no training examples")
@@ -324,19 +430,41 @@ def prepare_data(config: TrainConfig, dist_info: Distributed,
     if config.batch_size > len(views.rows):
         raise ConfigError(f"batch size {config.batch_size} is larger than the {len(views.rows)} "
                           "training views; lower it or use more galaxies")
-    if config.batch_size < 2 * dist_info.world:
-        raise ConfigError(f"batch size {config.batch_size} is too small for {dist_info.world} processes")
-    return dataset, split, views
+    if config.batch_size < 2 * world:
+        raise ConfigError(f"batch size {config.batch_size} is too small for {world} processes")
+    return split, views
+
+
+def check_data(config: TrainConfig) -> None:
+    """The split and batch checks on the catalogue alone, so settings the data cannot satisfy
+    fail in a second, before the image cache is built or the output folder is touched."""
+    frame = load_catalogue_with_images(Path(config.data_dir))
+    labels = frame["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(np.int64)
+    plan_split(frame["id"].to_numpy(str), labels, config, int(os.environ.get("WORLD_SIZE", "1")))
 
 
 def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None = None,
           stop: threading.Event | None = None, command: str | None = None) -> TrainResult:
-    """Train, checkpoint every epoch, evaluate on the test galaxies and save a model bundle."""
+    """Train, checkpoint every epoch, evaluate on the test galaxies and save a model bundle.
+
+    Under torchrun the same call trains data-parallel: each process takes its share of every
+    global batch, and only rank 0 reads and writes the output folder.
+    """
     config.validate()
+    check_data(config)
     device = pick_device(config.device)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     dist_info = setup_distributed(device)
+    try:
+        return _train(config, device, dist_info, progress, stop, command)
+    finally:
+        dist_info.close()
+
+
+def _train(config: TrainConfig, device: torch.device, dist_info: Distributed,
+           progress: Callable[[TrainProgress], None] | None, stop: threading.Event | None,
+           command: str | None) -> TrainResult:
     out_dir = Path(config.out_dir)
     emit = progress if (progress is not None and dist_info.main) else (lambda event: None)
     start = time.monotonic()
@@ -348,22 +476,24 @@ def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None 
     lock = output_lock(out_dir) if dist_info.main else _no_lock()
     with lock:
         dataset, split, views = prepare_data(config, dist_info, report)
+        report(f"training on {dist_info.world} process{'es' if dist_info.world > 1 else ''} "
+               f"({dist_info.backend})")
         geometry = InputGeometry(source_size=dataset.image_size, crop=config.crop, size=config.image_size)
         report("computing channel statistics")
         stats = compute_channel_stats(
             crop_and_resize(torch.from_numpy(dataset.images(split.train[i:i + 512])), geometry)
             for i in range(0, len(split.train), 512))
         torch.manual_seed(config.seed)
-        model = build_model(config.arch, len(CLASSES), config.width, config.depth).to(device)
+        model = build_model(config.arch, len(CLASSES), config.width, config.depth,
+                            aux_outputs=2 if config.aux_weight > 0 else 0).to(device)
         model = model.to(memory_format=torch.channels_last)
         source = BatchSource(dataset, views, stats, geometry, config)
         optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimiser, max_lr=config.lr, total_steps=config.epochs * source.steps_per_epoch(),
-            pct_start=0.25)
+        scheduler = one_cycle_schedule(optimiser, config.epochs * source.steps_per_epoch())
         history: list[dict] = []
         start_epoch = 0
-        checkpoint = load_checkpoint(out_dir / CHECKPOINT_NAME, config)
+        checkpoint = load_checkpoint(out_dir / CHECKPOINT_NAME, config) if dist_info.main else None
+        checkpoint = dist_info.from_main(checkpoint)
         if checkpoint is not None:
             model.load_state_dict(checkpoint["model"])
             optimiser.load_state_dict(checkpoint["optimiser"])
@@ -396,6 +526,7 @@ def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None 
                                    message=f"stopped; resumes from epoch {epoch}", history=history))
                 return TrainResult(out_dir, True, epoch, history, None, views.counts_before,
                                    views.counts_after, split.sizes())
+            dist_info.sync_buffers(model)
             val_loss, val_acc = evaluate_split(model, dataset, split.val, stats, geometry, device, dist_info)
             history.append({"epoch": epoch + 1, "train_loss": loss, "train_accuracy": acc,
                             "val_loss": val_loss, "val_accuracy": val_acc,
@@ -415,10 +546,12 @@ def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None 
         if dist_info.main:
             report("evaluating on the test galaxies")
             metrics = finish_bundle(model, dataset, split, views, stats, geometry, config, history,
-                                    time.monotonic() - start, command, dist_info.world)
+                                    time.monotonic() - start, command, dist_info.world,
+                                    backend=dist_info.backend)
             emit(TrainProgress("done", config.epochs, config.epochs, elapsed_s=time.monotonic() - start,
                                history=history, message=f"test accuracy {metrics['accuracy']:.3f}"))
-        dist_info.barrier()
+        # No barrier here: the other ranks have nothing left to do, and waiting for rank 0's
+        # test evaluation could outlast the process group's timeout on a large test split.
     return TrainResult(out_dir, False, config.epochs, history, metrics, views.counts_before,
                        views.counts_after, split.sizes())
 
@@ -430,12 +563,16 @@ def _no_lock() -> Iterator[None]:
 
 def finish_bundle(model: nn.Module, dataset: PackedDataset, split: Split, views: Balanced,
                   stats: ChannelStats, geometry: InputGeometry, config: TrainConfig,
-                  history: list[dict], seconds: float, command: str | None, world: int) -> dict:
-    """Calibrate on validation galaxies, measure on test galaxies, write weights + card."""
+                  history: list[dict], seconds: float, command: str | None, world: int,
+                  backend: str = "none") -> dict:
+    """Calibrate on validation galaxies, measure on test galaxies, write weights + card.
+
+    Images are read a batch at a time, so memory does not grow with the size of the splits.
+    """
     model.eval()
-    temperature = fit_temperature(model, dataset.images(split.val), dataset.labels[split.val],
+    temperature = fit_temperature(model, ImageRows(dataset, split.val), dataset.labels[split.val],
                                   stats, geometry, config.tta)
-    test_images = dataset.images(split.test)
+    test_images = ImageRows(dataset, split.test)
     probs = predict_probs(model, test_images, stats, geometry, tta=config.tta, temperature=temperature)
     labels = dataset.labels[split.test]
     metrics = classification_metrics(labels, probs)
@@ -444,11 +581,13 @@ def finish_bundle(model: nn.Module, dataset: PackedDataset, split: Split, views:
     ids = dataset.ids
     card = {
         "classes": list(CLASSES), "arch": config.arch, "width": config.width, "depth": config.depth,
+        "aux_outputs": 2 if config.aux_weight > 0 else 0,
         "input": {"source_size": geometry.source_size, "crop": geometry.crop, "size": geometry.size},
         "normalisation": stats.to_dict(), "tta": config.tta, "temperature": temperature,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "training_seconds": round(seconds, 1),
         "command": command, "seed": config.seed, "config": config.to_dict(),
         "machine": {"device": str(next(model.parameters()).device), "processes": world,
+                    "backend": backend,
                     "threads": torch.get_num_threads(), "platform": platform.platform(),
                     "torch": torch.__version__},
         "data": {"galaxies": len(split.train) + len(split.val) + len(split.test),
@@ -463,4 +602,5 @@ def finish_bundle(model: nn.Module, dataset: PackedDataset, split: Split, views:
                   "misclassified": misclassified(ids[split.test], dataset.index["image"].to_numpy()[split.test],
                                                  labels, probs)}
     save_bundle(Path(config.out_dir), model, card, evaluation)
+    write_model_card(Path(config.out_dir), card, metrics)
     return metrics

@@ -96,3 +96,18 @@ def cutout_server_for():
     def start(data_dir: Path, options: ServerOptions | None = None) -> CutoutServer:
         return CutoutServer(CutoutIndex.from_catalogue(Path(data_dir)), options)
     return start
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model bundle trained once per session on synthetic galaxies (a few seconds on CPU);
+    its card's config.data_dir points at those galaxies."""
+    from galaxy_core.config import TrainConfig
+    from galaxy_core.train import train
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    data_dir = make_dataset(root / "data", n_per_class=12)
+    out_dir = root / "models" / "tiny"
+    train(TrainConfig(data_dir=data_dir, out_dir=out_dir, epochs=1, batch_size=4, image_size=32,
+                      crop=96, width=8, depth=1, cache_dir=root / "cache"))
+    return out_dir

@@ -1,0 +1,35 @@
+"""Streamlit entry point: page config, navigation and the shared sidebar.
+
+Run with ``streamlit run app.py``.  Folders come from GALAXY_DATA_ROOT, GALAXY_MODELS_ROOT and
+GALAXY_CACHE_DIR (default: data/, models/ and data/.cache in this folder).
+
+The pages live in ``app_pages/``, not ``pages/``: Streamlit treats a ``pages/`` folder beside the
+entry script as a legacy multipage app until ``st.navigation`` first runs in the process, so a
+server whose first visitor follows a deep link (``/classify``) would list every module in that
+folder as a page and skip this script's sidebar.
+"""
+
+import streamlit as st
+
+from app_pages.common import PAGES, folders, job_registry, model_sidebar
+
+st.set_page_config(page_title="Galaxy Zoo classifier", page_icon=":material/blur_on:", layout="wide")
+
+navigation = st.navigation([
+    st.Page(PAGES["home"], title="Home", icon=":material/home:", default=True),
+    st.Page(PAGES["dataset"], title="Dataset", icon=":material/photo_library:"),
+    st.Page(PAGES["train"], title="Train", icon=":material/model_training:"),
+    st.Page(PAGES["results"], title="Results", icon=":material/analytics:"),
+    st.Page(PAGES["classify"], title="Classify", icon=":material/search:"),
+])
+
+model_sidebar()
+with st.sidebar:
+    for kind, verb in (("train", "Training"), ("download", "Downloading")):
+        snapshot = job_registry().snapshot(kind)
+        if snapshot is not None and snapshot.running:
+            st.caption(f":material/hourglass_top: {verb} **{snapshot.label}**")
+    paths = folders()
+    st.caption(f"Data: `{paths.data_root}`  \nModels: `{paths.models_root}`")
+
+navigation.run()

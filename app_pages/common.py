@@ -1,0 +1,179 @@
+"""State shared by the pages (not a page itself): folders, cached loaders, the job registry,
+and the active dataset and model kept in ``st.session_state``."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from galaxy_core.bundle import BundleError
+from galaxy_core.dataset import PackedDataset, build_cache, dataset_summary
+from galaxy_core.config import DatasetConfig
+from galaxy_core.explore import (AppFolders, ModelInfo, PixelStatistics, SHIPPED_MODEL, list_datasets,
+                                 list_models, pixel_statistics, sample_galaxies)
+from galaxy_core.images import load_image
+from galaxy_core.jobs import JobRegistry
+from galaxy_core.predict import Classifier, PredictConfig
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_KEY = "model_dir"
+DATASET_KEY = "dataset_dir"
+EXTRA_DATASETS_KEY = "extra_datasets"
+PAGES = {
+    "home": "app_pages/home.py",
+    "dataset": "app_pages/dataset.py",
+    "train": "app_pages/train.py",
+    "results": "app_pages/results.py",
+    "classify": "app_pages/classify.py",
+}
+
+
+def folders() -> AppFolders:
+    """Read from the environment on every run, so tests and deployments can point elsewhere."""
+    return AppFolders.from_env(REPO)
+
+
+@st.cache_resource
+def job_registry() -> JobRegistry:
+    """One per server process: every tab sees the same training and download jobs."""
+    return JobRegistry()
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def _classifier(model_dir: str, card_mtime: float) -> tuple[Classifier, threading.Lock]:
+    # Grad-CAM runs a backward pass on the shared model; the lock keeps two sessions apart.
+    return Classifier.load(PredictConfig(model_dir=Path(model_dir))), threading.Lock()
+
+
+def load_classifier(model_dir: Path) -> tuple[Classifier, threading.Lock]:
+    """The cached model; a retrained bundle (new card) is loaded afresh."""
+    card = Path(model_dir) / "card.json"
+    if not card.is_file():
+        raise BundleError(f"{model_dir} holds no model (no card.json)")
+    return _classifier(str(model_dir), card.stat().st_mtime)
+
+
+# --- active model ----------------------------------------------------------------------------
+
+def usable_models() -> list[ModelInfo]:
+    return [m for m in list_models(folders().models_root) if m.card is not None]
+
+
+def active_model() -> ModelInfo | None:
+    """The model chosen in the sidebar; by default the shipped one, else the newest."""
+    models = usable_models()
+    if not models:
+        return None
+    chosen = st.session_state.get(MODEL_KEY)
+    by_path = {str(m.path): m for m in models}
+    if chosen in by_path:
+        return by_path[chosen]
+    shipped = [m for m in models if m.name == SHIPPED_MODEL]
+    pick = shipped[0] if shipped else max(models, key=lambda m: m.card_mtime)
+    st.session_state[MODEL_KEY] = str(pick.path)
+    return pick
+
+
+def set_active_model(path: Path | str) -> None:
+    st.session_state[MODEL_KEY] = str(path)
+
+
+def model_sidebar() -> None:
+    """The active-model picker every page shares."""
+    models = usable_models()
+    with st.sidebar:
+        if not models:
+            st.caption("No model yet: train one on the Train page.")
+            return
+        current = active_model()
+        names = [str(m.path) for m in models]
+        choice = st.selectbox("Active model", names, index=names.index(str(current.path)),
+                              format_func=lambda p: Path(p).name,
+                              help=f"Models are folders with card.json under {folders().models_root}")
+        if choice != st.session_state.get(MODEL_KEY):
+            set_active_model(choice)
+
+
+# --- active dataset --------------------------------------------------------------------------
+
+def known_datasets() -> list[Path]:
+    """Datasets under the data root plus folders the user typed in this session."""
+    found = list_datasets(folders().data_root)
+    for extra in st.session_state.get(EXTRA_DATASETS_KEY, []):
+        path = Path(extra)
+        if path not in found and (path / "catalogue.csv").is_file():
+            found.append(path)
+    return found
+
+
+def active_dataset() -> Path | None:
+    datasets = known_datasets()
+    chosen = st.session_state.get(DATASET_KEY)
+    if chosen and Path(chosen) in datasets:
+        return Path(chosen)
+    if datasets:
+        st.session_state[DATASET_KEY] = str(datasets[0])
+        return datasets[0]
+    return None
+
+
+def set_active_dataset(path: Path | str) -> None:
+    st.session_state[DATASET_KEY] = str(path)
+
+
+def add_extra_dataset(path: Path) -> None:
+    extras = st.session_state.setdefault(EXTRA_DATASETS_KEY, [])
+    if str(path) not in extras:
+        extras.append(str(path))
+    set_active_dataset(path)
+
+
+def dataset_fingerprint(data_dir: Path) -> tuple[int, int]:
+    """Changes when the catalogue is rewritten or images are added, so cached tables refresh."""
+    images = data_dir / "images"
+    return ((data_dir / "catalogue.csv").stat().st_mtime_ns,
+            images.stat().st_mtime_ns if images.is_dir() else 0)
+
+
+def ensure_cache(data_dir: Path) -> None:
+    """Decode the dataset into the packed cache once per session, with a progress bar."""
+    key = (str(data_dir), dataset_fingerprint(data_dir))
+    built = st.session_state.setdefault("_built_caches", set())
+    if key in built:
+        return
+    bar = st.progress(0.0, text="Checking the image cache…")
+
+    def progress(event) -> None:
+        bar.progress(event.done / max(event.total, 1),
+                     text=f"Decoding images into the cache: {event.done:,} / {event.total:,}")
+
+    build_cache(data_dir, cache_root=folders().cache_root, progress=progress)
+    bar.empty()
+    built.add(key)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def summary(data_dir: str, fingerprint: tuple[int, int], cache_root: str, seed: int = 0) -> dict:
+    return dataset_summary(Path(data_dir), DatasetConfig(seed=seed), cache_root=Path(cache_root))
+
+
+@st.cache_data(show_spinner="Computing pixel statistics…", max_entries=16)
+def pixel_stats(cache_dir: str) -> PixelStatistics:
+    return pixel_statistics(PackedDataset(Path(cache_dir)))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def samples(data_dir: str, fingerprint: tuple[int, int], per_class: int, seed: int) -> dict:
+    return sample_galaxies(Path(data_dir), per_class, seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def thumbnail(path: str, size: int = 160) -> np.ndarray:
+    """An RGB thumbnail as an array (cheap to cache and to send to the browser)."""
+    image = load_image(path)
+    image.thumbnail((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(image)

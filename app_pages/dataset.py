@@ -1,0 +1,216 @@
+"""Dataset: pick or download a folder of cutouts, then see its classes, samples and pixels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from galaxy_core.config import DEFAULT_CATALOGUE_URL, DEFAULT_CUTOUT_URL, DownloadConfig, GalaxyError
+from galaxy_core.download import DownloadProgress, DownloadReport
+from galaxy_core.explore import (check_dataset_dir, download_task, format_duration, new_dataset_dir,
+                                 uploaded_catalogue)
+from galaxy_core.jobs import JobSnapshot
+from app_pages import charts
+from app_pages.common import (PAGES, active_dataset, add_extra_dataset, dataset_fingerprint, ensure_cache,
+                          folders, job_registry, known_datasets, pixel_stats, samples,
+                          set_active_dataset, summary, thumbnail)
+
+POLL_S = 1.0
+
+st.title("Dataset")
+paths = folders()
+registry = job_registry()
+
+
+def choose_dataset() -> Path | None:
+    datasets = known_datasets()
+    current = active_dataset()
+    if datasets:
+        names = [str(p) for p in datasets]
+        choice = st.selectbox("Dataset folder", names, index=names.index(str(current)),
+                              format_func=lambda p: f"{Path(p).name}  ({p})")
+        if choice != str(current):
+            set_active_dataset(choice)
+            current = Path(choice)
+    else:
+        st.info(f"No dataset under `{paths.data_root}` yet. Download one below, or type the path of "
+                "an existing folder that holds catalogue.csv and images/.")
+    with st.form("extra_dataset", border=False):
+        left, right = st.columns([4, 1], vertical_alignment="bottom")
+        typed = left.text_input("Or read another folder (read-only)",
+                                placeholder="/path/to/folder with catalogue.csv and images/")
+        if right.form_submit_button("Use this folder"):
+            try:
+                folder = check_dataset_dir(typed)
+            except GalaxyError as exc:
+                st.error(str(exc))
+            else:
+                add_extra_dataset(folder)
+                st.rerun()
+    return current
+
+
+def download_form() -> None:
+    """Start (or resume) a download into a named folder under the data root."""
+    running = (snap := registry.snapshot("download")) is not None and snap.running
+    with st.form("download"):
+        name = st.text_input("Dataset name", value="gz1-sample",
+                             help="A new folder under the data root; the same name resumes a download.")
+        source = st.radio("Catalogue", ["From a URL", "Upload a file"], horizontal=True)
+        url = st.text_input("Catalogue URL", value=DEFAULT_CATALOGUE_URL,
+                            help="Galaxy Zoo 1 table 2 or Galaxy Zoo 2 (Hart et al. 2016), CSV or .csv.gz")
+        upload = st.file_uploader("Catalogue file", type=["csv", "gz"])
+        left, right = st.columns(2)
+        limit = left.number_input("How many galaxies", min_value=3, max_value=1_000_000, value=500,
+                                  step=100)
+        workers = right.number_input("Requests in flight", min_value=1, max_value=64, value=8,
+                                     help="Be polite to SkyServer: a few parallel requests are plenty.")
+        cutout_url = st.text_input("Cutout URL", value=DEFAULT_CUTOUT_URL,
+                                   help="SDSS SkyServer ImgCutout getjpeg endpoint, or a local stand-in")
+        submitted = st.form_submit_button("Download", type="primary", disabled=running)
+    if not submitted:
+        return
+    try:
+        out_dir = new_dataset_dir(paths.data_root, name)
+        if source == "Upload a file":
+            catalogue: str | bytes | None = upload.getvalue() if upload is not None else None
+            if catalogue is None:
+                previous = uploaded_catalogue(out_dir)
+                if previous is None:
+                    raise GalaxyError("choose a catalogue file to upload")
+                catalogue = str(previous)
+        else:
+            catalogue = url.strip()
+        config = DownloadConfig(out_dir=out_dir, cutout_url=cutout_url.strip(), limit=int(limit),
+                                workers=int(workers))
+        registry.start("download", out_dir.name, download_task(out_dir, catalogue, config))
+    except GalaxyError as exc:
+        st.error(str(exc))
+        return
+    st.rerun()
+
+
+def show_download(snap: JobSnapshot) -> None:
+    progress = snap.progress
+    if snap.running:
+        if isinstance(progress, DownloadProgress):
+            rate = (progress.done - progress.skipped) / progress.elapsed_s if progress.elapsed_s else 0
+            left = (progress.total - progress.done) / rate if rate else None
+            st.progress(progress.done / max(progress.total, 1),
+                        text=f"Downloading **{snap.label}**: {progress.done:,} / {progress.total:,} "
+                             f"({progress.skipped:,} already there, {progress.failed:,} failed) · "
+                             f"{format_duration(snap.elapsed_s)} elapsed · about "
+                             f"{format_duration(left)} left")
+        else:
+            st.progress(0.0, text=str(progress or "starting…"))
+        if st.button("Stop download", icon=":material/stop:", disabled=snap.stop_requested):
+            registry.stop("download")
+        return
+    if snap.state == "failed":
+        st.error(f"Download of {snap.label} failed: {snap.error}")
+        return
+    report: DownloadReport = snap.result
+    text = (f"**{snap.label}**: {report.downloaded:,} downloaded, {report.skipped:,} already present, "
+            f"{len(report.failed):,} failed, of {report.total:,} galaxies "
+            f"in {format_duration(report.elapsed_s)}.")
+    if snap.state == "stopped":
+        st.warning(text + " Stopped: download again with the same name to continue.")
+    elif report.failed:
+        st.warning(text + " Download again with the same name to retry the failures.")
+        st.dataframe(pd.DataFrame(list(report.failed.items())[:50], columns=["galaxy", "reason"]),
+                     hide_index=True)
+    else:
+        st.success(text)
+    if st.button("Use this dataset", key="use_downloaded"):
+        set_active_dataset(paths.data_root / snap.label)
+        st.rerun()
+
+
+def download_panel() -> None:
+    snap = registry.snapshot("download")
+    st.session_state["_download_seen"] = None if snap is None else (snap.id, snap.state)
+
+    @st.fragment(run_every=POLL_S if snap is not None and snap.running else None)
+    def live() -> None:
+        now = registry.snapshot("download")
+        if now is None:
+            return
+        if (now.id, now.state) != st.session_state.get("_download_seen"):
+            st.rerun()  # finished: redraw the whole page (form, dataset list)
+        show_download(now)
+
+    if snap is not None:
+        live()
+
+
+def overview(data_dir: Path) -> None:
+    """Classes, balancing, split sizes, sample galaxies and pixel statistics of one dataset."""
+    download = registry.snapshot("download")
+    if download is not None and download.running and paths.data_root / download.label == data_dir:
+        st.info("This dataset is still downloading; its statistics appear when the download ends.")
+        return
+    try:
+        ensure_cache(data_dir)
+        facts = summary(str(data_dir), dataset_fingerprint(data_dir), str(paths.cache_root))
+    except GalaxyError as exc:
+        st.error(str(exc))
+        return
+
+    st.subheader(f"{facts['galaxies']:,} galaxies")
+    split = facts["split"]
+    cols = st.columns(3)
+    for col, part in zip(cols, ("train", "val", "test")):
+        label = {"train": "Training", "val": "Validation", "test": "Test"}[part]
+        col.metric(f"{label} galaxies", f"{split[part]:,}")
+    st.caption("Split by galaxy (stratified, seed 0) before any augmentation: no rotated copy of a "
+               "test galaxy is ever trained on.")
+    left, right = st.columns(2)
+    left.plotly_chart(charts.class_counts({"all galaxies": facts["class_counts"]}, "Class counts"))
+    right.plotly_chart(charts.class_counts(
+        {"before balancing": facts["train_before_balancing"],
+         "after balancing": facts["train_after_balancing"]}, "Training views"))
+    st.caption("Balancing rotates copies of rare classes (90°, 180°, 270°) and culls common ones "
+               "towards the median class count.")
+
+    st.subheader("Sample galaxies")
+    st.caption("Captions give the debiased Galaxy Zoo vote fractions for *smooth* and *features or "
+               "disk*; a class needs more than 0.8.")
+    seed = st.session_state.setdefault("_sample_seed", 0)
+    if st.button("Show other galaxies", icon=":material/shuffle:"):
+        st.session_state["_sample_seed"] = seed = seed + 1
+    shown = samples(str(data_dir), dataset_fingerprint(data_dir), 6, seed)
+    for name, rows in shown.items():
+        st.markdown(f"**{name}** ({facts['class_counts'][name]:,})")
+        if not rows:
+            st.caption("none in this dataset")
+            continue
+        cols = st.columns(6)
+        for col, row in zip(cols, rows):
+            col.image(thumbnail(str(row["path"]), 128),
+                      caption=f"smooth {row['frac_smooth']:.2f} · disk {row['frac_features']:.2f}")
+
+    st.subheader("Pixel statistics")
+    stats = pixel_stats(facts["cache"])
+    table = pd.DataFrame({"channel": ["red", "green", "blue"],
+                          "mean": [f"{m:.4f}" for m in stats.mean],
+                          "std": [f"{s:.4f}" for s in stats.std],
+                          "mean (8-bit)": [f"{255 * m:.1f}" for m in stats.mean]})
+    left, right = st.columns([1, 2])
+    left.dataframe(table, hide_index=True)
+    left.caption(f"Over {stats.images:,} cached 128-px cutouts (a seeded sample of larger datasets), "
+                 "in units of [0, 1] pixel values. "
+                 "Training computes its own statistics on the training galaxies and stores them "
+                 "in the model card.")
+    right.plotly_chart(charts.pixel_histogram(stats.histogram_frame()))
+
+
+data_dir = choose_dataset()
+with st.expander("Download a dataset from Galaxy Zoo and SDSS",
+                 expanded=data_dir is None or registry.snapshot("download") is not None):
+    download_form()
+    download_panel()
+if data_dir is not None:
+    overview(data_dir)
+    st.page_link(PAGES["train"], label="Train a model on this dataset", icon=":material/arrow_forward:")

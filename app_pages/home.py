@@ -1,0 +1,82 @@
+"""Home: what the app does, the three classes with real examples, the model in use, where to go."""
+
+import streamlit as st
+
+from galaxy_core.dataset import DatasetError
+from galaxy_core.explore import format_duration, model_summary
+from galaxy_core.config import GalaxyError
+from app_pages.common import PAGES, active_dataset, active_model, dataset_fingerprint, samples, thumbnail
+
+CLASS_TEXT = {
+    "Spiral": "A disk with arms or other features: more than 80% of Galaxy Zoo volunteers "
+              "said *features or disk*.",
+    "Elliptical": "A smooth, featureless ball of old stars: more than 80% of volunteers said *smooth*.",
+    "Uncertain": "Volunteers did not agree strongly either way: faint, small, edge-on or unusual galaxies.",
+}
+
+st.title("Galaxy Zoo morphology classifier")
+st.markdown(
+    "A convolutional network that sorts SDSS galaxy images into **Spiral**, **Elliptical** or "
+    "**Uncertain**, trained on the votes of Galaxy Zoo volunteers. Upload a photo or give sky "
+    "coordinates to classify a galaxy, or build a dataset, train your own model and see where "
+    "it goes wrong.")
+
+dataset = active_dataset()
+examples: dict = {}
+if dataset is not None:
+    try:
+        examples = samples(str(dataset), dataset_fingerprint(dataset), 1, 0)
+    except (GalaxyError, OSError) as exc:
+        st.warning(f"Could not read example galaxies from {dataset}: {exc}")
+
+columns = st.columns(3)
+for column, (name, text) in zip(columns, CLASS_TEXT.items()):
+    with column.container(border=True):
+        st.subheader(name)
+        shown = examples.get(name) or []
+        if shown:
+            st.image(thumbnail(str(shown[0]["path"]), 192), caption=f"{shown[0]['id']} ({dataset.name})")
+        st.markdown(text)
+if dataset is None:
+    st.caption("Example images appear here once there is a dataset (see the Dataset page).")
+
+st.header("Model in use")
+model = active_model()
+if model is None:
+    st.info("There is no model yet. Train one on the **Train** page (a few minutes on a laptop "
+            "for a small dataset), or place a model bundle (card.json + model.safetensors) in "
+            "`models/default`.")
+else:
+    facts = model_summary(model.card)
+    cols = st.columns(4)
+    cols[0].metric("Model", model.name)
+    cols[1].metric("Test accuracy", f"{facts['accuracy']:.1%}" if facts["accuracy"] is not None else "–")
+    cols[2].metric("Trained on", f"{facts['galaxies']:,} galaxies" if facts["galaxies"] else "–")
+    cols[3].metric("Training time", format_duration(facts["training_seconds"]))
+    st.caption(f"Trained {facts['trained_at'] or 'at an unknown time'} · {facts['arch']} at "
+               f"{facts['input_size']} px · balanced accuracy "
+               + (f"{facts['balanced_accuracy']:.1%}" if facts["balanced_accuracy"] is not None else "–")
+               + f" on {facts['test_galaxies'] or '?'} held-out test galaxies")
+
+st.header("Where to go")
+links = [
+    ("classify", "Classify a galaxy", ":material/search:",
+     "Upload images or give RA/Dec; see the class, probabilities and where the model looked."),
+    ("dataset", "Build a dataset", ":material/photo_library:",
+     "Download SDSS cutouts for a Galaxy Zoo catalogue, inspect class balance and pixels."),
+    ("train", "Train a model", ":material/model_training:",
+     "Pick epochs, batch size and learning rate; watch loss and accuracy live."),
+    ("results", "Inspect results", ":material/analytics:",
+     "Confusion matrix, per-class scores, calibration and the galaxies the model got wrong."),
+]
+for key, label, icon, text in links:
+    left, right = st.columns([1, 3], vertical_alignment="center")
+    with left:
+        st.page_link(PAGES[key], label=label, icon=icon)
+    right.caption(text)
+
+if dataset is None and model is None:
+    st.info("Getting started: open **Dataset** to download a few hundred galaxies (or point it at "
+            "an existing folder), then **Train**.")
+st.caption("Images: Sloan Digital Sky Survey. Labels: Galaxy Zoo (Lintott et al. 2008, 2011; "
+           "Willett et al. 2013; Hart et al. 2016).")

@@ -1,0 +1,127 @@
+"""Results: how a saved model does on its test galaxies, and the galaxies it gets wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from galaxy_core.config import CLASSES, GalaxyError
+from galaxy_core.explore import (format_duration, gallery_image, history_frame, load_evaluation,
+                                 misclassified_frame, model_summary, page_bounds, per_class_frame,
+                                 reliability_frame, row_normalise)
+from app_pages import charts
+from app_pages.common import PAGES, active_model, thumbnail, usable_models
+
+PER_PAGE = 12
+
+st.title("Results")
+models = usable_models()
+current = active_model()
+if current is None:
+    st.info("There is no trained model to inspect yet. Train one on the Train page; its confusion "
+            "matrix, curves and mistakes appear here.")
+    st.page_link(PAGES["train"], label="Go to the Train page", icon=":material/model_training:")
+    st.stop()
+
+names = [str(m.path) for m in models]
+choice = st.selectbox("Model", names, index=names.index(str(current.path)),
+                      format_func=lambda p: Path(p).name)
+model = next(m for m in models if str(m.path) == choice)
+card = model.card
+facts = model_summary(card)
+metrics = card.get("metrics") or {}
+
+cols = st.columns(5)
+cols[0].metric("Test accuracy", f"{facts['accuracy']:.1%}" if facts["accuracy"] is not None else "–")
+cols[1].metric("Balanced accuracy",
+               f"{facts['balanced_accuracy']:.1%}" if facts["balanced_accuracy"] is not None else "–",
+               help="Mean recall over the three classes: not flattered by the common class")
+cols[2].metric("Calibration error", f"{facts['ece']:.3f}" if facts["ece"] is not None else "–",
+               help="Expected calibration error of the top-class probability (0 is perfect)")
+cols[3].metric("Test galaxies", f"{facts['test_galaxies'] or 0:,}")
+cols[4].metric("Training time", format_duration(facts["training_seconds"]))
+st.caption(f"Trained {facts['trained_at'] or '–'} on {facts['galaxies'] or '?'} galaxies · "
+           f"{facts['arch']} at {facts['input_size']} px on {facts['device'] or '?'}")
+
+try:
+    evaluation = load_evaluation(model.path)
+except GalaxyError as exc:
+    st.error(str(exc))
+    evaluation = None
+
+left, right = st.columns(2)
+with left:
+    if "confusion" in metrics:
+        normalised = st.toggle("Row-normalised (fraction of each true class)", value=False)
+        matrix = row_normalise(metrics["confusion"]) if normalised else metrics["confusion"]
+        st.plotly_chart(charts.confusion(np.asarray(matrix, dtype=float), normalised))
+    else:
+        st.info("This model card has no confusion matrix.")
+with right:
+    st.markdown("**Per class** (test galaxies)")
+    table = per_class_frame(metrics)
+    if table.empty:
+        st.caption("No per-class scores in this card.")
+    else:
+        st.dataframe(table, hide_index=True, column_config={
+            k: st.column_config.NumberColumn(format="%.3f") for k in ("precision", "recall", "f1")})
+    svse = metrics.get("spiral_vs_elliptical_accuracy")
+    if svse is not None:
+        st.caption(f"Spiral vs Elliptical only (the larger of the two probabilities decides): "
+                   f"{svse:.1%}")
+    sym = metrics.get("symmetry_agreement")
+    if sym:
+        st.caption(f"Same answer for a rotated copy {sym['rot90']:.1%}, a mirrored copy "
+                   f"{sym['mirror']:.1%}, all 8 symmetries {sym['all_8']:.1%}")
+
+left, right = st.columns(2)
+with left:
+    frame = history_frame(card.get("history") or [])
+    if frame.empty:
+        st.caption("No training history in this card.")
+    else:
+        metric = st.segmented_control("Curve", ["loss", "accuracy"], default="loss", required=True)
+        st.plotly_chart(charts.curves(frame, metric or "loss"))
+with right:
+    bins = ((evaluation or {}).get("metrics") or {}).get("reliability")
+    if bins:
+        st.plotly_chart(charts.reliability(reliability_frame(bins)))
+        st.caption("Points on the diagonal mean a stated 80% is right 80% of the time; marker size "
+                   "shows how many test galaxies fall in each bin.")
+    else:
+        st.caption("No reliability table: this model has no evaluation.json from training.")
+
+st.header("Misclassified test galaxies")
+if evaluation is None:
+    st.info("This model folder has no evaluation.json, written when training finishes, so its "
+            "mistakes cannot be listed.")
+    st.stop()
+wrong = evaluation.get("misclassified") or []
+data_dir = Path((card.get("config") or {}).get("data_dir", ""))
+c1, c2, c3 = st.columns(3)
+true_pick = c1.multiselect("True class", CLASSES)
+pred_pick = c2.multiselect("Predicted class", CLASSES)
+order = c3.radio("Order", ["most confident first", "least confident first"], horizontal=True)
+table = misclassified_frame(wrong, true_pick, pred_pick, order)
+st.caption(f"{len(table):,} of {len(wrong):,} wrong predictions. The most confident mistakes are "
+           "often label noise: look at the image and judge the volunteers' vote yourself.")
+if table.empty:
+    st.stop()
+pages = page_bounds(len(table), 1, PER_PAGE)[2]
+page = st.number_input("Page", 1, pages, 1, help=f"{PER_PAGE} galaxies per page") if pages > 1 else 1
+start, stop, _ = page_bounds(len(table), int(page), PER_PAGE)
+if not data_dir.is_dir():
+    st.warning(f"The training images are not at {data_dir} on this machine; showing the table only.")
+cols = st.columns(4)
+for i, row in enumerate(table.iloc[start:stop].itertuples()):
+    with cols[i % 4].container(border=True):
+        path = gallery_image(data_dir, row.image) if data_dir.is_dir() else None
+        if path is not None:
+            st.image(thumbnail(str(path), 160), width="stretch")
+        st.markdown(f"true **{row.true}** → predicted **{row.predicted}**")
+        st.caption(" · ".join(f"{c} {getattr(row, 'p_' + c.lower()):.0%}" for c in CLASSES))
+        st.caption(f"`{row.id}`")
+with st.expander("All listed galaxies as a table"):
+    st.dataframe(table, hide_index=True)

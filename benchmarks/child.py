@@ -1,0 +1,57 @@
+"""One measured job per process, so each reports its own peak memory: ``python -m benchmarks.child``.
+
+Prints one JSON line; ``run_child`` in ``benchmarks.common`` starts it and reads the answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from benchmarks.common import peak_rss_mb
+
+
+def build(args: argparse.Namespace) -> dict:
+    from galaxy_core.dataset import build_cache
+
+    start = time.perf_counter()
+    report = build_cache(args.data, cache_root=args.cache_root)
+    return {"seconds": time.perf_counter() - start, "galaxies": report.galaxies,
+            "failed": len(report.failed), "reused": report.reused}
+
+
+def train_epoch(args: argparse.Namespace) -> dict:
+    import torch
+
+    from benchmarks.train_bench import epoch_seconds
+
+    torch.set_num_threads(args.threads)
+    return epoch_seconds(args.data, args.cache_root, json.loads(args.settings), args.galaxies)
+
+
+def baseline(args: argparse.Namespace) -> dict:
+    """The interpreter with torch and galaxy_core imported: the floor under every other figure."""
+    import galaxy_core.train  # noqa: F401
+
+    return {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.child")
+    parser.add_argument("job", choices=["build", "train-epoch", "baseline"])
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--cache-root", type=Path)
+    parser.add_argument("--galaxies", type=int)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--settings", default="{}")
+    args = parser.parse_args()
+    jobs = {"build": build, "train-epoch": train_epoch, "baseline": baseline}
+    answer = jobs[args.job](args)
+    answer["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(answer))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Helpers shared by the benchmarks: data location, timing, peak memory of child processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_data_root() -> Path:
+    """The shared Galaxy Zoo data beside the repo, or GALAXY_SHARED_DATA (as in the tests)."""
+    return Path(os.environ.get("GALAXY_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(args: list[str], timeout_s: float = 1800) -> dict[str, Any]:
+    """Run ``python -m benchmarks.child ARGS`` in a fresh process; return its JSON answer.
+
+    Each measurement gets its own interpreter, so the peak memory it reports belongs to that
+    job alone and not to whatever ran before it in the benchmark.
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.child", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark child {args[0]} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,0 +1,79 @@
+"""Prediction latency and throughput through ``Classifier.predict``, preprocessing included."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from galaxy_core.bundle import CARD_NAME, save_bundle
+from galaxy_core.config import CLASSES, PredictConfig
+from galaxy_core.images import load_image
+from galaxy_core.model import build_model
+from galaxy_core.predict import Classifier
+
+
+def timing_bundle(model_dir: Path, work_dir: Path, settings: dict[str, Any]) -> tuple[Path, bool]:
+    """The shipped model when there is one; else untrained weights of the same shape.
+
+    Speed does not depend on the weights' values, so a freshly initialised network of the shipped
+    architecture times the same as a trained one. Returns (folder, is_shipped).
+    """
+    if (Path(model_dir) / CARD_NAME).is_file():
+        return Path(model_dir), True
+    torch.manual_seed(settings["seed"])
+    aux = 2 if settings.get("aux_weight", 0) > 0 else 0
+    model = build_model(settings["arch"], len(CLASSES), settings["width"], settings["depth"],
+                        aux_outputs=aux)
+    card = {"classes": list(CLASSES), "arch": settings["arch"], "width": settings["width"],
+            "depth": settings["depth"], "aux_outputs": aux,
+            "input": {"source_size": 128, "crop": settings["crop"], "size": settings["image_size"]},
+            "normalisation": {"mean": [0.1, 0.1, 0.1], "std": [0.15, 0.15, 0.15]},
+            "tta": True, "temperature": 1.0,
+            "note": "untrained weights for timing only"}
+    out = Path(work_dir) / "timing-model"
+    save_bundle(out, model.eval(), card)
+    return out, False
+
+
+def sample_images(data_dir: Path, n: int) -> list[Image.Image]:
+    """Decoded cutouts, so the timings below start from an image in memory, as in the app."""
+    frame = pd.read_csv(Path(data_dir) / "catalogue.csv", usecols=["image"], nrows=n)
+    return [load_image(Path(data_dir) / rel) for rel in frame["image"]]
+
+
+def bench_predict(model_dir: Path, data_dir: Path, work_dir: Path, settings: dict[str, Any], *,
+                  singles: int, batch: int) -> dict[str, float]:
+    """Median ms for one image and images/s for a batch, with the card's TTA and without."""
+    folder, shipped = timing_bundle(model_dir, work_dir, settings)
+    classifiers = {"": Classifier.load(PredictConfig(model_dir=folder)),
+                   "_no_tta": Classifier.load(PredictConfig(model_dir=folder, tta=False))}
+    tta_default = classifiers[""].tta
+    images = sample_images(data_dir, max(singles, batch))
+    for classifier in classifiers.values():
+        classifier.predict(images[:2])
+    single: dict[str, list[float]] = {key: [] for key in classifiers}
+    for image in images[:singles]:
+        for key, classifier in classifiers.items():
+            start = time.perf_counter()
+            result = classifier.predict([image])
+            single[key].append(time.perf_counter() - start)
+            if result[0].label not in CLASSES:
+                raise RuntimeError(f"prediction failed: {result[0].error}")
+    many: dict[str, list[float]] = {key: [] for key in classifiers}
+    for _ in range(2):
+        for key, classifier in classifiers.items():
+            start = time.perf_counter()
+            classifier.predict(images[:batch])
+            many[key].append(time.perf_counter() - start)
+    out: dict[str, float] = {"predict_model_is_shipped": int(shipped), "predict_tta_default": int(tta_default),
+                             "predict_batch_images": batch}
+    for key in classifiers:
+        out[f"predict_ms_per_image{key}"] = 1000 * float(np.median(single[key]))
+        out[f"predict_images_per_s{key}"] = batch / float(np.min(many[key]))
+    return out

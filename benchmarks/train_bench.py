@@ -1,0 +1,292 @@
+"""Training throughput: our packed-cache pipeline against a JPEG-decoding DataLoader reference.
+
+Both train the same architecture with the same batch size, optimiser and loss; they differ only
+in how batches are made. Ours is the real code path (``BatchSource`` batches, prefetched, fed to
+``train_one_epoch``). The reference decodes each JPEG with PIL and augments it with torchvision
+transforms in a standard ``Dataset``/``DataLoader``, every epoch, as most tutorials do.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from galaxy_core.config import CLASSES, TrainConfig
+from galaxy_core.dataset import PackedDataset
+from galaxy_core.model import build_model
+from galaxy_core.normalise import ChannelStats, InputGeometry, compute_channel_stats, crop_and_resize
+from galaxy_core.train import (BatchSource, Distributed, prefetch, prepare_data, train_one_epoch,
+                               training_loss)
+
+SETTING_KEYS = ("arch", "width", "depth", "image_size", "crop", "batch_size", "lr", "weight_decay",
+                "label_smoothing", "aux_weight", "balance", "soft_labels", "augment", "seed")
+
+
+def shipped_settings(model_dir: Path | None) -> dict[str, Any]:
+    """The shipped model's architecture and input size (its card), else TrainConfig defaults."""
+    defaults = TrainConfig(Path("."), Path("."))
+    settings = {key: getattr(defaults, key) for key in SETTING_KEYS if hasattr(defaults, key)}
+    card_path = Path(model_dir) / "card.json" if model_dir is not None else None
+    if card_path is not None and card_path.is_file():
+        card = json.loads(card_path.read_text())
+        trained = card.get("config", {})
+        settings.update({k: trained[k] for k in settings if k in trained})
+        settings.update({k: card[k] for k in ("arch", "width", "depth") if k in card})
+        if "input" in card:
+            settings.update(crop=card["input"]["crop"], image_size=card["input"]["size"])
+    return settings
+
+
+@dataclass
+class Trainer:
+    """A model, its optimiser and a scheduler long enough for any benchmark."""
+
+    model: nn.Module
+    optimiser: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    config: TrainConfig
+
+    @classmethod
+    def create(cls, config: TrainConfig, channels_last: bool) -> "Trainer":
+        """The network, AdamW and the loss as ``train`` sets them up (constant learning rate)."""
+        torch.manual_seed(config.seed)
+        model = build_model(config.arch, len(CLASSES), config.width, config.depth,
+                            aux_outputs=2 if config.aux_weight > 0 else 0)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0)
+        return cls(model, optimiser, scheduler, config)
+
+    def step(self, x: torch.Tensor, targets: torch.Tensor, bf16: bool = False) -> float:
+        """The step ``train_one_epoch`` takes: forward, the training loss, AdamW."""
+        self.model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = training_loss(self.model, x, targets, self.config)
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimiser.step()
+        self.scheduler.step()
+        return float(loss.detach())
+
+
+@dataclass
+class OurPipeline:
+    config: TrainConfig
+    dataset: PackedDataset
+    source: BatchSource
+    train_rows: np.ndarray
+    stats: ChannelStats
+    geometry: InputGeometry
+
+
+def train_config(data_dir: Path, cache_root: Path, settings: dict[str, Any],
+                 max_galaxies: int | None = None) -> TrainConfig:
+    config = TrainConfig(Path(data_dir), Path(cache_root) / "unused-out", cache_dir=Path(cache_root),
+                         max_galaxies=max_galaxies, **settings)
+    config.validate()
+    return config
+
+
+def our_pipeline(data_dir: Path, cache_root: Path, settings: dict[str, Any],
+                 max_galaxies: int | None = None) -> OurPipeline:
+    """Cache, split, balance and channel statistics exactly as ``train`` prepares them."""
+    config = train_config(data_dir, cache_root, settings, max_galaxies)
+    dataset, split, views = prepare_data(config, Distributed(), lambda message: None)
+    geometry = InputGeometry(source_size=dataset.image_size, crop=config.crop, size=config.image_size)
+    stats = compute_channel_stats(
+        crop_and_resize(torch.from_numpy(dataset.images(split.train[i:i + 512])), geometry)
+        for i in range(0, len(split.train), 512))
+    source = BatchSource(dataset, views, stats, geometry, config)
+    return OurPipeline(config, dataset, source, split.train, stats, geometry)
+
+
+def train_steps(trainer: Trainer, pipe: OurPipeline, epoch: int, steps: int | None) -> int:
+    """``train_one_epoch`` on our batches, stopped after ``steps`` steps (None: the whole epoch)."""
+    stop = threading.Event()
+    done = 0
+
+    def on_batch(batch: int, batches: int, loss: float, accuracy: float) -> None:
+        nonlocal done
+        done = batch
+        if steps is not None and batch >= steps:
+            stop.set()
+
+    train_one_epoch(trainer.model, pipe.source, trainer.optimiser, trainer.scheduler, epoch,
+                    torch.device("cpu"), Distributed(), on_batch, stop)
+    return done
+
+
+class QuarterTurn:
+    """A random multiple of 90 degrees: the rotations that are symmetries of a square cutout."""
+
+    def __init__(self) -> None:
+        self.choice = T.RandomChoice([T.RandomRotation((angle, angle)) for angle in (0, 90, 180, 270)])
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return self.choice(image)
+
+
+class JpegDataset(Dataset):
+    """The reference: open, decode and transform one JPEG per item, every epoch."""
+
+    def __init__(self, paths: list[Path], targets: np.ndarray, transform: T.Compose):
+        self.paths, self.targets, self.transform = paths, targets, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with Image.open(self.paths[i]) as image:
+            x = self.transform(image.convert("RGB"))
+        return x, torch.from_numpy(self.targets[i])
+
+
+def reference_loader(pipe: OurPipeline, data_dir: Path, workers: int) -> DataLoader:
+    """The same training galaxies and targets, read from the JPEG files."""
+    rows = pipe.train_rows
+    paths = [Path(data_dir) / rel for rel in pipe.dataset.index["image"].to_numpy()[rows]]
+    targets = pipe.dataset.targets(rows, pipe.config.soft_labels, with_fractions=pipe.config.aux_weight > 0)
+    transform = T.Compose([
+        T.CenterCrop(pipe.geometry.crop),
+        T.Resize(pipe.geometry.size),
+        T.RandomHorizontalFlip(), T.RandomVerticalFlip(), QuarterTurn(),
+        T.ToTensor(), T.Normalize(pipe.stats.mean, pipe.stats.std),
+    ])
+    return DataLoader(JpegDataset(paths, targets, transform), batch_size=pipe.config.batch_size,
+                      shuffle=True, drop_last=True, num_workers=workers,
+                      generator=torch.Generator().manual_seed(pipe.config.seed))
+
+
+def _take(iterator: Iterator, steps: int) -> Iterator:
+    for _, item in zip(range(steps), iterator):
+        yield item
+
+
+def reference_steps(trainer: Trainer, loader: DataLoader, steps: int) -> int:
+    done = 0
+    for x, targets in _take(iter(loader), steps):
+        trainer.step(x, targets)
+        done += 1
+    return done
+
+
+def bench_train(data_dir: Path, cache_root: Path, settings: dict[str, Any], *, steps: int,
+                blocks: int, reference_workers: int) -> dict[str, float]:
+    """Images/s of both pipelines over the same number of steps, in alternating blocks."""
+    pipe = our_pipeline(data_dir, cache_root, settings)
+    batch = pipe.config.batch_size
+    if steps > pipe.source.steps_per_epoch():
+        raise ValueError(f"{steps} steps per block is more than an epoch of {pipe.source.steps_per_epoch()}")
+    loader = reference_loader(pipe, data_dir, reference_workers)
+    ours, reference = Trainer.create(pipe.config, channels_last=True), Trainer.create(pipe.config, False)
+    train_steps(ours, pipe, epoch=1000, steps=2)  # first calls build the kernels: not timed
+    reference_steps(reference, loader, 2)
+    ours_s = reference_s = 0.0
+    ours_n = reference_n = 0
+    for block in range(blocks):
+        start = time.perf_counter()
+        reference_n += reference_steps(reference, loader, steps)
+        reference_s += time.perf_counter() - start
+        start = time.perf_counter()
+        ours_n += train_steps(ours, pipe, epoch=block, steps=steps)
+        ours_s += time.perf_counter() - start
+    if ours_n != reference_n:
+        raise RuntimeError(f"ran {ours_n} steps of ours but {reference_n} of the reference")
+    out = {
+        "train_batch_size": batch, "train_steps_each": ours_n,
+        "train_images_per_s": ours_n * batch / ours_s,
+        "train_reference_images_per_s": reference_n * batch / reference_s,
+        "train_speedup_vs_reference": reference_s / ours_s,
+        "train_reference_loader_workers": reference_workers,
+    }
+    out.update(bench_batches_only(pipe, loader, steps=max(4, steps), blocks=blocks))
+    return out
+
+
+def bench_batches_only(pipe: OurPipeline, loader: DataLoader, *, steps: int, blocks: int) -> dict[str, float]:
+    """Batch making alone, without the network: where the two pipelines actually differ."""
+    ours_s = reference_s = 0.0
+    ours_n = reference_n = 0
+    for block in range(blocks):
+        start = time.perf_counter()
+        reference_n += sum(len(x) for x, _ in _take(iter(loader), steps))
+        reference_s += time.perf_counter() - start
+        start = time.perf_counter()
+        batches = prefetch(pipe.source.batches(block, Distributed()))
+        ours_n += sum(len(x) for x, _ in _take(batches, steps))
+        batches.close()
+        ours_s += time.perf_counter() - start
+    return {"batches_images_per_s": ours_n / ours_s,
+            "batches_reference_images_per_s": reference_n / reference_s,
+            "batches_speedup_vs_reference": (ours_n / ours_s) / (reference_n / reference_s)}
+
+
+def bench_step_options(config: TrainConfig, *, repeats: int, threads: tuple[int, ...]) -> dict[str, float]:
+    """One training step on a fixed batch under different settings, interleaved.
+
+    Measures memory format (channels-last against contiguous NCHW), intra-op thread count, and
+    bfloat16 autocast (not used by training; measured as an option).
+    """
+    size, batch = config.image_size, config.batch_size
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    targets = torch.eye(len(CLASSES))[torch.arange(batch) % len(CLASSES)]
+    if config.aux_weight > 0:
+        targets = torch.cat([targets, torch.full((batch, 2), 0.5)], dim=1)
+    variants: dict[str, tuple[Trainer, torch.Tensor, int, bool]] = {}
+    base_threads = torch.get_num_threads()
+    cl = x.contiguous(memory_format=torch.channels_last)
+    variants["channels_last"] = (Trainer.create(config, True), cl, base_threads, False)
+    variants["contiguous"] = (Trainer.create(config, False), x, base_threads, False)
+    variants["bf16_autocast"] = (Trainer.create(config, True), cl, base_threads, True)
+    for n in threads:
+        variants[f"threads_{n}"] = (Trainer.create(config, True), cl, n, False)
+
+    def run(name: str) -> float:
+        trainer, inputs, n_threads, bf16 = variants[name]
+        torch.set_num_threads(n_threads)
+        start = time.perf_counter()
+        trainer.step(inputs, targets, bf16)
+        return time.perf_counter() - start
+
+    try:
+        for name in variants:
+            run(name)
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(repeats):
+            for name in variants:
+                times[name].append(run(name))
+    finally:
+        torch.set_num_threads(base_threads)
+    median = {name: float(np.median(t)) for name, t in times.items()}
+    out = {f"step_ms_{name}": 1000 * t for name, t in median.items()}
+    out["channels_last_speedup"] = median["contiguous"] / median["channels_last"]
+    out["bf16_autocast_speedup"] = median["channels_last"] / median["bf16_autocast"]
+    return out
+
+
+def epoch_seconds(data_dir: Path, cache_root: Path, settings: dict[str, Any],
+                  galaxies: int | None) -> dict[str, float]:
+    """One full training epoch on ``galaxies`` (a seeded subset), after two untimed warm-up steps."""
+    pipe = our_pipeline(data_dir, cache_root, settings, max_galaxies=galaxies)
+    trainer = Trainer.create(pipe.config, channels_last=True)
+    train_steps(trainer, pipe, epoch=1000, steps=2)
+    start = time.perf_counter()
+    steps = train_steps(trainer, pipe, epoch=0, steps=None)
+    seconds = time.perf_counter() - start
+    if steps != pipe.source.steps_per_epoch():
+        raise RuntimeError(f"epoch ran {steps} of {pipe.source.steps_per_epoch()} steps")
+    return {"seconds": seconds, "steps": steps, "views": len(pipe.source.views.rows),
+            "galaxies": len(pipe.dataset) if galaxies is None else galaxies,
+            "images_per_s": len(pipe.source.views.rows) / seconds}

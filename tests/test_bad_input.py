@@ -1,0 +1,366 @@
+"""Bad input from users: broken or hostile images, catalogues and settings.
+
+Each gets one line saying what is wrong, never a traceback, and everything good beside it still
+gets its result.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, make_dataset, synthetic_galaxy
+from galaxy_core.catalogue import CatalogueError, read_catalogue
+from galaxy_core.cli import EXIT_PARTIAL_FAILURE, EXIT_USER_ERROR, main
+from galaxy_core.config import CLASSES, ConfigError, PredictConfig, TrainConfig
+from galaxy_core.cutout_server import CutoutIndex, CutoutServer, ServerOptions
+from galaxy_core.predict import Classifier
+from galaxy_core.train import train
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def galaxy(size: int = 128, seed: int = 0) -> Image.Image:
+    return Image.fromarray(synthetic_galaxy(0, np.random.default_rng(seed), size))
+
+
+def good_images() -> dict[str, bytes]:
+    """Real images in every awkward mode and size: all must be classified."""
+    g = galaxy()
+    grey16 = Image.fromarray((np.asarray(g.convert("L"), dtype=np.uint16) * 257))
+    return {
+        "rgb.jpg": encode(g, "JPEG"),
+        "grey.png": encode(g.convert("L"), "PNG"),
+        "grey16.png": encode(grey16, "PNG"),
+        "rgba.png": encode(g.convert("RGBA"), "PNG"),
+        "cmyk.jpg": encode(g.convert("CMYK"), "JPEG"),
+        "cmyk.tif": encode(g.convert("CMYK"), "TIFF"),
+        "palette.gif": encode(g.convert("P"), "GIF"),
+        "one_pixel.png": encode(Image.new("RGB", (1, 1), (200, 180, 150)), "PNG"),
+        "strip.webp": encode(galaxy(300).crop((0, 120, 300, 160)), "WEBP"),
+        "big.jpg": encode(galaxy(900), "JPEG"),
+    }
+
+
+def bad_images() -> dict[str, tuple[bytes, str]]:
+    """Unreadable or hostile files, with a word their error must contain."""
+    jpeg = encode(galaxy(), "JPEG")
+    return {
+        "text.jpg": (b"these are galaxy notes, not a picture\n" * 5, "not an image"),
+        "empty.jpg": (b"", "empty"),
+        "truncated.jpg": (jpeg[: len(jpeg) // 2], "truncated"),
+        # 400 megapixels in 48 KB: Pillow's own limit refuses it at open.
+        "bomb.png": (encode(Image.new("1", (20000, 20000)), "PNG"), "decompression bomb"),
+        # 81 megapixels, under Pillow's limit: our stricter limit must refuse it.
+        "bomb_palette.png": (encode(Image.new("P", (9000, 9000)), "PNG"), "pixel limit"),
+        "script.eps": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "not an image"),
+    }
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("uploads")
+    for name, data in good_images().items():
+        (folder / name).write_bytes(data)
+    for name, (data, _) in bad_images().items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def assert_classified(prediction) -> None:
+    assert prediction.error is None, (prediction.name, prediction.error)
+    assert prediction.label in CLASSES
+    assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_classifier_classifies_every_real_image_and_explains_the_rest(
+        trained_tiny_model: Path, image_folder: Path) -> None:
+    classifier = Classifier.load(PredictConfig(model_dir=trained_tiny_model, batch_size=4))
+    names = sorted(p.name for p in image_folder.iterdir())
+    results = {p.name: p for p in classifier.predict([image_folder / n for n in names], names=names)}
+    for name in good_images():
+        assert_classified(results[name])
+    for name, (_, reason) in bad_images().items():
+        result = results[name]
+        assert result.label is None and result.probabilities is None
+        assert reason in result.error and "\n" not in result.error, (name, result.error)
+
+
+def test_uploads_as_bytes_get_the_same_treatment(trained_tiny_model: Path) -> None:
+    """The app passes uploaded files as bytes and file-like objects, not paths."""
+    classifier = Classifier.load(PredictConfig(model_dir=trained_tiny_model))
+    good, bad = good_images(), bad_images()
+    sources = [good["cmyk.jpg"], io.BytesIO(good["grey16.png"]), bad["truncated.jpg"][0], galaxy(64)]
+    results = classifier.predict(sources, names=["a", "b", "c", "d"])
+    for i in (0, 1, 3):
+        assert_classified(results[i])
+    assert "truncated" in results[2].error
+    direct = classifier.predict([Path("/nonexistent/galaxy.jpg")])[0]
+    assert direct.error == "file not found"
+
+
+def test_cli_predict_reports_each_failure_and_exits_non_zero(
+        trained_tiny_model: Path, image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "predictions.csv"
+    missing = tmp_path / "not-there.png"
+    # A folder expands to its image files (.eps is not one of them, so it is also named directly).
+    code = main(["predict", str(image_folder), str(image_folder / "script.eps"), str(missing),
+                 "--model", str(trained_tiny_model), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == EXIT_PARTIAL_FAILURE
+    assert "Traceback" not in err
+    rows = {Path(r["path"]).name: r for r in csv.DictReader(out.open())}
+    assert len(rows) == len(good_images()) + len(bad_images()) + 1
+    for name in good_images():
+        assert rows[name]["label"] in CLASSES and rows[name]["error"] == ""
+    for name, (_, reason) in [*bad_images().items(), ("not-there.png", (b"", "file not found"))]:
+        assert rows[name]["label"] == "" and reason in rows[name]["error"]
+        lines = [line for line in err.splitlines() if line.startswith("error: ") and name in line]
+        assert len(lines) == 1 and reason in lines[0], (name, err)
+    assert f"{len(good_images())} classified, {len(bad_images()) + 1} failed" in err
+
+
+def test_cli_predict_to_stdout_and_bad_model(trained_tiny_model: Path, image_folder: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    assert main(["predict", str(image_folder / "rgb.jpg"), "--model", str(trained_tiny_model)]) == 0
+    captured = capsys.readouterr()
+    rows = list(csv.DictReader(io.StringIO(captured.out)))
+    assert len(rows) == 1 and rows[0]["label"] in CLASSES and captured.err == ""
+
+    assert main(["predict", str(image_folder / "rgb.jpg"), "--model", str(tmp_path)]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not a model folder" in err and "Traceback" not in err
+
+    empty = tmp_path / "no-images"
+    empty.mkdir()
+    assert main(["predict", str(empty), "--model", str(trained_tiny_model)]) == EXIT_USER_ERROR
+    assert "no image files found" in capsys.readouterr().err
+
+
+def test_pixels_are_limited_before_decoding(image_folder: Path) -> None:
+    """Memory must not grow by the size of a bomb's pixels; the same measurement on an image
+    just under the limit shows it would notice a decode."""
+    # Peak resident memory (VmHWM), reset to the current size before each measurement.
+    script = (
+        "import re, sys\n"
+        "from galaxy_core.images import load_image, ImageLoadError\n"
+        "def reset():\n"
+        "    with open('/proc/self/clear_refs', 'w') as f: f.write('5')\n"
+        "def peak():\n"
+        "    with open('/proc/self/status') as f: return int(re.search(r'VmHWM:\\s+(\\d+)', f.read())[1]) // 1024\n"
+        "def current():\n"
+        "    with open('/proc/self/status') as f: return int(re.search(r'VmRSS:\\s+(\\d+)', f.read())[1]) // 1024\n"
+        "load_image(sys.argv[3])\n"
+        "growth = []\n"
+        "for path in sys.argv[1:3]:\n"
+        "    reset(); start = current()\n"
+        "    try:\n"
+        "        load_image(path); print('decoded', path)\n"
+        "    except ImageLoadError as exc:\n"
+        "        print('refused', exc)\n"
+        "    growth.append(peak() - start)\n"
+        "reset(); start = current()\n"
+        "load_image(sys.argv[4])\n"
+        "print('growth', max(growth), peak() - start)\n")
+    control = image_folder.parent / "control-7000.png"
+    control.write_bytes(encode(Image.new("P", (7000, 7000)), "PNG"))
+    run = subprocess.run([sys.executable, "-c", script, str(image_folder / "bomb.png"),
+                          str(image_folder / "bomb_palette.png"), str(image_folder / "rgb.jpg"), str(control)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert [line.split()[0] for line in lines[:2]] == ["refused", "refused"], lines
+    bomb_growth_mb, control_growth_mb = map(int, lines[2].split()[1:])
+    assert bomb_growth_mb < 20, lines
+    assert control_growth_mb > 100, lines  # 49 Mpx decoded then converted to RGB
+
+
+# --- catalogues ------------------------------------------------------------------------------
+
+CANONICAL = "id,ra,dec,frac_smooth,frac_features,frac_artifact,label\n"
+GZ1 = "OBJID,RA,DEC,P_EL_DEBIASED,P_CS_DEBIASED,P_DK,SPIRAL,ELLIPTICAL,UNCERTAIN\n"
+GZ2 = ("ra,dec,t01_smooth_or_features_a01_smooth_debiased,t01_smooth_or_features_a02_features_or_disk_debiased,"
+       "t01_smooth_or_features_a03_star_or_artifact_debiased\n")
+ROW = "g1,10.5,-3.2,0.1,0.85,0.0,Spiral\n"
+
+BAD_CATALOGUES = {
+    "canonical without label": (CANONICAL.replace(",label", "") + "g1,10.5,-3.2,0.1,0.85,0.0\n",
+                                "cannot tell the catalogue format.*lacks label"),
+    "gz2 without artifact column": (GZ2.rsplit(",", 1)[0] + "\n10.5,-3.2,0.1,0.85\n",
+                                    "missing column.*a03_star_or_artifact"),
+    "gz1 without flags": ("OBJID,RA,DEC\n1,00:00:01.0,+01:00:00\n", "lacks P_EL_DEBIASED"),
+    "empty row": (CANONICAL + ROW + ",,,,,,\n" + ROW.replace("g1", "g2"), "line 3 is empty"),
+    "blank line": (CANONICAL + ROW + "\n" + ROW.replace("g1", "g2"), "line 3 is empty"),
+    "nan ra": (CANONICAL + ROW + "g2,nan,1,0.1,0.1,0,Uncertain\n", "line 3, column ra: value is not a number"),
+    "empty dec": (CANONICAL + "g2,1,,0.1,0.1,0,Uncertain\n", "line 2, column dec: value is empty"),
+    "ra 360": (CANONICAL + "g2,360,1,0.1,0.1,0,Uncertain\n", r"line 2, column ra: .*\[0, 360\)"),
+    "dec 95": (GZ2 + "10,95,0.1,0.9,0\n", "line 2, column dec: .*-90, 90"),
+    "infinite dec": (CANONICAL + "g2,1,-inf,0.1,0.1,0,Uncertain\n", "line 2, column dec"),
+    "fraction above 1": (CANONICAL + "g2,1,1,1.5,0.1,0,Uncertain\n", "line 2, column frac_smooth"),
+    "duplicate id": (CANONICAL + ROW + ROW, "line 3: duplicate galaxy id 'g1' .first seen on line 2"),
+    "unknown label": (CANONICAL + "g2,1,1,0.1,0.1,0,Barred\n", "line 2, column label: 'Barred'"),
+    "extra field": (CANONICAL + ROW + "g2,1,1,0.1,0.1,0,Spiral,oops\n", "line 3, saw 8"),
+    "extra field in first row": (CANONICAL + "g2,1,1,0.1,0.1,0,Spiral,oops\n" + ROW, "line 2 has 8 fields"),
+    "unclosed quote": (CANONICAL + 'g2,"1,1,0.1\n', "not a readable CSV"),
+    "gz1 bad RA": (GZ1 + "1,12h30m,+01:00:00,0.1,0.9,0,1,0,0\n", "line 2, column RA: cannot read '12h30m'"),
+    "gz1 minutes 75": (GZ1 + "1,00:00:01.0,+01:75:00,0.1,0.9,0,1,0,0\n", "line 2, column DEC: .*60 or more"),
+    "gz1 two flags": (GZ1 + "1,00:00:01.0,+01:00:00,0.1,0.9,0,1,1,0\n", "line 2: exactly one of SPIRAL"),
+    "header only": (CANONICAL, "no rows"),
+    "empty file": ("", "empty"),
+    "html page": ("<!DOCTYPE html><html><body>Service unavailable</body></html>", "HTML"),
+    "binary": (bytes(range(256)) * 8, "binary data"),
+    "latin-1 bytes": (b"id,ra\n\xff\xfe,1\n", "not a readable CSV"),
+    "gzip garbage": (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03not really deflate data", "corrupt gzip"),
+    "truncated gzip": (gzip.compress((CANONICAL + ROW * 50).encode())[:40], "corrupt gzip"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CATALOGUES))
+def test_bad_catalogue_names_the_problem(tmp_path: Path, name: str) -> None:
+    body, message = BAD_CATALOGUES[name]
+    path = tmp_path / "catalogue.csv"
+    path.write_bytes(body if isinstance(body, bytes) else body.encode())
+    with pytest.raises(CatalogueError, match=message) as caught:
+        read_catalogue(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_gzipped_catalogue_with_padding_still_reads(tmp_path: Path) -> None:
+    path = tmp_path / "catalogue.csv.gz"
+    path.write_bytes(gzip.compress((CANONICAL + ROW).encode()) + gzip.compress(ROW.replace("g1", "g2").encode())
+                     + b"\x00" * 16)
+    assert read_catalogue(path)["id"].tolist() == ["g1", "g2"]
+
+
+@pytest.fixture
+def catalogue_server(tiny_dataset: Path):
+    files = {"/good.csv": (CANONICAL + ROW).encode(),
+             "/busy.csv": b"<!DOCTYPE html><html><body>Error: service busy</body></html>",
+             "/broken.csv.gz": BAD_CATALOGUES["gzip garbage"][0],
+             "/dup.csv": (CANONICAL + ROW + ROW).encode()}
+    with CutoutServer(CutoutIndex.from_catalogue(tiny_dataset), ServerOptions(extra_files=files)) as server:
+        yield server
+
+
+@pytest.mark.parametrize("path, message", [
+    ("/busy.csv", "HTML"), ("/broken.csv.gz", "corrupt gzip"), ("/dup.csv", "duplicate galaxy id"),
+    ("/missing.csv", "HTTP 404"),
+])
+def test_bad_catalogue_over_http(catalogue_server: CutoutServer, path: str, message: str) -> None:
+    assert read_catalogue(catalogue_server.base_url + "/good.csv")["id"].tolist() == ["g1"]
+    with pytest.raises(CatalogueError, match=message):
+        read_catalogue(catalogue_server.base_url + path)
+
+
+def test_bad_catalogue_via_cli_download(catalogue_server: CutoutServer, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture) -> None:
+    for path, message in [("/busy.csv", "HTML"), ("/broken.csv.gz", "corrupt gzip"), ("/missing.csv", "HTTP 404")]:
+        out = tmp_path / path.strip("/")
+        code = main(["download", "--catalogue", catalogue_server.base_url + path, "--out", str(out),
+                     "--cutout-url", catalogue_server.url])
+        err = capsys.readouterr().err
+        assert code == EXIT_USER_ERROR and message in err and "Traceback" not in err
+        assert not out.exists()  # nothing created for a catalogue that could not be read
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--timeout", "0", "--timeout"), ("--timeout", "nan", "--timeout"), ("--workers", "0", "--workers"),
+    ("--max-rate", "nan", "--max-rate"), ("--size", "4", "--size"), ("--limit", "0", "--limit"),
+    ("--cutout-url", "file:///etc/passwd", "http"),
+])
+def test_bad_download_settings_via_cli(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                       flag: str, value: str, message: str) -> None:
+    code = main(["download", "--catalogue", str(tiny_dataset / "catalogue.csv"), "--out", str(tmp_path / "o"),
+                 flag, value])
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR and message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+# --- training settings -----------------------------------------------------------------------
+
+def tiny_config(data: Path, root: Path, **overrides) -> TrainConfig:
+    values = dict(epochs=1, batch_size=8, image_size=32, crop=96, width=8, depth=1, cache_dir=root / "cache")
+    values.update(overrides)
+    return TrainConfig(data_dir=data, out_dir=root / "model", **values)
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("train-data") / "d", n_per_class=6)
+
+
+@pytest.fixture(scope="module")
+def two_class_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset with no Uncertain galaxies at all."""
+    data = make_dataset(tmp_path_factory.mktemp("two-class") / "d", n_per_class=6)
+    lines = (data / "catalogue.csv").read_text().splitlines(keepends=True)
+    (data / "catalogue.csv").write_text("".join(line for line in lines if ",Uncertain," not in line))
+    return data
+
+
+BAD_TRAINING = [
+    ({"epochs": 0}, "epochs must be at least 1"),
+    ({"batch_size": 0}, "batch size must be at least 1"),
+    ({"batch_size": 500}, "batch size 500 is larger than the"),
+    ({"image_size": 0}, "image size must be between"),
+    ({"image_size": 100_000}, "image size must be between"),
+    ({"crop": 4}, "crop .4. is too small"),
+    ({"lr": float("nan")}, "learning rate"),
+    ({"weight_decay": float("nan")}, "weight decay"),
+    ({"seed": -1}, "seed must be between"),
+    ({"num_threads": -2}, "threads must be at least 1"),
+    ({"val_fraction": 0.9}, "val_fraction"),
+    ({"max_galaxies": 4}, "too few to hold out"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_TRAINING, ids=[next(iter(o)) + "=" + str(next(iter(o.values())))
+                                                                  for o, _ in BAD_TRAINING])
+def test_bad_training_settings_fail_before_any_work(train_data: Path, tmp_path: Path,
+                                                    overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        train(tiny_config(train_data, tmp_path, **overrides))
+    assert not (tmp_path / "model").exists() and not (tmp_path / "cache").exists()
+
+
+def test_class_without_examples_fails_before_any_work(two_class_data: Path, tmp_path: Path) -> None:
+    for balance in (True, False):
+        with pytest.raises(ConfigError, match="Uncertain have no training examples"):
+            train(tiny_config(two_class_data, tmp_path, balance=balance))
+    assert not (tmp_path / "model").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "0"], "epochs must be at least 1"),
+    (["--batch-size", "500"], "is larger than the"),
+    (["--image-size", "-3"], "image size"),
+    (["--lr", "nan"], "learning rate"),
+])
+def test_bad_training_settings_via_cli(train_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                       args: list[str], message: str) -> None:
+    code = main(["train", "--data", str(train_data), "--out", str(tmp_path / "model"), "--cache-dir",
+                 str(tmp_path / "cache"), "--image-size", "32", "--width", "8", "--depth", "1", *args])
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR and message in err and "Traceback" not in err
+    assert not (tmp_path / "model").exists() and not (tmp_path / "cache").exists()
+
+
+def test_training_on_a_folder_without_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty").mkdir()
+    code = main(["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "model")])
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR and "no catalogue.csv" in err and "Traceback" not in err
+    assert not (tmp_path / "model").exists()

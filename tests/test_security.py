@@ -1,0 +1,185 @@
+"""Hostile files and names: a model or checkpoint carrying a pickled payload never runs it, a
+catalogue id or image path never reaches outside its folder, and no external program is started
+to read an image."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_dataset
+from galaxy_core.bundle import CARD_NAME, WEIGHTS_NAME, BundleError, load_bundle
+from galaxy_core.catalogue import read_catalogue
+from galaxy_core.cli import EXIT_USER_ERROR, main
+from galaxy_core.config import DownloadConfig, PredictConfig, TrainConfig
+from galaxy_core.dataset import PackedDataset, build_cache, load_catalogue_with_images
+from galaxy_core.download import IMAGES_DIR, download_cutouts
+from galaxy_core.images import ImageLoadError, load_image
+from galaxy_core.predict import Classifier
+from galaxy_core.train import CHECKPOINT_NAME, CheckpointError, train
+
+
+class Payload:
+    """Unpickling this creates ``marker``: proof that loading a file ran code."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def pickled(marker: Path) -> bytes:
+    return pickle.dumps({"weights": Payload(marker)})
+
+
+def torch_saved(marker: Path) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"model": Payload(marker), "epoch": 1}, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("make", [pickled, torch_saved], ids=["raw-pickle", "torch-save"])
+def test_the_payload_is_live(tmp_path: Path, make) -> None:
+    """The payloads below really would run if anything unpickled them."""
+    marker = tmp_path / "ran"
+    data = make(marker)
+    if make is pickled:
+        pickle.loads(data)
+    else:
+        torch.load(io.BytesIO(data), weights_only=False)
+    assert marker.exists()
+
+
+@pytest.fixture
+def model_copy(trained_tiny_model: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(trained_tiny_model, tmp_path / "model"))
+
+
+@pytest.mark.parametrize("make", [pickled, torch_saved], ids=["raw-pickle", "torch-save"])
+def test_pickled_model_file_is_refused_without_running(model_copy: Path, tmp_path: Path, make,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    marker = tmp_path / "ran"
+    (model_copy / WEIGHTS_NAME).write_bytes(make(marker))
+    with pytest.raises(BundleError, match="not a valid safetensors file"):
+        load_bundle(model_copy)
+    image = tmp_path / "galaxy.png"
+    Image.new("RGB", (64, 64), (90, 80, 70)).save(image)
+    code = main(["predict", str(image), "--model", str(model_copy)])
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR and "not a valid safetensors file" in err and "Traceback" not in err
+    assert not marker.exists()
+
+
+def test_malformed_model_card_is_refused_by_name(model_copy: Path) -> None:
+    card = json.loads((model_copy / CARD_NAME).read_text())
+    (model_copy / CARD_NAME).write_text(json.dumps({**card, "input": "128px"}))
+    with pytest.raises(BundleError, match="malformed input"):
+        Classifier.load(PredictConfig(model_dir=model_copy))
+    (model_copy / CARD_NAME).write_text(json.dumps({**card, "width": "wide"}))
+    with pytest.raises(BundleError, match="no buildable model"):
+        load_bundle(model_copy)
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("secure") / "d", n_per_class=6)
+
+
+def tiny_config(data: Path, out: Path) -> TrainConfig:
+    return TrainConfig(data_dir=data, out_dir=out, epochs=1, batch_size=8, image_size=32, crop=96, width=8,
+                       depth=1, cache_dir=out.parent / "cache")
+
+
+@pytest.mark.parametrize("make", [pickled, torch_saved], ids=["raw-pickle", "torch-save"])
+def test_pickled_checkpoint_is_refused_without_running(small_data: Path, tmp_path: Path, make,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    marker = tmp_path / "ran"
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / CHECKPOINT_NAME).write_bytes(make(marker))
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        train(tiny_config(small_data, out))
+    code = main(["train", "--data", str(small_data), "--out", str(out), "--epochs", "1", "--batch-size", "8",
+                 "--image-size", "32", "--width", "8", "--depth", "1", "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR and "cannot be loaded safely" in err and "Traceback" not in err
+    assert not marker.exists()
+    assert not (out / CARD_NAME).exists()
+
+
+def test_checkpoint_of_the_wrong_shape_is_refused(small_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    out.mkdir()
+    torch.save({"model": {"w": torch.zeros(2)}, "epoch": 1}, out / CHECKPOINT_NAME)
+    with pytest.raises(CheckpointError, match="not a training checkpoint .missing config, history"):
+        train(tiny_config(small_data, out))
+    torch.save(torch.zeros(3), out / CHECKPOINT_NAME)
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        train(tiny_config(small_data, out))
+
+
+HOSTILE_IDS = ["../../escaped", "/tmp/absolute", "..", ".", "a/b", "a_b", "Case", "case", "x" * 300,
+               "nul\x00byte", "back\\slash", "~/home"]
+
+
+def test_hostile_ids_never_write_outside_the_output_folder(tmp_path: Path, cutout_server_for) -> None:
+    source = make_dataset(tmp_path / "src", n_per_class=4)
+    catalogue = read_catalogue(source / "catalogue.csv").iloc[: len(HOSTILE_IDS)].copy()
+    images = {galaxy_id: (source / rel).read_bytes() for galaxy_id, rel in zip(HOSTILE_IDS, catalogue["image"])}
+    catalogue["id"] = HOSTILE_IDS
+    jail = tmp_path / "jail"
+    out = jail / "out"
+    before = {p for p in tmp_path.rglob("*")}
+    with cutout_server_for(source) as server:
+        report = download_cutouts(catalogue, DownloadConfig(out_dir=out, cutout_url=server.url, workers=4,
+                                                            backoff_s=0.01, timeout_s=5))
+    assert report.ok and report.downloaded == len(HOSTILE_IDS)
+    created = {p for p in tmp_path.rglob("*")} - before
+    assert all(p == jail or p.is_relative_to(out) for p in created), sorted(map(str, created))
+    assert not Path("/tmp/absolute.jpg").exists() and not (tmp_path / "escaped.jpg").exists()
+    # Every galaxy has its own file, holding its own image: no two ids share one.
+    written = pd.read_csv(out / "catalogue.csv", dtype={"id": str}, keep_default_na=False)
+    assert written["image"].nunique() == len(HOSTILE_IDS)
+    assert len({p.name.lower() for p in (out / IMAGES_DIR).iterdir()}) == len(HOSTILE_IDS)
+    for galaxy_id, rel in zip(catalogue["id"], written["image"]):
+        path = out / rel
+        assert path.parent == out / IMAGES_DIR and len(path.name) < 120
+        assert path.read_bytes() == images[galaxy_id], galaxy_id
+
+
+def test_dataset_never_reads_images_outside_its_folder(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", n_per_class=4)
+    secret = np.full((128, 128, 3), 255, np.uint8)
+    Image.fromarray(secret).save(tmp_path / "secret.jpg")
+    catalogue = pd.read_csv(data / "catalogue.csv")
+    hostile = {"syn0_0000": "../secret.jpg", "syn1_0000": str(tmp_path / "secret.jpg"),
+               "syn2_0000": "images/../../secret.jpg"}
+    catalogue["image"] = [hostile.get(i, rel) for i, rel in zip(catalogue["id"], catalogue["image"])]
+    catalogue.to_csv(data / "catalogue.csv", index=False)
+
+    assert set(load_catalogue_with_images(data)["id"]).isdisjoint(hostile)
+    dataset = PackedDataset(build_cache(data, cache_root=tmp_path / "cache").cache_dir)
+    assert len(dataset) == 12 - len(hostile) and set(dataset.ids).isdisjoint(hostile)
+    assert not (dataset.images(np.arange(len(dataset))) == 255).all(axis=(1, 2, 3)).any()
+
+
+def test_no_external_program_reads_an_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow hands EPS files to Ghostscript; we never offer it one."""
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a) or pytest.fail("Popen"))
+    monkeypatch.setattr(subprocess, "check_call", lambda *a, **k: started.append(a) or pytest.fail("check_call"))
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nnewpath 0 0 moveto 64 64 lineto stroke\nshowpage\n"
+    with pytest.raises(ImageLoadError, match="not an image file"):
+        load_image(eps)
+    assert started == []

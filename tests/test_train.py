@@ -1,0 +1,165 @@
+"""Training loop, checkpoints, bundles, evaluation and prediction on small synthetic data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_dataset, synthetic_galaxy
+from galaxy_core.bundle import load_bundle, read_card
+from galaxy_core.config import CLASSES, ConfigError, PredictConfig, TrainConfig
+from galaxy_core.evaluate import evaluate_bundle
+from galaxy_core.metrics import classification_metrics
+from galaxy_core.model import build_model
+from galaxy_core.predict import Classifier, predictions_csv
+from galaxy_core.train import CHECKPOINT_NAME, train
+
+
+def small_config(data: Path, out: Path, **overrides) -> TrainConfig:
+    values = dict(epochs=6, batch_size=16, lr=5e-3, image_size=32, crop=96, width=8, depth=1,
+                  num_threads=2, tta=False)
+    values.update(overrides)
+    return TrainConfig(data_dir=data, out_dir=out, **values)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list]:
+    root = tmp_path_factory.mktemp("train")
+    data = make_dataset(root / "data", n_per_class=40, seed=1)
+    events: list = []
+    result = train(small_config(data, root / "model", tta=True), events.append)
+    assert not result.stopped
+    return data, root / "model", events
+
+
+def test_training_learns_and_reports_progress(trained) -> None:
+    _, model_dir, events = trained
+    phases = {e.phase for e in events}
+    assert {"prepare", "train", "epoch", "done"} <= phases
+    batches = [e for e in events if e.phase == "train"]
+    assert batches[0].eta_s is not None and batches[-1].batch == batches[-1].batches
+    card = read_card(model_dir)
+    history = card["history"]
+    assert len(history) == 6 and history[-1]["train_loss"] < history[0]["train_loss"]
+    assert card["metrics"]["accuracy"] >= 0.75, card["metrics"]
+    assert card["data"]["train_after_balancing"] == {"Spiral": 32, "Elliptical": 32, "Uncertain": 32}
+
+
+def test_bundle_card_carries_everything_needed(trained) -> None:
+    _, model_dir, _ = trained
+    card = read_card(model_dir)
+    assert card["classes"] == list(CLASSES)
+    assert card["input"] == {"source_size": 128, "crop": 96, "size": 32}
+    assert len(card["normalisation"]["mean"]) == 3 and card["seed"] == 0
+    evaluation = json.loads((model_dir / "evaluation.json").read_text())
+    test_ids = set(evaluation["split_ids"]["test"])
+    assert test_ids.isdisjoint(evaluation["split_ids"]["train"])
+    assert len(test_ids) == card["data"]["split"]["test"] == 12
+    assert (model_dir / CHECKPOINT_NAME).is_file()
+
+
+def test_same_seed_same_weights(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "d", n_per_class=10)
+    weights = []
+    for run in ("a", "b"):
+        train(small_config(data, tmp_path / run, epochs=2, batch_size=8))
+        bundle = load_bundle(tmp_path / run)
+        weights.append(torch.cat([p.flatten() for p in bundle.model.state_dict().values() if p.is_floating_point()]))
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_stop_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "d", n_per_class=10)
+    train(small_config(data, tmp_path / "full", epochs=3, batch_size=8))
+    import threading
+
+    stop = threading.Event()
+
+    def stop_in_epoch_two(event) -> None:
+        if event.phase == "train" and event.epoch == 2 and event.batch == 2:
+            stop.set()
+
+    stopped = train(small_config(data, tmp_path / "resumed", epochs=3, batch_size=8), stop_in_epoch_two, stop)
+    assert stopped.stopped and stopped.epochs_done == 1
+    assert not (tmp_path / "resumed" / "card.json").exists()
+    resumed = train(small_config(data, tmp_path / "resumed", epochs=3, batch_size=8))
+    assert not resumed.stopped
+    a, b = load_bundle(tmp_path / "full").model.state_dict(), load_bundle(tmp_path / "resumed").model.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_resume_refuses_changed_settings(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "d", n_per_class=10)
+    train(small_config(data, tmp_path / "m", epochs=1, batch_size=8))
+    with pytest.raises(ConfigError, match="lr"):
+        train(small_config(data, tmp_path / "m", epochs=1, batch_size=8, lr=0.01))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"epochs": 0}, "epochs"), ({"batch_size": 500}, "larger than"), ({"image_size": 4}, "image size"),
+    ({"arch": "vgg99"}, "unknown architecture"),
+])
+def test_bad_settings_fail_before_work(tmp_path: Path, overrides: dict, message: str) -> None:
+    data = make_dataset(tmp_path / "d", n_per_class=10)
+    with pytest.raises(ConfigError, match=message):
+        train(small_config(data, tmp_path / "m", **overrides))
+    assert not (tmp_path / "m" / CHECKPOINT_NAME).exists()
+
+
+def test_evaluate_uses_held_out_galaxies(trained) -> None:
+    data, model_dir, _ = trained
+    metrics = evaluate_bundle(model_dir, data)
+    card = read_card(model_dir)
+    assert metrics["split"] == "test" and metrics["n"] == 12
+    assert metrics["accuracy"] == pytest.approx(card["metrics"]["accuracy"])
+    assert set(metrics["symmetry_agreement"]) == {"rot90", "mirror", "all_8"}
+    for item in metrics["misclassified"]:
+        assert item["true"] != item["predicted"]
+
+
+def test_predict_images_and_csv(trained) -> None:
+    _, model_dir, _ = trained
+    classifier = Classifier.load(PredictConfig(model_dir=model_dir))
+    rng = np.random.default_rng(9)
+    images = [Image.fromarray(synthetic_galaxy(kind, rng)) for kind in (0, 1, 2)]
+    images.append(Image.fromarray(synthetic_galaxy(1, rng)).resize((300, 300)))
+    results = classifier.predict(images + [b"garbage", images[0].convert("L")])
+    assert [r.label for r in results[:3]] == list(CLASSES)
+    assert results[3].label == "Elliptical"
+    assert results[4].label is None and "not an image" in results[4].error
+    assert results[5].label in CLASSES
+    for r in results[:4]:
+        assert sum(r.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    lines = predictions_csv(results).splitlines()
+    assert lines[0] == "path,label,p_spiral,p_elliptical,p_uncertain,error" and len(lines) == 7
+
+
+def test_grad_cam_highlights_the_galaxy(trained) -> None:
+    _, model_dir, _ = trained
+    classifier = Classifier.load(PredictConfig(model_dir=model_dir))
+    image = Image.fromarray(synthetic_galaxy(1, np.random.default_rng(3)))
+    heat = classifier.grad_cam(image)
+    assert heat.shape == (32, 32) and 0 <= heat.min() and heat.max() == pytest.approx(1.0)
+
+
+def test_metrics_on_known_values() -> None:
+    y = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.eye(3)[[0, 1, 1, 1, 2, 0]] * 0.9 + 0.1 / 3
+    m = classification_metrics(y, probs)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert m["balanced_accuracy"] == pytest.approx((0.5 + 1 + 0.5) / 3)
+    assert m["per_class"]["Elliptical"]["precision"] == pytest.approx(2 / 3)
+    assert m["spiral_vs_elliptical_accuracy"] == pytest.approx(3 / 4)
+
+
+def test_models_build() -> None:
+    for arch in ("resnet_small", "plain_cnn"):
+        out = build_model(arch, 3, 8, 1)(torch.zeros(2, 3, 32, 32))
+        assert out.shape == (2, 3)
