@@ -66,8 +66,9 @@ def reliability(bins: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
                              line=dict(dash="dash", color="#888")))
+    sizes = 6 + 20 * np.sqrt(bins["count"] / max(bins["count"].max(), 1))
     fig.add_trace(go.Scatter(x=bins["confidence"], y=bins["accuracy"], mode="lines+markers",
-                             name="model", marker=dict(size=6 + 20 * np.sqrt(bins["count"] / max(bins["count"].max(), 1))),
+                             name="model", marker=dict(size=sizes),
                              text=bins["count"].map("{} galaxies".format)))
     fig.update_layout(xaxis_title="confidence (top-class probability)", yaxis_title="accuracy",
                       xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1]), title="Reliability")

@@ -5,12 +5,10 @@ from __future__ import annotations
 import time
 
 import streamlit as st
-from PIL import Image
 
 from galaxy_core.config import CLASSES, DEFAULT_CUTOUT_URL, GalaxyError
-from galaxy_core.explore import fetch_cutout, grad_cam_overlay, page_bounds
-from galaxy_core.images import ImageLoadError, load_image
-from galaxy_core.predict import IMAGE_SUFFIXES, Prediction, predictions_csv
+from galaxy_core.explore import classify_images, fetch_cutout, grad_cam_overlay, page_bounds
+from galaxy_core.predict import IMAGE_SUFFIXES, predictions_csv
 from app_pages import charts
 from app_pages.common import PAGES, active_model, load_classifier
 
@@ -72,26 +70,16 @@ if not inputs:
     st.stop()
 
 
-def classify(items: list[tuple[str, str, bytes]]) -> tuple[list[Prediction], list[Image.Image | None]]:
-    """Decode each input once; a bad file keeps its error and the rest still get results."""
-    images: list[Image.Image | None] = []
-    for _, _, data in items:
-        try:
-            images.append(load_image(data, max_pixels=classifier.config.max_pixels))
-        except ImageLoadError:
-            images.append(None)
-    sources = [image if image is not None else data for image, (_, _, data) in zip(images, items)]
-    return classifier.predict(sources, [name for _, name, _ in items]), images
-
-
 run_key = (str(model.path), model.card_mtime, tuple(key for key, _, _ in inputs))
 stored = st.session_state.get(RESULT_KEY)
 fresh = stored is None or stored["key"] != run_key
 if fresh:
-    predictions, images = classify(inputs)
-    stored = {"key": run_key, "predictions": predictions, "images": images, "cams": {}, "seconds": None}
+    with model_lock:  # a Grad-CAM hook from another session must not see these forward passes
+        results = classify_images(classifier, [(name, data) for _, name, data in inputs])
+    stored = {"key": run_key, "results": results, "cams": {}, "seconds": None}
     st.session_state[RESULT_KEY] = stored
-predictions, images, cams = stored["predictions"], stored["images"], stored["cams"]
+results, cams = stored["results"], stored["cams"]
+predictions = [r.prediction for r in results]
 timing = st.empty()
 
 ok = [p for p in predictions if p.error is None]
@@ -108,7 +96,7 @@ start, stop, _ = page_bounds(len(predictions), int(page), PER_PAGE)
 show_cam = st.toggle("Show where the model looked (Grad-CAM)", value=True)
 columns = st.columns(3)
 for i in range(start, stop):
-    prediction, image = predictions[i], images[i]
+    prediction, item = predictions[i], results[i]
     with columns[(i - start) % 3].container(border=True):
         st.markdown(f"**{prediction.name}**")
         if prediction.error is not None:
@@ -118,13 +106,12 @@ for i in range(start, stop):
         st.markdown(f"### Predicted: {prediction.label}")
         st.caption(f"{probs[prediction.label]:.0%} probability")
         left, right = st.columns(2)
-        preview = image.copy()
-        preview.thumbnail((256, 256))
-        left.image(preview, caption=f"uploaded ({image.width}×{image.height})", width="stretch")
+        width, height = item.size
+        left.image(item.preview, caption=f"uploaded ({width}×{height})", width="stretch")
         if show_cam:
             if i not in cams:
                 with model_lock:
-                    cams[i] = grad_cam_overlay(classifier, image)
+                    cams[i] = grad_cam_overlay(classifier, item.framed)
             right.image(cams[i], caption=f"what the model sees; red drove '{prediction.label}'",
                         width="stretch")
         st.plotly_chart(charts.probabilities(probs), key=f"probs-{i}")

@@ -45,7 +45,7 @@ def job_registry() -> JobRegistry:
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
 def _classifier(model_dir: str, card_mtime: float) -> tuple[Classifier, threading.Lock]:
-    # Grad-CAM runs a backward pass on the shared model; the lock keeps two sessions apart.
+    # Grad-CAM hooks the shared model and runs a backward pass; the lock keeps sessions apart.
     return Classifier.load(PredictConfig(model_dir=Path(model_dir))), threading.Lock()
 
 

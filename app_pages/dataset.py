@@ -18,6 +18,7 @@ from app_pages.common import (PAGES, active_dataset, add_extra_dataset, dataset_
                           set_active_dataset, summary, thumbnail)
 
 POLL_S = 1.0
+CATALOGUE_MB = 200
 
 st.title("Dataset")
 paths = folders()
@@ -61,7 +62,8 @@ def download_form() -> None:
         source = st.radio("Catalogue", ["From a URL", "Upload a file"], horizontal=True)
         url = st.text_input("Catalogue URL", value=DEFAULT_CATALOGUE_URL,
                             help="Galaxy Zoo 1 table 2 or Galaxy Zoo 2 (Hart et al. 2016), CSV or .csv.gz")
-        upload = st.file_uploader("Catalogue file", type=["csv", "gz"])
+        upload = st.file_uploader("Catalogue file", type=["csv", "gz"], max_upload_size=CATALOGUE_MB,
+                                  help=f"Up to {CATALOGUE_MB} MB; for the full GZ1 table give its URL")
         left, right = st.columns(2)
         limit = left.number_input("How many galaxies", min_value=3, max_value=1_000_000, value=500,
                                   step=100)
@@ -212,5 +214,8 @@ with st.expander("Download a dataset from Galaxy Zoo and SDSS",
     download_form()
     download_panel()
 if data_dir is not None:
-    overview(data_dir)
+    try:
+        overview(data_dir)
+    except GalaxyError as exc:
+        st.error(str(exc))
     st.page_link(PAGES["train"], label="Train a model on this dataset", icon=":material/arrow_forward:")

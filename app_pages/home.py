@@ -2,7 +2,6 @@
 
 import streamlit as st
 
-from galaxy_core.dataset import DatasetError
 from galaxy_core.explore import format_duration, model_summary
 from galaxy_core.config import GalaxyError
 from app_pages.common import PAGES, active_dataset, active_model, dataset_fingerprint, samples, thumbnail

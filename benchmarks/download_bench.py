@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 import requests
@@ -49,6 +50,17 @@ def ours(rows: pd.DataFrame, url: str, out_dir: Path, workers: int) -> tuple[flo
     return time.perf_counter() - start, report
 
 
+@contextmanager
+def threads_per_slot(threads: int) -> Iterator[None]:
+    """Run the downloader with ``threads`` pool threads per request slot (1: no spare threads)."""
+    shipped = download.THREADS_PER_REQUEST_SLOT
+    download.THREADS_PER_REQUEST_SLOT = threads
+    try:
+        yield
+    finally:
+        download.THREADS_PER_REQUEST_SLOT = shipped
+
+
 def fault_keys(rows: pd.DataFrame, every: int) -> set[str]:
     """The server's keys for every ``every``-th galaxy, as it formats the request's coordinates."""
     config = DownloadConfig(out_dir=Path("."))
@@ -75,16 +87,13 @@ def bench_download(data_dir: Path, work_dir: Path, *, n: int, sequential_n: int,
         seq_rows = catalogue.iloc[:sequential_n]
     half = len(seq_rows) // 2
     with CutoutServer(index, options) as server:
-        # Reference, ours, reference: the two halves bracket our run in time.
+        # Reference, ours (without and with spare threads), reference: the reference's two
+        # halves bracket our runs in time.
         seq_s, seq_ok = 0.0, 0
         t, ok = _timed_sequential(seq_rows.iloc[:half], server.url, work_dir / "seq-a")
         seq_s, seq_ok = seq_s + t, seq_ok + ok
-        shipped = download.THREADS_PER_REQUEST_SLOT
-        try:
-            download.THREADS_PER_REQUEST_SLOT = 1
+        with threads_per_slot(1):
             single_s, single = ours(ours_rows, server.url, work_dir / "ours-single", workers)
-        finally:
-            download.THREADS_PER_REQUEST_SLOT = shipped
         ours_s, report = ours(ours_rows, server.url, work_dir / "ours", workers)
         t, ok = _timed_sequential(seq_rows.iloc[half:], server.url, work_dir / "seq-b")
         seq_s, seq_ok = seq_s + t, seq_ok + ok
@@ -129,20 +138,14 @@ def _bench_with_faults(rows: pd.DataFrame, index: CutoutIndex, options: ServerOp
     faulty = ServerOptions(latency_s=options.latency_s, max_concurrent=options.max_concurrent,
                            fault="error500", fault_first_n=1, fault_ids=fault_keys(rows, every))
     out: dict[str, float] = {}
-    shipped = download.THREADS_PER_REQUEST_SLOT
-    try:
-        for label, threads in (("one_thread_per_slot", 1), ("", shipped)):
-            download.THREADS_PER_REQUEST_SLOT = threads
-            with CutoutServer(index, faulty) as server:
-                seconds, report = ours(rows, server.url, work_dir / f"faults-{threads}", workers)
-                requests_made = server.total_requests
-            if report.failed:
-                raise RuntimeError(f"{len(report.failed)} galaxies failed despite retries")
-            key = "download_images_per_s_with_retries" + (f"_{label}" if label else "")
-            out[key] = report.downloaded / seconds
-            out["download_retry_fraction"] = (requests_made - len(rows)) / len(rows)
-    finally:
-        download.THREADS_PER_REQUEST_SLOT = shipped
+    for label, threads in (("_one_thread_per_slot", 1), ("", download.THREADS_PER_REQUEST_SLOT)):
+        with threads_per_slot(threads), CutoutServer(index, faulty) as server:
+            seconds, report = ours(rows, server.url, work_dir / f"faults-{threads}", workers)
+            requests_made = server.total_requests
+        if report.failed:
+            raise RuntimeError(f"{len(report.failed)} galaxies failed despite retries")
+        out[f"download_images_per_s_with_retries{label}"] = report.downloaded / seconds
+        out["download_retry_fraction"] = (requests_made - len(rows)) / len(rows)
     return out
 
 

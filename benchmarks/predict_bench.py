@@ -71,8 +71,8 @@ def bench_predict(model_dir: Path, data_dir: Path, work_dir: Path, settings: dic
             start = time.perf_counter()
             classifier.predict(images[:batch])
             many[key].append(time.perf_counter() - start)
-    out: dict[str, float] = {"predict_model_is_shipped": int(shipped), "predict_tta_default": int(tta_default),
-                             "predict_batch_images": batch}
+    out: dict[str, float] = {"predict_model_is_shipped": int(shipped),
+                             "predict_tta_default": int(tta_default), "predict_batch_images": batch}
     for key in classifiers:
         out[f"predict_ms_per_image{key}"] = 1000 * float(np.median(single[key]))
         out[f"predict_images_per_s{key}"] = batch / float(np.min(many[key]))

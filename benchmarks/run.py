@@ -29,7 +29,8 @@ import torch  # noqa: E402
 from benchmarks.common import default_data_root, run_child  # noqa: E402
 from benchmarks.download_bench import bench_download, bench_download_scaling  # noqa: E402
 from benchmarks.predict_bench import bench_predict  # noqa: E402
-from benchmarks.train_bench import bench_step_options, bench_train, shipped_settings, train_config  # noqa: E402
+from benchmarks.train_bench import (bench_step_options, bench_train, shipped_settings,  # noqa: E402
+                                    train_config)
 from galaxy_core.config import default_model_dir  # noqa: E402
 
 SECTIONS = ("download", "build", "train", "predict", "scaling")
@@ -39,11 +40,11 @@ def plan(quick: bool) -> dict[str, Any]:
     """Sizes: quick mode keeps to a few minutes on two busy cores; full mode uses all galaxies."""
     if quick:
         return {"download_n": 400, "sequential_n": 20, "download_scaling": (500, 2000),
-                "train_steps": 3, "train_blocks": 2, "step_repeats": 3,
-                "predict_singles": 15, "predict_batch": 64, "epoch_scaling": (500, 2000)}
+                "train_steps": 3, "train_blocks": 2, "step_repeats": 1,
+                "predict_singles": 15, "predict_batch": 32, "epoch_scaling": (300, 1200)}
     return {"download_n": 1500, "sequential_n": 60, "download_scaling": (1000, 6442),
             "train_steps": 6, "train_blocks": 3, "step_repeats": 5,
-            "predict_singles": 40, "predict_batch": 256, "epoch_scaling": (1000, 6442)}
+            "predict_singles": 40, "predict_batch": 128, "epoch_scaling": (1000, 6442)}
 
 
 def emit(values: dict[str, Any]) -> None:
@@ -118,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                                            sequential_n=sizes["sequential_n"]),
         "build": lambda: bench_build(args.data, cache_root),
         "train": lambda: {**bench_train(args.data, cache_root, settings, steps=sizes["train_steps"],
-                                        blocks=sizes["train_blocks"], reference_workers=args.reference_workers),
+                                        blocks=sizes["train_blocks"],
+                                        reference_workers=args.reference_workers),
                           **bench_step_options(train_config(args.data, cache_root, settings),
                                                repeats=sizes["step_repeats"], threads=(1, 2))},
         "predict": lambda: bench_predict(args.model_dir, args.data, work, settings,
@@ -131,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in SECTIONS:
             if name in sections:
+                section_start = time.perf_counter()
                 emit(steps[name]())
+                emit({f"section_{name}_s": time.perf_counter() - section_start})
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -31,7 +31,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_GZ1 = 667_944
-FULL_GZ2 = 239_695
+FULL_GZ2 = 240_000  # about: Hart et al. (2016) main sample
 
 
 def shared_gz2() -> Path:
@@ -74,6 +74,14 @@ class MemorySampler:
     def result(self) -> dict[str, float]:
         return {"peak_rss_mb": self.peak["VmRSS"] / 1024, "peak_anon_mb": self.peak["RssAnon"] / 1024,
                 "start_anon_mb": self.start["RssAnon"] / 1024}
+
+
+def anon_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def make_scaled_dataset(source: Path, factor: int, out: Path) -> Path:
@@ -124,10 +132,13 @@ def child_train(data: Path, cache: Path, out: Path, model: str, threads: int,
     config = TrainConfig(data_dir=data, out_dir=out, epochs=1, num_threads=threads, device="cpu",
                          cache_dir=cache, max_galaxies=max_galaxies, **sizes)
     stamps: list[tuple[float, int]] = []
+    prepared: list[float] = []
 
     def progress(event) -> None:
         if event.phase == "train":
             stamps.append((time.perf_counter(), event.batch))
+        elif event.message.startswith("training on"):
+            prepared.append(anon_mb())  # index, split and views held; no batch in memory yet
 
     with MemorySampler() as memory:
         start = time.perf_counter()
@@ -138,7 +149,7 @@ def child_train(data: Path, cache: Path, out: Path, model: str, threads: int,
             "galaxies": sum(result.split_sizes.values()), "batch_size": config.batch_size,
             "train_images_per_s": (b1 - b0) * config.batch_size / (t1 - t0),
             "test_accuracy": result.metrics["accuracy"], "threads": torch.get_num_threads(),
-            **memory.result()}
+            "prepared_anon_mb": prepared[0], **memory.result()}
 
 
 def run_child(*args: str) -> dict[str, Any]:
@@ -186,7 +197,8 @@ def measure_resume_scan(source: Path) -> dict[str, Any]:
 
 
 def memory_cell(r: dict[str, float]) -> str:
-    return f"{r['peak_rss_mb']:.0f} / {r['peak_anon_mb']:.0f} ({r['start_anon_mb']:.0f})"
+    held = f" {r['prepared_anon_mb']:.0f}" if "prepared_anon_mb" in r else ""
+    return f"{r['peak_rss_mb']:.0f} / {r['peak_anon_mb']:.0f} ({r['start_anon_mb']:.0f}{held})"
 
 
 def estimate(per: dict[str, float], galaxies: int) -> list[str]:
@@ -200,10 +212,15 @@ def estimate(per: dict[str, float], galaxies: int) -> list[str]:
     line("download at the measured rate", per["download_s"], "s", 3600, "h")
     line("JPEG files on disk", per["jpeg_bytes"], "B", 1e9, "GB")
     line("resume scan of present files", per["scan_s"], "s", 60, "min")
-    line("cache build (decode + write)", per["build_s"], "s", 3600, "h")
+    line("cache build (decode + write)", per["build_s"], "s", 60, "min")
     line("packed cache on disk", per["cache_bytes"], "B", 1e9, "GB")
     line("cache index (index.csv)", per["index_bytes"], "B", 1e6, "MB")
     line(f"one epoch ({per['views_per_galaxy']:.2f} views/galaxy)", per["train_s"], "s", 3600, "h")
+    for phase, held in per.get("memory", {}).items():
+        total = held["mb"] + (galaxies - held["galaxies"]) * held["kb"] / 1024 + held["transient_mb"]
+        lines.append(f"  {'peak anonymous memory, ' + phase:<34} {held['mb']:.0f} MB + ({galaxies:,} - "
+                     f"{held['galaxies']:,}) x {held['kb']:.2f} KB + {held['transient_mb']:.0f} MB = "
+                     f"{total:,.0f} MB")
     return lines
 
 
@@ -254,21 +271,23 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nshards of {args.shard_size:,} galaxies; times on {os.cpu_count()} CPUs "
           f"(load average {results['load_average']:.1f} at the end)")
-    print("peak RSS / peak anonymous RSS, and in brackets the anonymous RSS after imports, in MB")
+    print("memory in MB: peak RSS / peak anonymous RSS (anonymous RSS after imports; for training, "
+          "also once the data is prepared)")
     print(f"{'data':>5} {'galaxies':>9} {'shards':>6} {'build s':>8} {'ms/img':>7} {'build memory':>18} | "
-          f"{'views':>6} {'epoch s':>8} {'img/s':>6} {'epoch memory':>18}")
+          f"{'views':>6} {'epoch s':>8} {'img/s':>6} {'epoch memory':>22}")
     for factor, r in results["factors"].items():
         b, e = r["build"], r["epoch"]
         print(f"{factor:>4}x {b['galaxies']:>9,} {b['shards']:>6} {b['seconds']:>8.1f} "
               f"{1000 * b['seconds'] / b['galaxies']:>7.3f} {memory_cell(b):>18} | "
-              f"{e['views']:>6,} {e['seconds']:>8.1f} {e['train_images_per_s']:>6.0f} {memory_cell(e):>18}")
-    first = results["factors"][args.factors[0]]["build"]
-    views_per_galaxy = (results["factors"][args.factors[0]]["epoch"]["views"]
-                        / results["factors"][args.factors[0]]["epoch"]["galaxies"])
+              f"{e['views']:>6,} {e['seconds']:>8.1f} {e['train_images_per_s']:>6.0f} {memory_cell(e):>22}")
+    # Per-image costs from the largest dataset measured: nearest to the full table.
+    largest = results["factors"][max(args.factors)]
+    build = largest["build"]
+    views_per_galaxy = largest["epoch"]["views"] / largest["epoch"]["galaxies"]
     per = {"download_s": download["seconds_per_image"], "jpeg_bytes": download["jpeg_bytes_per_image"],
-           "scan_s": scan["seconds_per_file"], "build_s": first["seconds"] / first["galaxies"],
-           "cache_bytes": first["shard_bytes"] / first["galaxies"],
-           "index_bytes": first["index_bytes"] / first["galaxies"],
+           "scan_s": scan["seconds_per_file"], "build_s": build["seconds"] / build["galaxies"],
+           "cache_bytes": build["shard_bytes"] / build["galaxies"],
+           "index_bytes": build["index_bytes"] / build["galaxies"],
            # An epoch is the balanced training views: the 80 % train split, rotated and culled
            # towards the median class, measured here as views per galaxy.
            "views_per_galaxy": views_per_galaxy,
@@ -280,7 +299,24 @@ def main(argv: list[str] | None = None) -> int:
           f"{download['rate']:g}, --workers {download['workers']}, server latency {download['latency_s']} s "
           f"= {download['seconds_per_image']:.4f} s/image, {download['jpeg_bytes_per_image']:.0f} B/JPEG")
     print(f"resume scan: {scan['files']:,} files, {1e6 * scan['seconds_per_file']:.0f} us/file")
-    for name, galaxies in (("Galaxy Zoo 1", FULL_GZ1), ("Galaxy Zoo 2", FULL_GZ2)):
+    # What grows with the data is the metadata held per galaxy: for the build, its peak; for
+    # training, the memory once the index, split and views are loaded, before any batch. The
+    # rest of a training peak is batch buffers of fixed size, taken at the largest dataset.
+    small = results["factors"][min(args.factors)]
+    held_at = {"build": "peak_anon_mb", "training": "prepared_anon_mb"}
+    per["memory"] = {}
+    for phase, key in held_at.items():
+        name = "build" if phase == "build" else "epoch"
+        extra = largest[name]["galaxies"] - small[name]["galaxies"]
+        if extra > 0:
+            kb = 1024 * (largest[name][key] - small[name][key]) / extra
+            transient = largest[name]["peak_anon_mb"] - largest[name][key]
+            per["memory"][phase] = {"mb": small[name][key], "galaxies": small[name]["galaxies"],
+                                    "kb": kb, "transient_mb": transient}
+            print(f"{phase}: memory held grows {kb:.2f} KB per extra galaxy (a cached image is "
+                  f"{build['shard_bytes'] / build['galaxies'] / 1024:.0f} KB); batch buffers add "
+                  f"{transient:.0f} MB at {largest[name]['galaxies']:,} galaxies")
+    for name, galaxies in (("Galaxy Zoo 1", FULL_GZ1), ("Galaxy Zoo 2 (about)", FULL_GZ2)):
         print(f"\n{name}, {galaxies:,} galaxies, from the per-image figures above:")
         print("\n".join(estimate(per, galaxies)))
     if args.json:

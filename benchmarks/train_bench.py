@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from benchmarks.common import peak_rss_mb
 from galaxy_core.config import CLASSES, TrainConfig
 from galaxy_core.dataset import PackedDataset
 from galaxy_core.model import build_model
@@ -50,7 +51,7 @@ def shipped_settings(model_dir: Path | None) -> dict[str, Any]:
 
 @dataclass
 class Trainer:
-    """A model, its optimiser and a scheduler long enough for any benchmark."""
+    """A network, AdamW and a constant learning rate, set up as ``train`` sets them up."""
 
     model: nn.Module
     optimiser: torch.optim.Optimizer
@@ -251,7 +252,8 @@ def bench_step_options(config: TrainConfig, *, repeats: int, threads: tuple[int,
     variants["contiguous"] = (Trainer.create(config, False), x, base_threads, False)
     variants["bf16_autocast"] = (Trainer.create(config, True), cl, base_threads, True)
     for n in threads:
-        variants[f"threads_{n}"] = (Trainer.create(config, True), cl, n, False)
+        if n != base_threads:
+            variants[f"threads_{n}"] = (Trainer.create(config, True), cl, n, False)
 
     def run(name: str) -> float:
         trainer, inputs, n_threads, bf16 = variants[name]
@@ -270,6 +272,7 @@ def bench_step_options(config: TrainConfig, *, repeats: int, threads: tuple[int,
     finally:
         torch.set_num_threads(base_threads)
     median = {name: float(np.median(t)) for name, t in times.items()}
+    median[f"threads_{base_threads}"] = median["channels_last"]
     out = {f"step_ms_{name}": 1000 * t for name, t in median.items()}
     out["channels_last_speedup"] = median["contiguous"] / median["channels_last"]
     out["bf16_autocast_speedup"] = median["channels_last"] / median["bf16_autocast"]
@@ -280,6 +283,7 @@ def epoch_seconds(data_dir: Path, cache_root: Path, settings: dict[str, Any],
                   galaxies: int | None) -> dict[str, float]:
     """One full training epoch on ``galaxies`` (a seeded subset), after two untimed warm-up steps."""
     pipe = our_pipeline(data_dir, cache_root, settings, max_galaxies=galaxies)
+    setup_peak = peak_rss_mb()
     trainer = Trainer.create(pipe.config, channels_last=True)
     train_steps(trainer, pipe, epoch=1000, steps=2)
     start = time.perf_counter()
@@ -289,4 +293,4 @@ def epoch_seconds(data_dir: Path, cache_root: Path, settings: dict[str, Any],
         raise RuntimeError(f"epoch ran {steps} of {pipe.source.steps_per_epoch()} steps")
     return {"seconds": seconds, "steps": steps, "views": len(pipe.source.views.rows),
             "galaxies": len(pipe.dataset) if galaxies is None else galaxies,
-            "images_per_s": len(pipe.source.views.rows) / seconds}
+            "images_per_s": len(pipe.source.views.rows) / seconds, "setup_peak_rss_mb": setup_peak}

@@ -138,14 +138,20 @@ def _build(args: argparse.Namespace) -> int:
     from .config import DatasetConfig
     from .dataset import build_cache, dataset_summary
 
-    bar = tqdm(unit="img", desc="build cache")
+    bar = None  # opened at the first event, so an error is not printed on the end of a bar
 
     def progress(event) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=event.total, unit="img", desc="build cache")
         bar.total, bar.n = event.total, event.done
         bar.refresh()
 
-    report = build_cache(args.data, progress=progress, cache_root=args.cache_dir)
-    bar.close()
+    try:
+        report = build_cache(args.data, progress=progress, cache_root=args.cache_dir)
+    finally:
+        if bar is not None:
+            bar.close()
     summary = dataset_summary(args.data, DatasetConfig(seed=args.seed), cache_root=args.cache_dir)
     summary["undecodable"] = report.failed
     print(json.dumps(summary, indent=1))
@@ -254,7 +260,10 @@ def _predict(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .cutout_server import CutoutIndex, CutoutServer, ServerOptions
 
-    index = CutoutIndex.from_catalogue(args.data)
+    try:
+        index = CutoutIndex.from_catalogue(args.data)
+    except (ValueError, KeyError) as exc:  # pandas' complaints about a catalogue without image/ra/dec
+        raise GalaxyError(f"{args.data}/catalogue.csv cannot be served: {str(exc).splitlines()[0]}") from None
     with CutoutServer(index, ServerOptions(latency_s=args.latency), port=args.port) as server:
         print(f"serving {len(index.by_key)} cutouts at {server.url}  (Ctrl-C to stop)", file=sys.stderr)
         try:

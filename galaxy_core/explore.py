@@ -14,7 +14,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,12 +26,13 @@ from .catalogue import CatalogueFormat, read_catalogue
 from .config import CLASSES, ConfigError, DownloadConfig, GalaxyError, TrainConfig
 from .dataset import DatasetError, PackedDataset, load_catalogue_with_images
 from .download import IMAGES_DIR, CutoutClient, DownloadProgress, DownloadReport, download_cutouts
-from .images import ImageLoadError
+from .images import ImageLoadError, load_image
+from .jobs import Task
 from .normalise import compute_channel_stats
-from .predict import Classifier, overlay_heatmap
+from .predict import Classifier, Prediction, overlay_heatmap
 from .train import CHECKPOINT_NAME, TrainProgress, TrainResult, train
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SHIPPED_MODEL = "default"
 UPLOADED_CATALOGUE = "source-catalogue.csv"
 
@@ -332,8 +333,7 @@ def fetch_cutout(ra: float, dec: float, cutout_url: str, *, size: int = 128, sca
 
 
 def download_task(out_dir: Path, catalogue: str | bytes, config: DownloadConfig,
-                  fmt: CatalogueFormat = "auto"
-                  ) -> Callable[[Callable[[Any], None], threading.Event], DownloadReport]:
+                  fmt: CatalogueFormat = "auto") -> Task:
     """A job that reads a catalogue (URL, path or uploaded bytes) and fetches its cutouts.
 
     Uploaded bytes are kept in the dataset folder, so the same download can be resumed later
@@ -362,8 +362,7 @@ def uploaded_catalogue(out_dir: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def training_task(config: TrainConfig, restart: bool = False
-                  ) -> Callable[[Callable[[Any], None], threading.Event], TrainResult]:
+def training_task(config: TrainConfig, restart: bool = False) -> Task:
     """A job that trains, keeping the latest per-epoch history on every progress event.
 
     The core sends ``prepare`` messages without history; the app's charts would blink empty
@@ -385,6 +384,39 @@ def training_task(config: TrainConfig, restart: bool = False
         return train(config, progress, stop, command="streamlit app")
 
     return run
+
+
+@dataclass
+class Classified:
+    """One input's prediction, with small copies of its image for display and explanation."""
+
+    prediction: Prediction
+    preview: Image.Image | None = None
+    framed: Image.Image | None = None
+    size: tuple[int, int] | None = None
+
+
+def classify_images(classifier: Classifier, items: Sequence[tuple[str, bytes]],
+                    preview_size: int = 256) -> list[Classified]:
+    """Classify uploads (name, bytes), decoding one at a time and keeping only a preview and the
+    square cutout frame the network reads: many large photos then fit in memory, and the
+    predictions equal those for the full images.  A bad file gets an error; the rest carry on."""
+    out: list[Classified] = []
+    for name, data in items:
+        try:
+            image = load_image(data, max_pixels=classifier.config.max_pixels)
+        except ImageLoadError as exc:
+            out.append(Classified(Prediction(name, error=str(exc))))
+            continue
+        preview = image.copy()
+        preview.thumbnail((preview_size, preview_size))
+        framed = Image.fromarray(classifier.arrays([image])[0])
+        out.append(Classified(Prediction(name), preview, framed, image.size))
+    good = [c for c in out if c.framed is not None]
+    for item, prediction in zip(good, classifier.predict([c.framed for c in good],
+                                                         [c.prediction.name for c in good])):
+        item.prediction = prediction
+    return out
 
 
 def grad_cam_overlay(classifier: Classifier, image: Image.Image, class_index: int | None = None,

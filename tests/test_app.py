@@ -4,6 +4,7 @@ model, classifying uploads, downloading a dataset and training a model through t
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from galaxy_core.config import CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
-PAGES = ["app_pages/home.py", "app_pages/dataset.py", "app_pages/train.py", "app_pages/results.py", "app_pages/classify.py"]
+PAGES = [f"app_pages/{name}.py" for name in ("home", "dataset", "train", "results", "classify")]
 TIMEOUT = 60
 
 
@@ -43,8 +44,7 @@ def folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
 @pytest.fixture
 def stocked(folders: dict[str, Path], trained_tiny_model: Path) -> dict[str, Path]:
     """A data root holding the tiny model's own galaxies and a models root holding the model."""
-    data_dir = Path(__import__("json").loads((trained_tiny_model / "card.json").read_text())
-                    ["config"]["data_dir"])
+    data_dir = Path(json.loads((trained_tiny_model / "card.json").read_text())["config"]["data_dir"])
     folders["data"].mkdir(parents=True)
     (folders["data"] / "tiny").symlink_to(data_dir, target_is_directory=True)
     shutil.copytree(trained_tiny_model, folders["models"] / "tiny")
@@ -130,6 +130,7 @@ def test_dataset_page_shows_counts_splits_samples_and_pixels(stocked):
 
 
 def test_dataset_page_reads_a_typed_folder_and_rejects_a_bad_one(folders, tiny_dataset, tmp_path):
+    before = {p: p.stat().st_mtime_ns for p in tiny_dataset.rglob("*")}
     at = open_page("app_pages/dataset.py")
     by_label(at.text_input, "Or read another folder (read-only)").input(str(tmp_path / "nowhere"))
     by_label(at.button, "Use this folder").click().run()
@@ -137,8 +138,8 @@ def test_dataset_page_reads_a_typed_folder_and_rejects_a_bad_one(folders, tiny_d
     by_label(at.text_input, "Or read another folder (read-only)").input(str(tiny_dataset))
     by_label(at.button, "Use this folder").click().run()
     assert not at.exception and not at.error
-    assert "36 galaxies" in texts(at)
-    assert not list(tiny_dataset.glob(".*cache*")), "nothing is written into a typed folder"
+    assert "36 galaxies" in texts(at) and len(at.image) == 18
+    assert {p: p.stat().st_mtime_ns for p in tiny_dataset.rglob("*")} == before, "read-only use"
 
 
 def test_results_page_shows_confusion_scores_curves_and_mistakes(stocked):

@@ -149,49 +149,54 @@ def test_cli_predict_to_stdout_and_bad_model(trained_tiny_model: Path, image_fol
     assert "no image files found" in capsys.readouterr().err
 
 
+# Measures peak resident memory (VmHWM, reset to the current size first) while loading files.
+MEMORY_PROBE = r"""
+import re, sys
+from galaxy_core.images import ImageLoadError, load_image
+
+def status(field):
+    with open("/proc/self/status") as f:
+        return int(re.search(field + r":\s+(\d+)", f.read())[1]) // 1024
+
+def growth(path):
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    start = status("VmRSS")
+    try:
+        load_image(path)
+        print("decoded", path)
+    except ImageLoadError as exc:
+        print("refused", exc)
+    return status("VmHWM") - start
+
+load_image(sys.argv[3])  # imports and first-use allocations out of the way
+bombs = max(growth(sys.argv[1]), growth(sys.argv[2]))
+print("growth", bombs, growth(sys.argv[4]))
+"""
+
+
 def test_pixels_are_limited_before_decoding(image_folder: Path) -> None:
     """Memory must not grow by the size of a bomb's pixels; the same measurement on an image
     just under the limit shows it would notice a decode."""
-    # Peak resident memory (VmHWM), reset to the current size before each measurement.
-    script = (
-        "import re, sys\n"
-        "from galaxy_core.images import load_image, ImageLoadError\n"
-        "def reset():\n"
-        "    with open('/proc/self/clear_refs', 'w') as f: f.write('5')\n"
-        "def peak():\n"
-        "    with open('/proc/self/status') as f: return int(re.search(r'VmHWM:\\s+(\\d+)', f.read())[1]) // 1024\n"
-        "def current():\n"
-        "    with open('/proc/self/status') as f: return int(re.search(r'VmRSS:\\s+(\\d+)', f.read())[1]) // 1024\n"
-        "load_image(sys.argv[3])\n"
-        "growth = []\n"
-        "for path in sys.argv[1:3]:\n"
-        "    reset(); start = current()\n"
-        "    try:\n"
-        "        load_image(path); print('decoded', path)\n"
-        "    except ImageLoadError as exc:\n"
-        "        print('refused', exc)\n"
-        "    growth.append(peak() - start)\n"
-        "reset(); start = current()\n"
-        "load_image(sys.argv[4])\n"
-        "print('growth', max(growth), peak() - start)\n")
     control = image_folder.parent / "control-7000.png"
     control.write_bytes(encode(Image.new("P", (7000, 7000)), "PNG"))
-    run = subprocess.run([sys.executable, "-c", script, str(image_folder / "bomb.png"),
-                          str(image_folder / "bomb_palette.png"), str(image_folder / "rgb.jpg"), str(control)],
+    files = [image_folder / "bomb.png", image_folder / "bomb_palette.png", image_folder / "rgb.jpg", control]
+    run = subprocess.run([sys.executable, "-c", MEMORY_PROBE, *map(str, files)],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
-    assert [line.split()[0] for line in lines[:2]] == ["refused", "refused"], lines
-    bomb_growth_mb, control_growth_mb = map(int, lines[2].split()[1:])
+    assert [line.split()[0] for line in lines[:3]] == ["refused", "refused", "decoded"], lines
+    bomb_growth_mb, control_growth_mb = map(int, lines[3].split()[1:])
     assert bomb_growth_mb < 20, lines
-    assert control_growth_mb > 100, lines  # 49 Mpx decoded then converted to RGB
+    assert control_growth_mb > 100, lines  # 49 Mpx decoded, then converted to RGB
 
 
 # --- catalogues ------------------------------------------------------------------------------
 
 CANONICAL = "id,ra,dec,frac_smooth,frac_features,frac_artifact,label\n"
 GZ1 = "OBJID,RA,DEC,P_EL_DEBIASED,P_CS_DEBIASED,P_DK,SPIRAL,ELLIPTICAL,UNCERTAIN\n"
-GZ2 = ("ra,dec,t01_smooth_or_features_a01_smooth_debiased,t01_smooth_or_features_a02_features_or_disk_debiased,"
+GZ2 = ("ra,dec,t01_smooth_or_features_a01_smooth_debiased,"
+       "t01_smooth_or_features_a02_features_or_disk_debiased,"
        "t01_smooth_or_features_a03_star_or_artifact_debiased\n")
 ROW = "g1,10.5,-3.2,0.1,0.85,0.0,Spiral\n"
 
@@ -203,7 +208,8 @@ BAD_CATALOGUES = {
     "gz1 without flags": ("OBJID,RA,DEC\n1,00:00:01.0,+01:00:00\n", "lacks P_EL_DEBIASED"),
     "empty row": (CANONICAL + ROW + ",,,,,,\n" + ROW.replace("g1", "g2"), "line 3 is empty"),
     "blank line": (CANONICAL + ROW + "\n" + ROW.replace("g1", "g2"), "line 3 is empty"),
-    "nan ra": (CANONICAL + ROW + "g2,nan,1,0.1,0.1,0,Uncertain\n", "line 3, column ra: value is not a number"),
+    "nan ra": (CANONICAL + ROW + "g2,nan,1,0.1,0.1,0,Uncertain\n",
+               "line 3, column ra: value is not a number"),
     "empty dec": (CANONICAL + "g2,1,,0.1,0.1,0,Uncertain\n", "line 2, column dec: value is empty"),
     "ra 360": (CANONICAL + "g2,360,1,0.1,0.1,0,Uncertain\n", r"line 2, column ra: .*\[0, 360\)"),
     "dec 95": (GZ2 + "10,95,0.1,0.9,0\n", "line 2, column dec: .*-90, 90"),
@@ -239,8 +245,8 @@ def test_bad_catalogue_names_the_problem(tmp_path: Path, name: str) -> None:
 
 def test_gzipped_catalogue_with_padding_still_reads(tmp_path: Path) -> None:
     path = tmp_path / "catalogue.csv.gz"
-    path.write_bytes(gzip.compress((CANONICAL + ROW).encode()) + gzip.compress(ROW.replace("g1", "g2").encode())
-                     + b"\x00" * 16)
+    members = gzip.compress((CANONICAL + ROW).encode()) + gzip.compress(ROW.replace("g1", "g2").encode())
+    path.write_bytes(members + b"\x00" * 16)
     assert read_catalogue(path)["id"].tolist() == ["g1", "g2"]
 
 
@@ -266,7 +272,8 @@ def test_bad_catalogue_over_http(catalogue_server: CutoutServer, path: str, mess
 
 def test_bad_catalogue_via_cli_download(catalogue_server: CutoutServer, tmp_path: Path,
                                         capsys: pytest.CaptureFixture) -> None:
-    for path, message in [("/busy.csv", "HTML"), ("/broken.csv.gz", "corrupt gzip"), ("/missing.csv", "HTTP 404")]:
+    cases = [("/busy.csv", "HTML"), ("/broken.csv.gz", "corrupt gzip"), ("/missing.csv", "HTTP 404")]
+    for path, message in cases:
         out = tmp_path / path.strip("/")
         code = main(["download", "--catalogue", catalogue_server.base_url + path, "--out", str(out),
                      "--cutout-url", catalogue_server.url])
@@ -327,8 +334,8 @@ BAD_TRAINING = [
 ]
 
 
-@pytest.mark.parametrize("overrides, message", BAD_TRAINING, ids=[next(iter(o)) + "=" + str(next(iter(o.values())))
-                                                                  for o, _ in BAD_TRAINING])
+@pytest.mark.parametrize("overrides, message", BAD_TRAINING,
+                         ids=[f"{k}={v}" for o, _ in BAD_TRAINING for k, v in o.items()])
 def test_bad_training_settings_fail_before_any_work(train_data: Path, tmp_path: Path,
                                                     overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -364,3 +371,24 @@ def test_training_on_a_folder_without_data(tmp_path: Path, capsys: pytest.Captur
     err = capsys.readouterr().err
     assert code == EXIT_USER_ERROR and "no catalogue.csv" in err and "Traceback" not in err
     assert not (tmp_path / "model").exists()
+
+
+def test_cli_user_errors_never_show_a_traceback(tmp_path: Path, tiny_dataset: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    missing = str(tmp_path / "missing")
+    no_columns = tmp_path / "no-columns"
+    no_columns.mkdir()
+    (no_columns / "catalogue.csv").write_text("a,b\n1,2\n")
+    commands = {
+        "build": ["build", "--data", missing],
+        "evaluate": ["evaluate", "--model", missing, "--data", str(tiny_dataset)],
+        "predict": ["predict", str(tiny_dataset / "images"), "--model", missing],
+        "train": ["train", "--data", missing, "--out", str(tmp_path / "model")],
+        "download": ["download", "--catalogue", missing + ".csv", "--out", str(tmp_path / "dl")],
+        "serve-cutouts": ["serve-cutouts", "--data", str(no_columns), "--port", "0"],
+    }
+    for name, argv in commands.items():
+        code = main(argv)
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert code == EXIT_USER_ERROR and len(lines) == 1 and "Traceback" not in err, (name, err)

@@ -116,7 +116,8 @@ def test_pages_render_and_an_upload_is_classified_in_chromium(app_url: str, tmp_
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
                                              headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2400})  # Streamlit scrolls inside the page
+            # Tall: Streamlit scrolls inside the page, so screenshots show only the viewport.
+            page = browser.new_page(viewport={"width": 1400, "height": 2400})
             for path, title in PAGE_TITLES.items():
                 page.goto(f"{app_url}/{path}")
                 page.get_by_role("heading", name=title).first.wait_for(timeout=60_000)

@@ -3,6 +3,7 @@ single cutouts and the download job, on synthetic data and a local cutout server
 
 from __future__ import annotations
 
+import io
 import threading
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from galaxy_core.config import CLASSES, ConfigError, DownloadConfig
 from galaxy_core.dataset import DatasetError, PackedDataset
 from galaxy_core.download import DownloadProgress
 from galaxy_core.explore import (AppFolders, CutoutError, InvalidNameError, check_dataset_dir,
-                                 discard_checkpoint, download_task, fetch_cutout, format_duration,
+                                 classify_images, discard_checkpoint, download_task, fetch_cutout, format_duration,
                                  gallery_image, grad_cam_overlay, history_frame, list_datasets,
                                  list_models, misclassified_frame, model_dir_for_training,
                                  model_summary, new_dataset_dir, page_bounds, per_class_frame,
@@ -174,7 +175,8 @@ def test_misclassified_galaxies_filter_sort_and_page():
 
 def test_gallery_images_stay_inside_their_dataset(tiny_dataset: Path, tmp_path: Path):
     (tmp_path / "secret.jpg").write_bytes(b"x")
-    assert gallery_image(tiny_dataset, "images/syn0_0000.jpg") == (tiny_dataset / "images/syn0_0000.jpg").resolve()
+    inside = tiny_dataset / "images" / "syn0_0000.jpg"
+    assert gallery_image(tiny_dataset, "images/syn0_0000.jpg") == inside.resolve()
     assert gallery_image(tiny_dataset, "../secret.jpg") is None
     assert gallery_image(tiny_dataset, "images/missing.jpg") is None
 
@@ -240,3 +242,32 @@ def test_grad_cam_overlay_is_drawn_on_the_model_view(trained_tiny_model: Path, t
     assert changed.any(), "the heat map must show on the image"
     np.testing.assert_array_equal(changed, changed & (np.asarray(Image.fromarray(
         (heat * 255).astype(np.uint8)).resize(view.size)) > 0))
+
+
+def encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def test_classify_images_keeps_small_copies_and_matches_full_size_predictions(trained_tiny_model: Path,
+                                                                               tiny_dataset: Path):
+    classifier = Classifier.load(PredictConfig(model_dir=trained_tiny_model))
+    galaxy = Image.open(tiny_dataset / "images" / "syn0_0001.jpg").convert("RGB")
+    items = [("big.png", encoded(galaxy.resize((900, 700)), "PNG")),
+             ("bad.jpg", b"\xff\xd8 truncated"),
+             ("grey.png", encoded(galaxy.convert("L"), "PNG")),
+             ("cutout.jpg", (tiny_dataset / "images" / "syn1_0002.jpg").read_bytes())]
+    results = classify_images(classifier, items, preview_size=64)
+    direct = classifier.predict([data for _, data in items], [name for name, _ in items])
+    assert [r.prediction.name for r in results] == ["big.png", "bad.jpg", "grey.png", "cutout.jpg"]
+    for result, expected in zip(results, direct):
+        assert result.prediction.label == expected.label and result.prediction.error == expected.error
+        if expected.error is None:
+            got, want = result.prediction.probabilities, expected.probabilities
+            assert [got[c] for c in CLASSES] == pytest.approx([want[c] for c in CLASSES], abs=1e-6)
+    bad = results[1]
+    assert bad.prediction.error and bad.preview is None and bad.framed is None
+    assert results[0].size == (900, 700) and max(results[0].preview.size) == 64
+    assert results[0].framed.size == (128, 128) and results[0].framed.mode == "RGB"
+    assert results[2].framed.mode == "RGB"

@@ -60,7 +60,8 @@ def assert_clean(out: Path, source_dir: Path, catalogue: pd.DataFrame, missing: 
 
 
 @pytest.mark.parametrize("fault", sorted(REASONS))
-def test_transient_fault_is_retried_until_it_passes(source, cutout_server_for, tmp_path: Path, fault: str) -> None:
+def test_transient_fault_is_retried_until_it_passes(source, cutout_server_for, tmp_path: Path,
+                                                    fault: str) -> None:
     data, catalogue = source
     faulty = {key(r) for r in catalogue.itertuples()}
     options = ServerOptions(fault=fault, fault_first_n=1, timeout_sleep_s=1.0)

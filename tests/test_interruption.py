@@ -66,7 +66,8 @@ def test_download_killed_midway_resumes_without_corruption(tmp_path: Path, cutou
         report = download_cutouts(catalogue, DownloadConfig(out_dir=out, cutout_url=server.url, workers=4,
                                                              backoff_s=0.01, timeout_s=5))
         for row in catalogue.itertuples():
-            fetched = server.requests[f"{row.ra:.4f},{row.dec:.4f}"] - before.get(f"{row.ra:.4f},{row.dec:.4f}", 0)
+            key = f"{row.ra:.4f},{row.dec:.4f}"
+            fetched = server.requests[key] - before.get(key, 0)
             assert fetched == (0 if f"{row.id}.jpg" in present else 1), row.id
     assert report.ok and report.skipped == len(present) and report.downloaded == len(catalogue) - len(present)
     files = sorted(p.name for p in (out / IMAGES_DIR).iterdir())
@@ -76,8 +77,8 @@ def test_download_killed_midway_resumes_without_corruption(tmp_path: Path, cutou
     assert not list(out.rglob("*.part"))
 
 
-def test_a_second_download_into_the_same_folder_is_refused(tiny_dataset: Path, cutout_server_for,
-                                                           tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_second_download_into_the_same_folder_is_refused(
+        tiny_dataset: Path, cutout_server_for, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     catalogue = read_catalogue(tiny_dataset / "catalogue.csv")
     out = tmp_path / "out"
     started, results = threading.Event(), {}

@@ -78,7 +78,8 @@ def test_random_bytes_raise_only_image_load_error(data: bytes) -> None:
 
 
 @FAST
-@given(encoded_images(), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=12),
+@given(encoded_images(),
+       st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=12),
        st.integers(0, 10_000))
 def test_damaged_images_raise_only_image_load_error(sample: tuple[bytes, tuple[int, int]],
                                                     flips: list[tuple[int, int]], cut: int) -> None:
@@ -121,6 +122,7 @@ def test_sexagesimal_garbage_gives_catalogue_error(text: str) -> None:
 
 GZ1_HEADER = "OBJID,RA,DEC,P_EL_DEBIASED,P_CS_DEBIASED,P_DK,SPIRAL,ELLIPTICAL,UNCERTAIN\n"
 CANONICAL_HEADER = "id,ra,dec,frac_smooth,frac_features,frac_artifact,label\n"
+CSV_CHARACTERS = '0123456789abc,.:+-"\n\r\t <>nNaIf\x00'
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +133,10 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(header=st.sampled_from(["", GZ1_HEADER, CANONICAL_HEADER]),
        body=st.one_of(st.binary(max_size=600),
-                      st.text(alphabet='0123456789abc,.:+-"\n\r\t <>nNaIf\x00', max_size=600).map(str.encode)),
+                      st.text(alphabet=CSV_CHARACTERS, max_size=600).map(str.encode)),
        gz=st.booleans())
-def test_catalogue_garbage_gives_catalogue_error_only(scratch: Path, header: str, body: bytes, gz: bool) -> None:
+def test_catalogue_garbage_gives_catalogue_error_only(scratch: Path, header: str, body: bytes,
+                                                      gz: bool) -> None:
     import gzip
 
     raw = header.encode() + body
@@ -164,7 +167,8 @@ def test_gz1_table_round_trip(scratch: Path, rows: list) -> None:
     for n, (h, m, cs, south, d, dm, ds, flags) in enumerate(rows):
         ra_text = f"{h:02d}:{m:02d}:{cs / 100:05.2f}"
         dec_text = f"{'-' if south else '+'}{d:02d}:{dm:02d}:{ds / 10:04.1f}"
-        lines.append(f"{587727000000000 + n},{ra_text},{dec_text},0.5,0.4,0.1,{flags[0]},{flags[1]},{flags[2]}\n")
+        flag_text = ",".join(map(str, flags))
+        lines.append(f"{587727000000000 + n},{ra_text},{dec_text},0.5,0.4,0.1,{flag_text}\n")
         expected.append((15 * (h + m / 60 + cs / 360000), (-1 if south else 1) * (d + dm / 60 + ds / 36000),
                          ["Spiral", "Elliptical", "Uncertain"][flags.index(1)]))
     path = scratch / "gz1.csv"
@@ -179,7 +183,8 @@ def test_gz1_table_round_trip(scratch: Path, rows: list) -> None:
 @FAST
 @given(st.integers(4, 40), st.integers(0, 2**32 - 1),
        st.tuples(*[st.floats(0.0, 1.0)] * 3), st.tuples(*[st.floats(0.02, 2.0)] * 3))
-def test_normalisation_round_trip_within_one_grey_level(size: int, seed: int, mean: tuple, std: tuple) -> None:
+def test_normalisation_round_trip_within_one_grey_level(size: int, seed: int, mean: tuple,
+                                                        std: tuple) -> None:
     pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
     stats = ChannelStats(mean, std)
     geometry = InputGeometry(source_size=size, crop=size, size=size)

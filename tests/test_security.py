@@ -110,8 +110,9 @@ def test_pickled_checkpoint_is_refused_without_running(small_data: Path, tmp_pat
     (out / CHECKPOINT_NAME).write_bytes(make(marker))
     with pytest.raises(CheckpointError, match="cannot be loaded safely"):
         train(tiny_config(small_data, out))
-    code = main(["train", "--data", str(small_data), "--out", str(out), "--epochs", "1", "--batch-size", "8",
-                 "--image-size", "32", "--width", "8", "--depth", "1", "--cache-dir", str(tmp_path / "cache")])
+    code = main(["train", "--data", str(small_data), "--out", str(out), "--epochs", "1",
+                 "--batch-size", "8", "--image-size", "32", "--width", "8", "--depth", "1",
+                 "--cache-dir", str(tmp_path / "cache")])
     err = capsys.readouterr().err
     assert code == EXIT_USER_ERROR and "cannot be loaded safely" in err and "Traceback" not in err
     assert not marker.exists()
@@ -136,7 +137,7 @@ HOSTILE_IDS = ["../../escaped", "/tmp/absolute", "..", ".", "a/b", "a_b", "Case"
 def test_hostile_ids_never_write_outside_the_output_folder(tmp_path: Path, cutout_server_for) -> None:
     source = make_dataset(tmp_path / "src", n_per_class=4)
     catalogue = read_catalogue(source / "catalogue.csv").iloc[: len(HOSTILE_IDS)].copy()
-    images = {galaxy_id: (source / rel).read_bytes() for galaxy_id, rel in zip(HOSTILE_IDS, catalogue["image"])}
+    images = {galaxy: (source / rel).read_bytes() for galaxy, rel in zip(HOSTILE_IDS, catalogue["image"])}
     catalogue["id"] = HOSTILE_IDS
     jail = tmp_path / "jail"
     out = jail / "out"
@@ -177,9 +178,10 @@ def test_dataset_never_reads_images_outside_its_folder(tmp_path: Path) -> None:
 def test_no_external_program_reads_an_image(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pillow hands EPS files to Ghostscript; we never offer it one."""
     started = []
-    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a) or pytest.fail("Popen"))
-    monkeypatch.setattr(subprocess, "check_call", lambda *a, **k: started.append(a) or pytest.fail("check_call"))
-    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nnewpath 0 0 moveto 64 64 lineto stroke\nshowpage\n"
+    for name in ("Popen", "check_call", "run"):
+        monkeypatch.setattr(subprocess, name, lambda *args, **kwargs: started.append(args))
+    eps = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n"
+           b"newpath 0 0 moveto 64 64 lineto stroke\nshowpage\n")
     with pytest.raises(ImageLoadError, match="not an image file"):
         load_image(eps)
     assert started == []

@@ -1,0 +1,134 @@
+"""The benchmark functions at toy size: the figures they print exist and make sense.
+
+No speed is asserted here (timings belong to ``benchmarks/run.py``); only invariants that hold
+on any machine, such as a server's capacity bounding what a client can get from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.common import run_child
+from benchmarks.download_bench import bench_download, bench_download_scaling
+from benchmarks.predict_bench import bench_predict
+from benchmarks.run import main as run_main
+from benchmarks.train_bench import (bench_step_options, bench_train, epoch_seconds, shipped_settings,
+                                    train_config)
+from galaxy_core.config import CLASSES
+from galaxy_core.dataset import PackedDataset, build_cache
+from galaxy_core.normalise import InputGeometry, crop_and_resize, dihedral
+from galaxy_core.train import compose_dihedral
+
+
+@pytest.fixture
+def toy_settings() -> dict:
+    """The shipped settings, shrunk to a network and batch that a 36-galaxy set can train."""
+    return {**shipped_settings(None), "width": 8, "depth": 1, "image_size": 32, "batch_size": 8}
+
+
+def positive(values: dict, *keys: str) -> None:
+    for key in keys:
+        assert math.isfinite(values[key]) and values[key] > 0, (key, values[key])
+
+
+def test_download_figures(tiny_dataset: Path, tmp_path: Path) -> None:
+    out = bench_download(tiny_dataset, tmp_path / "dl", n=10, sequential_n=4, latency_s=0.01,
+                         max_concurrent=4, workers=4, fault_every=5)
+    assert out["download_images"] == 10 and out["download_sequential_images"] == 4
+    positive(out, "download_images_per_s", "download_sequential_images_per_s",
+             "download_speedup_vs_sequential", "download_images_per_s_with_retries",
+             "download_images_per_s_one_thread_per_slot")
+    assert out["download_server_limit_images_per_s"] == pytest.approx(400)
+    # The server serves at most max_concurrent requests at a time: no client can beat its limit.
+    assert 0 < out["download_fraction_of_server_limit"] <= 1.05
+    assert out["download_resume_requests"] == 0 and out["download_resume_skipped"] == 10
+    assert out["download_retry_fraction"] == pytest.approx(2 / 10)  # galaxies 0 and 5 failed once
+    assert not (tmp_path / "dl").exists()
+
+
+def test_download_scaling_figures(tiny_dataset: Path, tmp_path: Path) -> None:
+    out = bench_download_scaling(tiny_dataset, tmp_path / "scale", (6, 12), latency_s=0.01, max_concurrent=4,
+                                 workers=4)
+    positive(out, "download_s_6", "download_s_12", "download_per_galaxy_ratio_12_vs_6")
+
+
+def test_training_figures(tiny_dataset: Path, tmp_path: Path, toy_settings: dict) -> None:
+    out = bench_train(tiny_dataset, tmp_path / "cache", toy_settings, steps=1, blocks=2, reference_workers=0)
+    assert out["train_steps_each"] == 2 and out["train_batch_size"] == 8
+    positive(out, "train_images_per_s", "train_reference_images_per_s", "train_speedup_vs_reference",
+             "batches_images_per_s", "batches_reference_images_per_s", "batches_speedup_vs_reference")
+    assert out["train_speedup_vs_reference"] == pytest.approx(
+        out["train_images_per_s"] / out["train_reference_images_per_s"])
+
+
+def test_step_options_restore_the_thread_count(tiny_dataset: Path, tmp_path: Path,
+                                               toy_settings: dict) -> None:
+    before = torch.get_num_threads()
+    out = bench_step_options(train_config(tiny_dataset, tmp_path, toy_settings), repeats=1, threads=(1, 2))
+    assert torch.get_num_threads() == before
+    positive(out, "step_ms_channels_last", "step_ms_contiguous", "step_ms_bf16_autocast", "step_ms_threads_1",
+             "step_ms_threads_2", "channels_last_speedup", "bf16_autocast_speedup")
+
+
+def test_epoch_covers_every_view(tiny_dataset: Path, tmp_path: Path, toy_settings: dict) -> None:
+    out = epoch_seconds(tiny_dataset, tmp_path / "cache", toy_settings, galaxies=30)
+    assert out["steps"] == math.ceil(out["views"] / toy_settings["batch_size"]) and out["galaxies"] == 30
+    positive(out, "seconds", "images_per_s", "setup_peak_rss_mb")
+
+
+def test_prediction_figures_without_a_shipped_model(tiny_dataset: Path, tmp_path: Path,
+                                                    toy_settings: dict) -> None:
+    out = bench_predict(tmp_path / "no-model", tiny_dataset, tmp_path, toy_settings, singles=2, batch=4)
+    assert out["predict_model_is_shipped"] == 0 and out["predict_tta_default"] == 1
+    positive(out, "predict_ms_per_image", "predict_images_per_s", "predict_ms_per_image_no_tta",
+             "predict_images_per_s_no_tta")
+
+
+def test_settings_come_from_the_model_card(tmp_path: Path) -> None:
+    card = {"classes": list(CLASSES), "arch": "plain_cnn", "width": 16, "depth": 1,
+            "input": {"source_size": 128, "crop": 80, "size": 48}, "config": {"batch_size": 32}}
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    settings = shipped_settings(tmp_path)
+    assert (settings["arch"], settings["width"], settings["crop"], settings["image_size"],
+            settings["batch_size"]) == ("plain_cnn", 16, 80, 48, 32)
+
+
+def test_build_section_prints_its_figures(tiny_dataset: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_main(["--only", "build", "--data", str(tiny_dataset), "--work-dir", str(tmp_path / "w")]) == 0
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    assert int(lines["dataset_build_galaxies"]) == 36
+    assert float(lines["build_peak_rss_mb"]) >= float(lines["import_peak_rss_mb"]) > 0
+    assert float(lines["dataset_build_s"]) > 0 and "download_images_per_s" not in lines
+
+
+def test_a_failing_child_raises_with_its_error() -> None:
+    with pytest.raises(RuntimeError, match="benchmark child no-such-job failed"):
+        run_child(["no-such-job"])
+
+
+def test_symmetries_commute_with_crop_and_resize(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Training batches turn the small network-size crop rather than the whole cutout: the same
+    input up to float rounding, because a centred crop and a resize commute with the symmetries."""
+    dataset = PackedDataset(build_cache(tiny_dataset, cache_root=tmp_path).cache_dir)
+    cutouts = torch.from_numpy(dataset.images(np.arange(6)))
+    for size in (32, 64, 96):
+        geometry = InputGeometry(source_size=128, crop=96, size=size)
+        for k in range(8):
+            turned = dihedral(cutouts.permute(0, 3, 1, 2), k).permute(0, 2, 3, 1)
+            assert torch.allclose(crop_and_resize(turned, geometry),
+                                  dihedral(crop_and_resize(cutouts, geometry), k), atol=1e-5), (size, k)
+
+
+@pytest.mark.parametrize("k", range(8))
+@pytest.mark.parametrize("turns", range(4))
+def test_compose_dihedral(k: int, turns: int) -> None:
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    composed = int(compose_dihedral(torch.tensor([k]), torch.tensor([turns]))[0])
+    assert torch.equal(dihedral(x, composed), dihedral(dihedral(x, turns), k))
