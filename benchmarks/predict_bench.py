@@ -57,14 +57,22 @@ def bench_predict(model_dir: Path, data_dir: Path, work_dir: Path, settings: dic
     images = sample_images(data_dir, max(singles, batch))
     for classifier in classifiers.values():
         classifier.predict(images[:2])
-    single: dict[str, list[float]] = {key: [] for key in classifiers}
+    single: dict[str, list[float]] = {key: [] for key in (*classifiers, "_bf16_autocast")}
+    change = 0.0
     for image in images[:singles]:
+        answers = {}
         for key, classifier in classifiers.items():
             start = time.perf_counter()
-            result = classifier.predict([image])
+            answers[key] = classifier.predict([image])[0]
             single[key].append(time.perf_counter() - start)
-            if result[0].label not in CLASSES:
-                raise RuntimeError(f"prediction failed: {result[0].error}")
+            if answers[key].label not in CLASSES:
+                raise RuntimeError(f"prediction failed: {answers[key].error}")
+        # Not used by the app: what bfloat16 arithmetic would gain, and how far it moves the answer.
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = classifiers[""].predict([image])[0]
+        single["_bf16_autocast"].append(time.perf_counter() - start)
+        change = max(change, *(abs(bf16.probabilities[c] - answers[""].probabilities[c]) for c in CLASSES))
     many: dict[str, list[float]] = {key: [] for key in classifiers}
     for _ in range(2):
         for key, classifier in classifiers.items():
@@ -76,4 +84,6 @@ def bench_predict(model_dir: Path, data_dir: Path, work_dir: Path, settings: dic
     for key in classifiers:
         out[f"predict_ms_per_image{key}"] = 1000 * float(np.median(single[key]))
         out[f"predict_images_per_s{key}"] = batch / float(np.min(many[key]))
+    out["predict_ms_per_image_bf16_autocast"] = 1000 * float(np.median(single["_bf16_autocast"]))
+    out["predict_bf16_max_probability_change"] = change
     return out

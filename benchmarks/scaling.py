@@ -331,7 +331,8 @@ def child_main(argv: list[str]) -> int:
         out = child_build(Path(data), Path(cache), int(shard_size), int(workers))
     elif kind == "train":
         data, cache, model_dir, model, threads, galaxies = argv[1:7]
-        out = child_train(Path(data), Path(cache), Path(model_dir), model, int(threads), int(galaxies) or None)
+        out = child_train(Path(data), Path(cache), Path(model_dir), model, int(threads),
+                          int(galaxies) or None)
     else:
         raise SystemExit(f"unknown child job {kind}")
     print(json.dumps(out))

@@ -60,6 +60,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         p.add_argument(f"--{name}", type=kind, default=getattr(defaults, attr), dest=attr, help=text)
     p.add_argument("--arch", default=defaults.arch, choices=["resnet_small", "plain_cnn"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--balance-target", default=defaults.balance_target, choices=["median", "max"],
+                   help="views per class when balancing: the median class count (culls the largest "
+                        "class) or the largest (culls nothing)")
     for flag, attr, text in [("balance", "balance", "rotate/cull to equal class counts"),
                              ("soft-labels", "soft_labels", "train on vote fractions"),
                              ("augment", "augment", "random rotations and flips"),

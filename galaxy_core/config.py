@@ -114,6 +114,7 @@ class TrainConfig:
     width: int = 32
     depth: int = 2
     balance: bool = True
+    balance_target: str = "median"
     soft_labels: bool = True
     augment: bool = True
     tta: bool = True
@@ -146,6 +147,8 @@ class TrainConfig:
             raise ConfigError(f"width must be at least 4, got {self.width}")
         if not 1 <= self.depth <= 8:
             raise ConfigError(f"depth must be between 1 and 8, got {self.depth}")
+        if self.balance_target not in ("median", "max"):
+            raise ConfigError(f"balance target must be median or max, got {self.balance_target!r}")
         if self.arch not in ARCHITECTURES:
             raise ConfigError(f"unknown architecture {self.arch!r}: choose from {', '.join(ARCHITECTURES)}")
         if self.device not in ("auto", "cpu", "cuda"):

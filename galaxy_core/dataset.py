@@ -361,10 +361,14 @@ class Balanced:
     counts_after: dict[str, int]
 
 
+BALANCE_TARGETS = ("median", "max")
+
+
 def balance(rows: np.ndarray, labels: np.ndarray, seed: int, *, max_views: int = 4,
-            target: int | None = None) -> Balanced:
+            target: int | str = "median") -> Balanced:
     """Rotate copies of rare classes (90/180/270 deg, at most ``max_views`` per galaxy) and cull
-    common ones, towards ``target`` views per class (default: the median class count)."""
+    common ones, towards ``target`` views per class: a number, the median class count, or the
+    largest class count ("max": nothing is culled, every training galaxy is used)."""
     rows = np.asarray(rows, dtype=np.int64)
     rng = np.random.default_rng(seed)
     per_class = [rows[labels[rows] == c] for c in range(len(CLASSES))]
@@ -373,7 +377,11 @@ def balance(rows: np.ndarray, labels: np.ndarray, seed: int, *, max_views: int =
     if empty:
         raise ConfigError(f"class(es) {', '.join(empty)} have no training examples; "
                           "use more galaxies or turn balancing off")
-    target = int(target or np.median(counts))
+    if target == "median":
+        target = int(np.median(counts))
+    elif target == "max":
+        target = int(max(counts))
+    target = int(target)
     out_rows, out_rot = [], []
     for members in per_class:
         n = len(members)
@@ -406,5 +414,5 @@ def dataset_summary(data_dir: Path, config: DatasetConfig = DatasetConfig(),
 
 
 __all__ = ["BuildProgress", "BuildReport", "Balanced", "CatalogueError", "DatasetError",
-           "ImageRows", "PackedDataset", "Split", "balance", "build_cache", "dataset_summary", "soft_targets",
-           "split_dataset"]
+           "ImageRows", "PackedDataset", "Split", "balance", "build_cache", "dataset_summary",
+           "soft_targets", "split_dataset"]

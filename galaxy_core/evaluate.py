@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from .bundle import load_bundle, read_evaluation
-from .dataset import DatasetError, PackedDataset
-from .inference import predict_probs, symmetry_agreement
+from .dataset import DatasetError, ImageRows, PackedDataset
+from .inference import agreement_from_views, combine_views, view_log_probs
 from .metrics import classification_metrics, misclassified
 
 
@@ -41,13 +41,12 @@ def evaluate_bundle(model_dir: Path, data_dir: Path, *, tta: bool | None = None,
         raise DatasetError(f"every galaxy in {data_dir} was used to train {model_dir}: "
                            "there is nothing held out to evaluate on")
     use_tta = bundle.tta if tta is None else tta
-    images = dataset.images(rows)
     labels = dataset.labels[rows]
-    with torch.inference_mode():
-        probs = predict_probs(bundle.model, images, bundle.stats, bundle.geometry, tta=use_tta,
-                              temperature=float(bundle.card.get("temperature", 1.0)))
+    views = view_log_probs(bundle.model, ImageRows(dataset, rows), bundle.stats, bundle.geometry)
+    temperature = float(bundle.card.get("temperature", 1.0))
+    probs = torch.softmax(combine_views(views, use_tta) / temperature, dim=1).numpy()
     metrics = classification_metrics(labels, probs)
-    metrics["symmetry_agreement"] = symmetry_agreement(bundle.model, images, bundle.stats, bundle.geometry)
+    metrics["symmetry_agreement"] = agreement_from_views(views)
     metrics["split"] = which
     metrics["tta"] = use_tta
     metrics["misclassified"] = misclassified(dataset.ids[rows], dataset.index["image"].to_numpy()[rows],

@@ -30,7 +30,7 @@ from .images import ImageLoadError, load_image
 from .jobs import Task
 from .normalise import compute_channel_stats
 from .predict import Classifier, Prediction, overlay_heatmap
-from .train import CHECKPOINT_NAME, TrainProgress, TrainResult, train
+from .train import CHECKPOINT_NAME, TrainProgress, TrainResult, discard_checkpoint, train
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SHIPPED_MODEL = "default"
@@ -91,14 +91,6 @@ def model_dir_for_training(models_root: Path, name: str) -> Path:
         raise InvalidNameError(f"a finished model named {name!r} already exists in {models_root}; "
                                "choose another name")
     return out_dir
-
-
-def discard_checkpoint(out_dir: Path) -> bool:
-    """Start a run over: the next training in ``out_dir`` begins at epoch 0."""
-    path = Path(out_dir) / CHECKPOINT_NAME
-    existed = path.is_file()
-    path.unlink(missing_ok=True)
-    return existed
 
 
 # --- datasets ------------------------------------------------------------------------------------

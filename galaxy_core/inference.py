@@ -48,17 +48,37 @@ def iter_chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, n))
 
 
+@torch.inference_mode()
+def view_log_probs(model: nn.Module, images_uint8: np.ndarray, stats: ChannelStats,
+                   geometry: InputGeometry, batch_size: int = 256) -> torch.Tensor:
+    """Log-probabilities of every galaxy in each of the 8 symmetric views, (8, n, classes):
+    one pass serves test-time averaging, calibration and the symmetry check."""
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    for part in iter_chunks(len(images_uint8), batch_size):
+        x = prepare_batch(images_uint8[part], stats, geometry, device)
+        views = torch.cat([dihedral(x, k) for k in range(8)])
+        out.append(torch.log_softmax(model(views).float(), dim=1).view(8, x.shape[0], -1).cpu())
+    return torch.cat(out, dim=1) if out else torch.zeros(8, 0, 3)
+
+
+def combine_views(view_logp: torch.Tensor, tta: bool) -> torch.Tensor:
+    """(8, n, classes) view log-probabilities -> (n, classes): their mean, or the first view."""
+    return torch.log_softmax(view_logp.mean(dim=0), dim=1) if tta else view_logp[0]
+
+
+def agreement_from_views(view_logp: torch.Tensor) -> dict[str, float]:
+    """How often the prediction for a galaxy's single view agrees with its 90-degree rotated copy,
+    its mirror image, and all 8 symmetric copies at once."""
+    preds = view_logp.argmax(dim=2)
+    n = max(preds.shape[1], 1)
+    return {"rot90": float((preds[1] == preds[0]).sum()) / n,
+            "mirror": float((preds[4] == preds[0]).sum()) / n,
+            "all_8": float((preds == preds[0]).all(0).sum()) / n}
+
+
 def symmetry_agreement(model: nn.Module, images_uint8: np.ndarray, stats: ChannelStats,
                        geometry: InputGeometry, batch_size: int = 256) -> dict[str, float]:
     """How often single-view predictions for a galaxy agree with its rotated and mirrored copies."""
-    device = next(model.parameters()).device
-    agree = {"rot90": 0, "mirror": 0, "all_8": 0}
-    n = len(images_uint8)
-    with torch.inference_mode():
-        for part in iter_chunks(n, batch_size):
-            x = prepare_batch(images_uint8[part], stats, geometry, device)
-            preds = torch.stack([model(dihedral(x, k)).argmax(1) for k in range(8)])
-            agree["rot90"] += int((preds[1] == preds[0]).sum())
-            agree["mirror"] += int((preds[4] == preds[0]).sum())
-            agree["all_8"] += int((preds == preds[0]).all(0).sum())
-    return {k: v / max(n, 1) for k, v in agree.items()}
+    return agreement_from_views(view_log_probs(model, images_uint8, stats, geometry, batch_size))

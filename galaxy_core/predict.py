@@ -119,13 +119,13 @@ class Classifier:
                 logits[0, index].backward()
         finally:
             handle.remove()
-        features, grads = store["features"], store["features"].grad
+        features, grads = store["features"].detach(), store["features"].grad
         weights = grads.mean(dim=(2, 3), keepdim=True)
         cam = F.relu((weights * features).sum(dim=1, keepdim=True))
         cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
         cam = cam - cam.min()
         peak = float(cam.max())
-        return (cam / peak if peak > 0 else cam).detach().cpu().numpy()
+        return (cam / peak if peak > 0 else cam).cpu().numpy()
 
     def model_view(self, image: Image.Image) -> Image.Image:
         """The crop of ``image`` that the network sees, at its input size (for overlays)."""

@@ -31,7 +31,7 @@ from .bundle import save_bundle
 from .config import CLASSES, ConfigError, GalaxyError, TrainConfig
 from .dataset import (Balanced, ImageRows, PackedDataset, Split, balance, load_catalogue_with_images,
                       split_dataset)
-from .inference import logits_for, predict_probs, prepare_batch, symmetry_agreement
+from .inference import agreement_from_views, combine_views, predict_probs, view_log_probs
 from .metrics import classification_metrics, misclassified
 from .model import build_model
 from .model_card import write_model_card
@@ -338,15 +338,9 @@ def evaluate_split(model: nn.Module, dataset: PackedDataset, rows: np.ndarray, s
     return nll / max(n, 1), correct / max(n, 1)
 
 
-def fit_temperature(model: nn.Module, images: np.ndarray | ImageRows, labels: np.ndarray,
-                    stats: ChannelStats, geometry: InputGeometry, tta: bool) -> float:
+def fit_temperature(log_probs: torch.Tensor, labels: np.ndarray) -> float:
     """Temperature scaling (Guo et al. 2017) on validation galaxies: one scalar, accuracy unchanged."""
-    device = next(model.parameters()).device
-    logp = []
-    for start in range(0, len(images), 256):
-        x = prepare_batch(images[start:start + 256], stats, geometry, device)
-        logp.append(logits_for(model, x, tta).cpu())
-    logits = torch.cat(logp).double()
+    logits = log_probs.double()
     target = torch.as_tensor(labels)
     grid = np.exp(np.linspace(np.log(0.3), np.log(5.0), 121))
     losses = [float(F.cross_entropy(logits / t, target)) for t in grid]
@@ -420,7 +414,7 @@ def plan_split(ids: np.ndarray, labels: np.ndarray, config: TrainConfig,
         raise ConfigError(f"{len(rows)} galaxies are too few to hold out validation and test "
                           "galaxies; download more")
     if config.balance:
-        views = balance(split.train, labels, config.seed)
+        views = balance(split.train, labels, config.seed, target=config.balance_target)
     else:
         counts = dict(zip(CLASSES, map(int, np.bincount(labels[split.train], minlength=3))))
         missing = [c for c, n in counts.items() if n == 0]
@@ -570,13 +564,13 @@ def finish_bundle(model: nn.Module, dataset: PackedDataset, split: Split, views:
     Images are read a batch at a time, so memory does not grow with the size of the splits.
     """
     model.eval()
-    temperature = fit_temperature(model, ImageRows(dataset, split.val), dataset.labels[split.val],
-                                  stats, geometry, config.tta)
-    test_images = ImageRows(dataset, split.test)
-    probs = predict_probs(model, test_images, stats, geometry, tta=config.tta, temperature=temperature)
+    val_views = view_log_probs(model, ImageRows(dataset, split.val), stats, geometry)
+    temperature = fit_temperature(combine_views(val_views, config.tta), dataset.labels[split.val])
+    test_views = view_log_probs(model, ImageRows(dataset, split.test), stats, geometry)
+    probs = torch.softmax(combine_views(test_views, config.tta) / temperature, dim=1).numpy()
     labels = dataset.labels[split.test]
     metrics = classification_metrics(labels, probs)
-    metrics["symmetry_agreement"] = symmetry_agreement(model, test_images, stats, geometry)
+    metrics["symmetry_agreement"] = agreement_from_views(test_views)
     metrics["split"] = "test"
     ids = dataset.ids
     card = {

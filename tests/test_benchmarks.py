@@ -87,7 +87,8 @@ def test_prediction_figures_without_a_shipped_model(tiny_dataset: Path, tmp_path
     out = bench_predict(tmp_path / "no-model", tiny_dataset, tmp_path, toy_settings, singles=2, batch=4)
     assert out["predict_model_is_shipped"] == 0 and out["predict_tta_default"] == 1
     positive(out, "predict_ms_per_image", "predict_images_per_s", "predict_ms_per_image_no_tta",
-             "predict_images_per_s_no_tta")
+             "predict_images_per_s_no_tta", "predict_ms_per_image_bf16_autocast")
+    assert 0 <= out["predict_bf16_max_probability_change"] < 0.5
 
 
 def test_settings_come_from_the_model_card(tmp_path: Path) -> None:

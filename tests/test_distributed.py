@@ -42,7 +42,7 @@ TORCHRUN_TIMEOUT_S = 240
 DETERMINISTIC_LAUNCHER = """\
 import functools, runpy
 import galaxy_core.model as m
-m.ARCHITECTURES["plain_cnn"] = functools.partial(m.PlainCNN, dropout=0.0)
+m.NETWORKS["plain_cnn"] = functools.partial(m.PlainCNN, dropout=0.0)
 runpy.run_module("galaxy_core", run_name="__main__", alter_sys=True)
 """
 
@@ -109,7 +109,7 @@ def plain(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     launcher = root / "launch.py"
     launcher.write_text(DETERMINISTIC_LAUNCHER)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(model_module.ARCHITECTURES, "plain_cnn",
+        patch.setitem(model_module.NETWORKS, "plain_cnn",
                       functools.partial(model_module.PlainCNN, dropout=0.0))
         in_process(config_for(data, root / "one", "plain_cnn"))
     process = torchrun(2, config_for(data, root / "two", "plain_cnn"), launcher)
@@ -140,7 +140,7 @@ def test_two_process_checkpoint_resumes_on_one(plain: dict[str, Path]) -> None:
     state = torch.load(early / CHECKPOINT_NAME, weights_only=True)
     assert 1 <= state["epoch"] < EPOCHS, "the 2-process run's first checkpoint was not caught in time"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(model_module.ARCHITECTURES, "plain_cnn",
+        patch.setitem(model_module.NETWORKS, "plain_cnn",
                       functools.partial(model_module.PlainCNN, dropout=0.0))
         result = in_process(config_for(plain["data"], early, "plain_cnn"))
     assert not result.stopped and result.epochs_done == EPOCHS
@@ -158,7 +158,7 @@ def test_one_process_checkpoint_resumes_on_two(plain: dict[str, Path]) -> None:
             stop.set()
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(model_module.ARCHITECTURES, "plain_cnn",
+        patch.setitem(model_module.NETWORKS, "plain_cnn",
                       functools.partial(model_module.PlainCNN, dropout=0.0))
         stopped = in_process(config, progress=stop_after_first_epoch, stop=stop)
     assert stopped.stopped and stopped.epochs_done == 1
