@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -75,19 +76,17 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
 
 def test_stop_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "d", n_per_class=10)
-    train(small_config(data, tmp_path / "full", epochs=3, batch_size=8))
-    import threading
-
+    train(small_config(data, tmp_path / "full", epochs=2, batch_size=8))
     stop = threading.Event()
 
     def stop_in_epoch_two(event) -> None:
         if event.phase == "train" and event.epoch == 2 and event.batch == 2:
             stop.set()
 
-    stopped = train(small_config(data, tmp_path / "resumed", epochs=3, batch_size=8), stop_in_epoch_two, stop)
+    stopped = train(small_config(data, tmp_path / "resumed", epochs=2, batch_size=8), stop_in_epoch_two, stop)
     assert stopped.stopped and stopped.epochs_done == 1
     assert not (tmp_path / "resumed" / "card.json").exists()
-    resumed = train(small_config(data, tmp_path / "resumed", epochs=3, batch_size=8))
+    resumed = train(small_config(data, tmp_path / "resumed", epochs=2, batch_size=8))
     assert not resumed.stopped
     a, b = load_bundle(tmp_path / "full").model.state_dict(), load_bundle(tmp_path / "resumed").model.state_dict()
     for key in a:
