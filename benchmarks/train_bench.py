@@ -27,8 +27,8 @@ from galaxy_core.config import CLASSES, TrainConfig
 from galaxy_core.dataset import PackedDataset
 from galaxy_core.model import build_model
 from galaxy_core.normalise import ChannelStats, InputGeometry, compute_channel_stats, crop_and_resize
-from galaxy_core.train import (BatchSource, Distributed, prefetch, prepare_data, train_one_epoch,
-                               training_loss)
+from galaxy_core.distributed import Distributed
+from galaxy_core.train import BatchSource, prefetch, prepare_data, train_one_epoch, training_loss
 
 SETTING_KEYS = ("arch", "width", "depth", "image_size", "crop", "batch_size", "lr", "weight_decay",
                 "label_smoothing", "aux_weight", "balance", "soft_labels", "augment", "seed")

@@ -17,8 +17,16 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from .config import (CLASSES, DEFAULT_CATALOGUE_URL, DEFAULT_CUTOUT_URL, DownloadConfig, GalaxyError,
-                     PredictConfig, TrainConfig, default_model_dir)
+from .config import (
+    CLASSES,
+    DEFAULT_CATALOGUE_URL,
+    DEFAULT_CUTOUT_URL,
+    DownloadConfig,
+    GalaxyError,
+    PredictConfig,
+    TrainConfig,
+    default_model_dir,
+)
 
 EXIT_USER_ERROR = 2
 EXIT_PARTIAL_FAILURE = 1
@@ -162,7 +170,8 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .train import check_data, discard_checkpoint, train
+    from .checkpoint import discard_checkpoint
+    from .train import check_data, train
 
     fields = {k: getattr(args, k) for k in vars(TrainConfig(Path("."), Path("."))) if hasattr(args, k)}
     config = TrainConfig(**{**fields, "data_dir": args.data, "out_dir": args.out})

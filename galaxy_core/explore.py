@@ -23,6 +23,7 @@ from PIL import Image
 from .atomic import write_bytes_atomic
 from .bundle import CARD_NAME, BundleError, read_card, read_evaluation
 from .catalogue import CatalogueFormat, read_catalogue
+from .checkpoint import CHECKPOINT_NAME, discard_checkpoint
 from .config import CLASSES, ConfigError, DownloadConfig, GalaxyError, TrainConfig
 from .dataset import DatasetError, PackedDataset, load_catalogue_with_images
 from .download import IMAGES_DIR, CutoutClient, DownloadProgress, DownloadReport, download_cutouts
@@ -30,7 +31,7 @@ from .images import ImageLoadError, load_image
 from .jobs import Task
 from .normalise import compute_channel_stats
 from .predict import Classifier, Prediction, overlay_heatmap
-from .train import CHECKPOINT_NAME, TrainProgress, TrainResult, discard_checkpoint, train
+from .train import TrainProgress, TrainResult, train
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SHIPPED_MODEL = "default"

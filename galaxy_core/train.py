@@ -7,51 +7,46 @@ checkpoint is written at each epoch end, so a stopped run resumes to the same re
 
 from __future__ import annotations
 
-import fcntl
 import math
 import os
 import platform
 import queue
 import threading
 import time
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .atomic import atomic_path, remove_stale_parts
 from .bundle import save_bundle
-from .config import CLASSES, ConfigError, GalaxyError, TrainConfig
-from .dataset import (Balanced, ImageRows, PackedDataset, Split, balance, load_catalogue_with_images,
-                      split_dataset)
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, no_lock, output_lock, save_checkpoint
+from .config import CLASSES, ConfigError, TrainConfig
+from .dataset import (
+    Balanced,
+    ImageRows,
+    PackedDataset,
+    Split,
+    balance,
+    load_catalogue_with_images,
+    split_dataset,
+)
+from .distributed import Distributed, pick_device, setup_distributed
 from .inference import agreement_from_views, combine_views, predict_probs, view_log_probs
 from .metrics import classification_metrics, misclassified
 from .model import build_model
 from .model_card import write_model_card
-from .normalise import (ChannelStats, InputGeometry, compute_channel_stats, crop_and_resize,
-                        dihedral_per_sample, normalise)
-
-CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_KEYS = frozenset({"model", "optimiser", "scheduler", "epoch", "config", "history"})
-LOCK_NAME = ".train.lock"
-SPLIT_NAME = "split.json"
-# Settings that may change between a run and its resumption without changing the result.
-RESUMABLE_KEYS = {"data_dir", "out_dir", "cache_dir", "num_threads", "device"}
-
-
-class TrainingBusyError(GalaxyError):
-    """Another training job is already writing to this output folder."""
-
-
-class CheckpointError(GalaxyError):
-    """A checkpoint file is corrupt, hostile or not one of ours."""
+from .normalise import (
+    ChannelStats,
+    InputGeometry,
+    compute_channel_stats,
+    crop_and_resize,
+    dihedral_per_sample,
+    normalise,
+)
 
 
 @dataclass
@@ -81,97 +76,6 @@ class TrainResult:
     counts_before: dict[str, int]
     counts_after: dict[str, int]
     split_sizes: dict[str, int]
-
-
-@dataclass
-class Distributed:
-    """This process's place in a torchrun job; a single process is world 1, rank 0."""
-
-    world: int = 1
-    rank: int = 0
-    backend: str = "none"
-    owns_group: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def sum(self, values: list[float], device: torch.device) -> list[float]:
-        if self.world == 1:
-            return values
-        tensor = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(tensor)
-        return tensor.tolist()
-
-    def from_main(self, value: object) -> object:
-        """Rank 0's ``value`` on every rank: only rank 0 reads the output folder, which need not
-        be shared between machines."""
-        if self.world == 1:
-            return value
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def sync_buffers(self, model: nn.Module) -> None:
-        """Copy rank 0's BatchNorm statistics to every rank, which drift apart on local batches,
-        so evaluation and the saved weights are the same model everywhere."""
-        if self.world > 1:
-            for buffer in model.buffers():
-                dist.broadcast(buffer.data, src=0)
-
-    def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-            self.owns_group = False
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda was asked for but no CUDA GPU is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return torch.device(name)
-
-
-def setup_distributed(device: torch.device) -> Distributed:
-    """Join the process group that torchrun describes in WORLD_SIZE/RANK/MASTER_ADDR (NCCL on
-    GPUs, gloo on CPUs); a plain ``python -m galaxy_core train`` is a world of one."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Distributed(backend=device.type)
-    owns = not dist.is_initialized()
-    if owns:
-        if not dist.is_available():
-            raise ConfigError(f"WORLD_SIZE is {world} but this PyTorch build has no torch.distributed")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(world=dist.get_world_size(), rank=dist.get_rank(),
-                       backend=str(dist.get_backend()), owns_group=owns)
-
-
-@contextmanager
-def output_lock(out_dir: Path) -> Iterator[None]:
-    """An exclusive OS lock on the output folder: one training job per folder, however started."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(out_dir / LOCK_NAME, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise TrainingBusyError(f"another training job is already writing to {out_dir}") from None
-    try:
-        remove_stale_parts(out_dir)  # half-written checkpoints of a job that was killed
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -347,47 +251,6 @@ def fit_temperature(log_probs: torch.Tensor, labels: np.ndarray) -> float:
     return float(grid[int(np.argmin(losses))])
 
 
-def comparable(config_dict: dict) -> dict:
-    return {k: v for k, v in config_dict.items() if k not in RESUMABLE_KEYS}
-
-
-def load_checkpoint(path: Path, config: TrainConfig) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        with warnings.catch_warnings():  # torch's remarks on a foreign pickle are not for the user
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt or hostile file is refused, never executed
-        raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({exc.__class__.__name__}); "
-                              "delete it or use --restart") from None
-    missing = CHECKPOINT_KEYS - set(state) if isinstance(state, dict) else CHECKPOINT_KEYS
-    if missing or not isinstance(state["config"], dict):
-        raise CheckpointError(f"{path} is not a training checkpoint (missing "
-                              f"{', '.join(sorted(missing)) or 'config'}); delete it or use --restart")
-    if comparable(state["config"]) != comparable(config.to_dict()):
-        changed = sorted(k for k, v in comparable(config.to_dict()).items() if state["config"].get(k) != v)
-        raise ConfigError(f"{path.parent} holds a checkpoint trained with different settings "
-                          f"({', '.join(changed)}); use a new --out folder or --restart")
-    return state
-
-
-def discard_checkpoint(out_dir: Path) -> bool:
-    """Start a run over; raises TrainingBusyError rather than pull the checkpoint from under a
-    job that is still writing to ``out_dir``."""
-    path = Path(out_dir) / CHECKPOINT_NAME
-    if not path.is_file():
-        return False
-    with output_lock(Path(out_dir)):
-        path.unlink(missing_ok=True)
-    return True
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
 def prepare_data(config: TrainConfig, dist_info: Distributed,
                  report: Callable[[str], None]) -> tuple[PackedDataset, Split, Balanced]:
     """Cache, split by galaxy before any augmentation, then balance the training galaxies.
@@ -467,7 +330,7 @@ def _train(config: TrainConfig, device: torch.device, dist_info: Distributed,
         emit(TrainProgress("prepare", epochs=config.epochs, message=message,
                            elapsed_s=time.monotonic() - start))
 
-    lock = output_lock(out_dir) if dist_info.main else _no_lock()
+    lock = output_lock(out_dir) if dist_info.main else no_lock()
     with lock:
         dataset, split, views = prepare_data(config, dist_info, report)
         report(f"training on {dist_info.world} process{'es' if dist_info.world > 1 else ''} "
@@ -548,11 +411,6 @@ def _train(config: TrainConfig, device: torch.device, dist_info: Distributed,
         # test evaluation could outlast the process group's timeout on a large test split.
     return TrainResult(out_dir, False, config.epochs, history, metrics, views.counts_before,
                        views.counts_after, split.sizes())
-
-
-@contextmanager
-def _no_lock() -> Iterator[None]:
-    yield
 
 
 def finish_bundle(model: nn.Module, dataset: PackedDataset, split: Split, views: Balanced,

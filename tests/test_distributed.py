@@ -28,7 +28,9 @@ from galaxy_core import model as model_module
 from galaxy_core.bundle import load_bundle, read_card
 from galaxy_core.config import TrainConfig
 from galaxy_core.normalise import ChannelStats, InputGeometry
-from galaxy_core.train import CHECKPOINT_NAME, LOCK_NAME, BatchSource, Distributed, prepare_data, train
+from galaxy_core.checkpoint import CHECKPOINT_NAME, LOCK_NAME
+from galaxy_core.distributed import Distributed
+from galaxy_core.train import BatchSource, prepare_data, train
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="this PyTorch build has no torch.distributed with gloo")

@@ -23,7 +23,8 @@ from galaxy_core.config import DownloadConfig, TrainConfig
 from galaxy_core.cutout_server import ServerOptions
 from galaxy_core.download import IMAGES_DIR, download_cutouts
 from galaxy_core.images import check_jpeg
-from galaxy_core.train import CHECKPOINT_NAME, TrainingBusyError, discard_checkpoint, output_lock, train
+from galaxy_core.checkpoint import CHECKPOINT_NAME, TrainingBusyError, discard_checkpoint, output_lock
+from galaxy_core.train import train
 
 
 def wait_for(condition, timeout_s: float = 90.0, what: str = "condition") -> None:

@@ -26,7 +26,8 @@ from galaxy_core.dataset import PackedDataset, build_cache, load_catalogue_with_
 from galaxy_core.download import IMAGES_DIR, download_cutouts
 from galaxy_core.images import ImageLoadError, load_image
 from galaxy_core.predict import Classifier
-from galaxy_core.train import CHECKPOINT_NAME, CheckpointError, train
+from galaxy_core.checkpoint import CHECKPOINT_NAME, CheckpointError
+from galaxy_core.train import train
 
 
 class Payload:

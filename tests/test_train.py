@@ -18,7 +18,8 @@ from galaxy_core.evaluate import evaluate_bundle
 from galaxy_core.metrics import classification_metrics
 from galaxy_core.model import build_model
 from galaxy_core.predict import Classifier, predictions_csv
-from galaxy_core.train import CHECKPOINT_NAME, train
+from galaxy_core.checkpoint import CHECKPOINT_NAME
+from galaxy_core.train import train
 
 
 def small_config(data: Path, out: Path, **overrides) -> TrainConfig:

@@ -1,0 +1,96 @@
+"""Checkpoints and the output-folder lock: what makes a stopped run resume to the same result,
+and what keeps two jobs from writing to one model folder.
+
+Checkpoints are loaded with ``weights_only=True``: a crafted file is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .atomic import atomic_path, remove_stale_parts
+from .config import ConfigError, GalaxyError, TrainConfig
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_KEYS = frozenset({"model", "optimiser", "scheduler", "epoch", "config", "history"})
+LOCK_NAME = ".train.lock"
+# Settings that may change between a run and its resumption without changing the result.
+RESUMABLE_KEYS = {"data_dir", "out_dir", "cache_dir", "num_threads", "device"}
+
+
+class TrainingBusyError(GalaxyError):
+    """Another training job is already writing to this output folder."""
+
+
+class CheckpointError(GalaxyError):
+    """A checkpoint file is corrupt, hostile or not one of ours."""
+
+
+@contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """An exclusive OS lock on the output folder: one training job per folder, however started."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(out_dir / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise TrainingBusyError(f"another training job is already writing to {out_dir}") from None
+    try:
+        remove_stale_parts(out_dir)  # half-written checkpoints of a job that was killed
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def comparable(config_dict: dict) -> dict:
+    return {k: v for k, v in config_dict.items() if k not in RESUMABLE_KEYS}
+
+
+def load_checkpoint(path: Path, config: TrainConfig) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        with warnings.catch_warnings():  # torch's remarks on a foreign pickle are not for the user
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a corrupt or hostile file is refused, never executed
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({exc.__class__.__name__}); "
+                              "delete it or use --restart") from None
+    missing = CHECKPOINT_KEYS - set(state) if isinstance(state, dict) else CHECKPOINT_KEYS
+    if missing or not isinstance(state["config"], dict):
+        raise CheckpointError(f"{path} is not a training checkpoint (missing "
+                              f"{', '.join(sorted(missing)) or 'config'}); delete it or use --restart")
+    if comparable(state["config"]) != comparable(config.to_dict()):
+        changed = sorted(k for k, v in comparable(config.to_dict()).items() if state["config"].get(k) != v)
+        raise ConfigError(f"{path.parent} holds a checkpoint trained with different settings "
+                          f"({', '.join(changed)}); use a new --out folder or --restart")
+    return state
+
+
+def discard_checkpoint(out_dir: Path) -> bool:
+    """Start a run over; raises TrainingBusyError rather than pull the checkpoint from under a
+    job that is still writing to ``out_dir``."""
+    path = Path(out_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        return False
+    with output_lock(Path(out_dir)):
+        path.unlink(missing_ok=True)
+    return True
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+@contextmanager
+def no_lock() -> Iterator[None]:
+    yield
