@@ -11,16 +11,16 @@ folder as a page and skip this script's sidebar.
 
 import streamlit as st
 
-from app_pages.common import PAGES, folders, job_registry, model_sidebar
+from app_pages.common import PAGE_ICONS, PAGES, folders, job_registry, model_sidebar
 
 st.set_page_config(page_title="Galaxy Zoo classifier", page_icon=":material/blur_on:", layout="wide")
 
 navigation = st.navigation([
-    st.Page(PAGES["home"], title="Home", icon=":material/home:", default=True),
-    st.Page(PAGES["dataset"], title="Dataset", icon=":material/photo_library:"),
-    st.Page(PAGES["train"], title="Train", icon=":material/model_training:"),
-    st.Page(PAGES["results"], title="Results", icon=":material/analytics:"),
-    st.Page(PAGES["classify"], title="Classify", icon=":material/search:"),
+    st.Page(PAGES["home"], title="Home", icon=PAGE_ICONS["home"], default=True),
+    st.Page(PAGES["dataset"], title="Dataset", icon=PAGE_ICONS["dataset"]),
+    st.Page(PAGES["train"], title="Train", icon=PAGE_ICONS["train"]),
+    st.Page(PAGES["results"], title="Results", icon=PAGE_ICONS["results"]),
+    st.Page(PAGES["classify"], title="Classify", icon=PAGE_ICONS["classify"]),
 ])
 
 model_sidebar()

@@ -10,7 +10,7 @@ from galaxy_core.config import CLASSES, DEFAULT_CUTOUT_URL, GalaxyError
 from galaxy_core.explore import classify_images, fetch_cutout, grad_cam_overlay, page_bounds
 from galaxy_core.predict import IMAGE_SUFFIXES, predictions_csv
 from app_pages import charts
-from app_pages.common import PAGES, active_model, load_classifier
+from app_pages.common import active_model, load_classifier, point_to
 
 UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 SKY_KEY = "_sky_cutouts"
@@ -22,9 +22,8 @@ started = time.perf_counter()
 st.title("Classify galaxies")
 model = active_model()
 if model is None:
-    st.info("There is no model to classify with yet. Train one on the Train page, or place a model "
-            "bundle (card.json + model.safetensors) in `models/default`.")
-    st.page_link(PAGES["train"], label="Go to the Train page", icon=":material/model_training:")
+    point_to("train", "There is no model to classify with yet. Train one on the Train page, or place a "
+             "model bundle (card.json + model.safetensors) in `models/default`.")
     st.stop()
 try:
     classifier, model_lock = load_classifier(model.path)

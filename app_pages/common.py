@@ -30,6 +30,13 @@ PAGES = {
     "results": "app_pages/results.py",
     "classify": "app_pages/classify.py",
 }
+PAGE_ICONS = {
+    "home": ":material/home:",
+    "dataset": ":material/photo_library:",
+    "train": ":material/model_training:",
+    "results": ":material/analytics:",
+    "classify": ":material/search:",
+}
 
 
 def folders() -> AppFolders:
@@ -177,3 +184,19 @@ def thumbnail(path: str, size: int = 160) -> np.ndarray:
     image = load_image(path)
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
     return np.asarray(image)
+
+
+def dataset_selectbox(label: str, current: Path) -> Path:
+    """Choose among the known dataset folders; the choice becomes the active dataset."""
+    names = [str(p) for p in known_datasets()]
+    choice = st.selectbox(label, names, index=names.index(str(current)),
+                          format_func=lambda p: f"{Path(p).name}  ({p})")
+    if choice != str(current):
+        set_active_dataset(choice)
+    return Path(choice)
+
+
+def point_to(page: str, message: str) -> None:
+    """Say what is missing and link to the page that provides it."""
+    st.info(message)
+    st.page_link(PAGES[page], label=f"Go to the {page.capitalize()} page", icon=PAGE_ICONS[page])

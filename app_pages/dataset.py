@@ -13,8 +13,8 @@ from galaxy_core.explore import (check_dataset_dir, download_task, format_durati
                                  uploaded_catalogue)
 from galaxy_core.jobs import JobSnapshot
 from app_pages import charts
-from app_pages.common import (PAGES, active_dataset, add_extra_dataset, dataset_fingerprint, ensure_cache,
-                          folders, job_registry, known_datasets, pixel_stats, samples,
+from app_pages.common import (PAGES, active_dataset, add_extra_dataset, dataset_fingerprint, dataset_selectbox,
+                          ensure_cache, folders, job_registry, known_datasets, pixel_stats, samples,
                           set_active_dataset, summary, thumbnail)
 
 POLL_S = 1.0
@@ -26,15 +26,9 @@ registry = job_registry()
 
 
 def choose_dataset() -> Path | None:
-    datasets = known_datasets()
     current = active_dataset()
-    if datasets:
-        names = [str(p) for p in datasets]
-        choice = st.selectbox("Dataset folder", names, index=names.index(str(current)),
-                              format_func=lambda p: f"{Path(p).name}  ({p})")
-        if choice != str(current):
-            set_active_dataset(choice)
-            current = Path(choice)
+    if known_datasets():
+        current = dataset_selectbox("Dataset folder", current)
     else:
         st.info(f"No dataset under `{paths.data_root}` yet. Download one below, or type the path of "
                 "an existing folder that holds catalogue.csv and images/.")

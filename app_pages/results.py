@@ -12,7 +12,7 @@ from galaxy_core.explore import (format_duration, gallery_image, history_frame, 
                                  misclassified_frame, model_summary, page_bounds, per_class_frame,
                                  reliability_frame, row_normalise)
 from app_pages import charts
-from app_pages.common import PAGES, active_model, thumbnail, usable_models
+from app_pages.common import active_model, point_to, thumbnail, usable_models
 
 PER_PAGE = 12
 
@@ -20,9 +20,8 @@ st.title("Results")
 models = usable_models()
 current = active_model()
 if current is None:
-    st.info("There is no trained model to inspect yet. Train one on the Train page; its confusion "
-            "matrix, curves and mistakes appear here.")
-    st.page_link(PAGES["train"], label="Go to the Train page", icon=":material/model_training:")
+    point_to("train", "There is no trained model to inspect yet. Train one on the Train page; its "
+             "confusion matrix, curves and mistakes appear here.")
     st.stop()
 
 names = [str(m.path) for m in models]

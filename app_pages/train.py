@@ -11,8 +11,7 @@ from galaxy_core.explore import format_duration, history_frame, model_dir_for_tr
 from galaxy_core.jobs import JobSnapshot
 from galaxy_core.train import TrainProgress, TrainResult
 from app_pages import charts
-from app_pages.common import (PAGES, active_dataset, folders, job_registry, known_datasets,
-                          set_active_model, set_active_dataset)
+from app_pages.common import (PAGES, active_dataset, dataset_selectbox, folders, job_registry, point_to, set_active_model)
 
 POLL_S = 1.0
 DEFAULTS = TrainConfig(Path("."), Path("."))
@@ -136,19 +135,12 @@ def job_panel() -> None:
     show_job(now)
 
 
-datasets = known_datasets()
 data_dir = active_dataset()
 if data_dir is None:
-    st.info("There is no dataset to train on yet: download one (or point to an existing folder) on "
-            "the Dataset page.")
-    st.page_link(PAGES["dataset"], label="Go to the Dataset page", icon=":material/photo_library:")
+    point_to("dataset", "There is no dataset to train on yet: download one (or point to an existing "
+             "folder) on the Dataset page.")
 else:
-    names = [str(p) for p in datasets]
-    choice = st.selectbox("Dataset", names, index=names.index(str(data_dir)),
-                          format_func=lambda p: f"{Path(p).name}  ({p})")
-    if choice != str(data_dir):
-        set_active_dataset(choice)
-        data_dir = Path(choice)
+    data_dir = dataset_selectbox("Dataset", data_dir)
     if running:
         st.info(f"A training job ({snap.label}) is running; one job at a time. Its progress is below.")
     training_form(data_dir)
