@@ -14,6 +14,17 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _file_mode() -> int:
+    """The mode an ordinary ``open(path, "w")`` would give: mkstemp's private 0600 is not meant
+    for datasets and models that other users and tools read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` if the block succeeds."""
@@ -23,6 +34,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -74,6 +74,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     for flag, attr, text in [("balance", "balance", "rotate/cull to equal class counts"),
                              ("soft-labels", "soft_labels", "train on vote fractions"),
                              ("augment", "augment", "random rotations and flips"),
+                             ("jitter", "jitter", "random any-angle rotation, zoom and shift"),
                              ("tta", "tta", "average the 8 symmetries at test time")]:
         p.add_argument(f"--{flag}", dest=attr, action=argparse.BooleanOptionalAction,
                        default=getattr(defaults, attr), help=text)

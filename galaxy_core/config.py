@@ -117,6 +117,7 @@ class TrainConfig:
     balance_target: str = "median"
     soft_labels: bool = True
     augment: bool = True
+    jitter: bool = False
     tta: bool = True
     seed: int = 0
     val_fraction: float = 0.1

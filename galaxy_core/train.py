@@ -119,6 +119,40 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
+def random_jitter(n: int, gen: torch.Generator, max_zoom: float = 0.1,
+                  max_shift_px: float = 3.0) -> torch.Tensor:
+    """Per-view (angle, zoom, shift x, shift y): any rotation, +-10% zoom, +-3 px shifts."""
+    u = torch.rand(n, 4, generator=gen, dtype=torch.float64)
+    return torch.stack([u[:, 0] * 2 * math.pi, 1 + max_zoom * (2 * u[:, 1] - 1),
+                        max_shift_px * (2 * u[:, 2] - 1), max_shift_px * (2 * u[:, 3] - 1)], 1).float()
+
+
+def jittered_crop(images_uint8: torch.Tensor, geometry: InputGeometry, jitter: torch.Tensor) -> torch.Tensor:
+    """Like ``crop_and_resize``, then rotated, zoomed and shifted per view.
+
+    A margin a quarter wider than the crop is resized at the same scale as the crop itself, and
+    the network-size view is resampled from it, so with no jitter the result equals the plain
+    crop (pixel centres coincide; only the outermost pixels differ, where the plain crop's resize
+    filter is cut off); rotated corners that reach past the margin see the image mirrored.
+    Galaxy Zoo CNNs (Dieleman et al. 2015) rely on such perturbations to stop a network
+    memorising a few thousand galaxies.
+    """
+    side = images_uint8.shape[1]
+    scale = geometry.size / geometry.crop
+    margin = min(round(geometry.crop * 1.25 * scale), int(side * scale))
+    margin -= (margin - geometry.size) % 2  # centred crops of the margin align only if this is even
+    wide = InputGeometry(source_size=geometry.source_size, crop=round(margin / scale), size=margin)
+    x = crop_and_resize(images_uint8, wide)
+    angle, zoom, dx, dy = jitter.unbind(1)
+    ratio = geometry.size / margin / zoom
+    cos, sin = torch.cos(angle) * ratio, torch.sin(angle) * ratio
+    theta = torch.stack([torch.stack([cos, -sin, dx * 2 / margin], 1),
+                         torch.stack([sin, cos, dy * 2 / margin], 1)], 1)
+    grid = F.affine_grid(theta, [x.shape[0], 3, geometry.size, geometry.size], align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
 def compose_dihedral(k: torch.Tensor, quarter_turns: torch.Tensor) -> torch.Tensor:
     """The symmetry index of ``dihedral(dihedral(x, quarter_turns), k)`` for turns in 0..3."""
     return (k % 4 + quarter_turns) % 4 + 4 * (k >= 4)
@@ -145,11 +179,16 @@ class BatchSource:
         steps = self.steps_per_epoch()
         perm = np.resize(perm, steps * size)
         flips = torch.randint(0, 8, (steps * size,), generator=gen)
+        jitter = random_jitter(steps * size, gen) if self.config.jitter else None
         for step in range(steps):
             chunk = np.arange(step * size, (step + 1) * size)[dist_info.rank::dist_info.world]
             picked = perm[chunk]
             rows = self.views.rows[picked]
-            x = crop_and_resize(torch.from_numpy(self.dataset.images(rows)), self.geometry)
+            images = torch.from_numpy(self.dataset.images(rows))
+            if jitter is None:
+                x = crop_and_resize(images, self.geometry)
+            else:
+                x = jittered_crop(images, self.geometry, jitter[torch.from_numpy(chunk)])
             # The balancing turn and the random symmetry, composed and applied once to the small
             # network-size crop (they commute with a centred crop and resize), not to the cutout.
             symmetry = torch.from_numpy(self.views.rotations[picked])

@@ -82,3 +82,15 @@ def test_gz1_rows_download_through_synthesising_server(shared_gz1: Path, tmp_pat
         report = download_cutouts(catalogue, DownloadConfig(out_dir=tmp_path, cutout_url=server.url, limit=25))
     assert report.downloaded == 25 and not report.failed
     assert pd.read_csv(tmp_path / "catalogue.csv")["label"].isin(["Spiral", "Elliptical", "Uncertain"]).all()
+
+
+def test_written_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    """Not mkstemp's private 0600: other users and tools read datasets and models."""
+    import os
+
+    from galaxy_core.atomic import write_bytes_atomic
+
+    umask = os.umask(0)
+    os.umask(umask)
+    write_bytes_atomic(tmp_path / "x.jpg", b"data")
+    assert (tmp_path / "x.jpg").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from galaxy_core.bundle import load_bundle, read_card
@@ -54,10 +55,11 @@ def test_spiral_and_elliptical_examples(shared_gz2: Path) -> None:
     frame = pd.read_csv(shared_gz2 / "catalogue.csv")
     frame["id"] = frame["image"].map(lambda p: Path(p).stem)
     frame = frame[frame["id"].isin(test_ids)]
-    smooth = "t01_smooth_or_features_a01_smooth_debiased"
-    clear = pd.concat([frame[frame[smooth] > 0.95].head(10), frame[frame[smooth] < 0.03].head(10)])
-    classifier = Classifier.load()
-    results = classifier.predict([shared_gz2 / p for p in clear["image"]])
-    expected = ["Elliptical"] * 10 + ["Spiral"] * 10
-    agree = sum(r.label == e for r, e in zip(results, expected))
-    assert agree >= 16, [r.label for r in results]
+    smooth = frame["t01_smooth_or_features_a01_smooth_debiased"]
+    features = frame["t01_smooth_or_features_a02_features_or_disk_debiased"]
+    clear = pd.concat([frame[smooth > 0.9].assign(expected="Elliptical"),
+                       frame[features > 0.95].head(40).assign(expected="Spiral")])
+    assert len(clear) >= 30
+    results = Classifier.load().predict([shared_gz2 / p for p in clear["image"]])
+    agree = np.mean([r.label == e for r, e in zip(results, clear["expected"])])
+    assert agree >= 0.85, agree

@@ -163,3 +163,27 @@ def test_models_build() -> None:
     for arch in ("resnet_small", "plain_cnn"):
         out = build_model(arch, 3, 8, 1)(torch.zeros(2, 3, 32, 32))
         assert out.shape == (2, 3)
+
+
+def test_jitter_without_perturbation_is_the_plain_crop() -> None:
+    from galaxy_core.normalise import InputGeometry, crop_and_resize
+    from galaxy_core.train import jittered_crop, random_jitter
+
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 128, 128, 3), dtype=np.uint8))
+    for geometry in (InputGeometry(128, 96, 64), InputGeometry(128, 96, 32)):
+        plain = crop_and_resize(images, geometry)
+        same = jittered_crop(images, geometry, torch.tensor([[0.0, 1.0, 0.0, 0.0]] * 3))
+        torch.testing.assert_close(same[..., 2:-2, 2:-2], plain[..., 2:-2, 2:-2], rtol=0, atol=1e-5)
+        turned = jittered_crop(images, geometry, torch.tensor([[np.pi / 2, 1.0, 0.0, 0.0]] * 3))
+        quarter = torch.rot90(plain, 1, dims=(-2, -1))
+        torch.testing.assert_close(turned[..., 2:-2, 2:-2], quarter[..., 2:-2, 2:-2], rtol=0, atol=1e-4)
+    jitter = random_jitter(1000, torch.Generator().manual_seed(0))
+    assert jitter[:, 1].min() >= 0.9 and jitter[:, 1].max() <= 1.1 and jitter[:, 2:].abs().max() <= 3
+    assert not torch.equal(jittered_crop(images, InputGeometry(128, 96, 64), jitter[:3]),
+                           crop_and_resize(images, InputGeometry(128, 96, 64)))
+
+
+def test_training_with_jitter_runs(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "d", n_per_class=10)
+    result = train(small_config(data, tmp_path / "m", epochs=1, batch_size=8, jitter=True))
+    assert not result.stopped and result.metrics is not None
