@@ -310,7 +310,7 @@ class PackedDataset:
 
 class ImageRows:
     """A lazy, sliceable view of some rows' images: code that walks a split in batches
-    (``predict_probs``, ``symmetry_agreement``) then reads one batch at a time, not the split."""
+    (``predict_probs``, ``view_log_probs``) then reads one batch at a time, not the split."""
 
     def __init__(self, dataset: PackedDataset, rows: np.ndarray):
         self.dataset = dataset

@@ -89,9 +89,3 @@ def agreement_from_views(view_logp: torch.Tensor) -> dict[str, float]:
     return {"rot90": float((preds[1] == preds[0]).sum()) / n,
             "mirror": float((preds[4] == preds[0]).sum()) / n,
             "all_8": float((preds == preds[0]).all(0).sum()) / n}
-
-
-def symmetry_agreement(model: nn.Module, images_uint8: np.ndarray, stats: ChannelStats,
-                       geometry: InputGeometry, batch_size: int = 256) -> dict[str, float]:
-    """How often single-view predictions for a galaxy agree with its rotated and mirrored copies."""
-    return agreement_from_views(view_log_probs(model, images_uint8, stats, geometry, batch_size))
