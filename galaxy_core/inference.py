@@ -24,21 +24,30 @@ def prepare_batch(images_uint8: np.ndarray | torch.Tensor, stats: ChannelStats,
 CPU_VIEWS_PER_PASS = 32
 
 
+def _passes(x: torch.Tensor, views: int) -> list[torch.Tensor]:
+    """Split a batch so a CPU forward pass holds about CPU_VIEWS_PER_PASS views."""
+    step = max(1, CPU_VIEWS_PER_PASS // views)
+    if x.device.type != "cpu" or x.shape[0] <= step:
+        return [x]
+    return [x[i:i + step] for i in range(0, x.shape[0], step)]
+
+
+@torch.inference_mode()
+def batch_view_log_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities of a normalised batch in each of the 8 symmetric views, (8, n, classes)."""
+    out = []
+    for part in _passes(x, 8):
+        views = torch.cat([dihedral(part, k) for k in range(8)])
+        out.append(torch.log_softmax(model(views).float(), dim=1).view(8, part.shape[0], -1))
+    return torch.cat(out, dim=1)
+
+
 @torch.inference_mode()
 def logits_for(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
     """Mean of log-probabilities over the 8 dihedral views when ``tta``; else one view."""
-    step = max(1, CPU_VIEWS_PER_PASS // (8 if tta else 1))
-    if x.device.type == "cpu" and x.shape[0] > step:
-        return torch.cat([_logits(model, x[i:i + step], tta) for i in range(0, x.shape[0], step)])
-    return _logits(model, x, tta)
-
-
-def _logits(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
-    if not tta:
-        return torch.log_softmax(model(x).float(), dim=1)
-    views = torch.cat([dihedral(x, k) for k in range(8)])
-    logp = torch.log_softmax(model(views).float(), dim=1).view(8, x.shape[0], -1)
-    return torch.log_softmax(logp.mean(dim=0), dim=1)
+    if tta:
+        return combine_views(batch_view_log_probs(model, x), tta=True)
+    return torch.cat([torch.log_softmax(model(part).float(), dim=1) for part in _passes(x, 1)])
 
 
 def predict_probs(model: nn.Module, images_uint8: np.ndarray, stats: ChannelStats,
@@ -71,8 +80,7 @@ def view_log_probs(model: nn.Module, images_uint8: np.ndarray, stats: ChannelSta
     out = []
     for part in iter_chunks(len(images_uint8), batch_size):
         x = prepare_batch(images_uint8[part], stats, geometry, device)
-        views = torch.cat([dihedral(x, k) for k in range(8)])
-        out.append(torch.log_softmax(model(views).float(), dim=1).view(8, x.shape[0], -1).cpu())
+        out.append(batch_view_log_probs(model, x).cpu())
     return torch.cat(out, dim=1) if out else torch.zeros(8, 0, 3)
 
 
