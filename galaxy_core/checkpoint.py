@@ -6,7 +6,6 @@ Checkpoints are loaded with ``weights_only=True``: a crafted file is refused, ne
 
 from __future__ import annotations
 
-import fcntl
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Iterator
 
 import torch
 
-from .atomic import atomic_path, remove_stale_parts
+from .atomic import atomic_path, exclusive_lock, remove_stale_parts
 from .config import ConfigError, GalaxyError, TrainConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -35,19 +34,10 @@ class CheckpointError(GalaxyError):
 @contextmanager
 def output_lock(out_dir: Path) -> Iterator[None]:
     """An exclusive OS lock on the output folder: one training job per folder, however started."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(out_dir / LOCK_NAME, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise TrainingBusyError(f"another training job is already writing to {out_dir}") from None
-    try:
+    busy = TrainingBusyError(f"another training job is already writing to {out_dir}")
+    with exclusive_lock(Path(out_dir) / LOCK_NAME, busy):
         remove_stale_parts(out_dir)  # half-written checkpoints of a job that was killed
         yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
 
 
 def comparable(config_dict: dict) -> dict:
