@@ -62,19 +62,24 @@ def catalogue_path(data_dir: Path) -> Path:
     return path
 
 
+def image_path(data_dir: Path, relpath: str) -> Path | None:
+    """The image file a catalogue row names, or None if it is missing or outside the folder.
+
+    Containment is judged where the catalogue points, not where a link there leads: a folder
+    of symlinks to images kept on another disk is fine, a path climbing out with ../ is not.
+    """
+    root = Path(os.path.abspath(data_dir))
+    path = Path(os.path.normpath(root / relpath))
+    return path if path.is_relative_to(root) and path.is_file() else None
+
+
 def load_catalogue_with_images(data_dir: Path) -> pd.DataFrame:
     """The canonical catalogue restricted to rows whose image file exists."""
     frame = read_catalogue(catalogue_path(data_dir))
     if "image" not in frame.columns:
         raise DatasetError(f"{data_dir}/catalogue.csv has no 'image' column: it does not describe "
                            "downloaded images")
-    # Containment is judged where the catalogue points, not where a link there leads: a folder
-    # of symlinks to images kept on another disk is fine, a path climbing out with ../ is not.
-    root = Path(os.path.abspath(data_dir))
-    present = []
-    for rel in frame["image"]:
-        path = Path(os.path.normpath(root / rel))
-        present.append(path.is_relative_to(root) and path.is_file())
+    present = [image_path(data_dir, rel) is not None for rel in frame["image"]]
     frame = frame[np.asarray(present, dtype=bool)].reset_index(drop=True)
     if frame.empty:
         raise DatasetError(f"none of the images listed in {data_dir}/catalogue.csv exist yet")

@@ -25,7 +25,7 @@ from .bundle import CARD_NAME, BundleError, read_card, read_evaluation
 from .catalogue import CatalogueFormat, read_catalogue
 from .checkpoint import CHECKPOINT_NAME, discard_checkpoint
 from .config import CLASSES, ConfigError, DownloadConfig, GalaxyError, TrainConfig
-from .dataset import DatasetError, PackedDataset, load_catalogue_with_images
+from .dataset import DatasetError, PackedDataset, image_path, load_catalogue_with_images
 from .download import IMAGES_DIR, CutoutClient, DownloadProgress, DownloadReport, download_cutouts
 from .images import ImageLoadError, load_image
 from .jobs import Task
@@ -287,9 +287,7 @@ def page_bounds(n: int, page: int, per_page: int) -> tuple[int, int, int]:
 
 def gallery_image(data_dir: Path, relpath: str) -> Path | None:
     """An image listed in an evaluation, if it still exists inside its dataset folder."""
-    root = Path(data_dir).resolve()
-    path = (root / relpath).resolve()
-    return path if path.is_relative_to(root) and path.is_file() else None
+    return image_path(data_dir, relpath)
 
 
 def format_duration(seconds: float | None) -> str:

@@ -179,6 +179,8 @@ def test_gallery_images_stay_inside_their_dataset(tiny_dataset: Path, tmp_path: 
     assert gallery_image(tiny_dataset, "images/syn0_0000.jpg") == inside.resolve()
     assert gallery_image(tiny_dataset, "../secret.jpg") is None
     assert gallery_image(tiny_dataset, "images/missing.jpg") is None
+    (tiny_dataset / "images" / "linked.jpg").symlink_to(tmp_path / "secret.jpg")
+    assert gallery_image(tiny_dataset, "images/linked.jpg") is not None  # as training reads it
 
 
 @pytest.mark.parametrize("seconds, text", [(None, "–"), (float("nan"), "–"), (4.4, "4 s"),
