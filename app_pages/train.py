@@ -6,12 +6,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from galaxy_core.config import GalaxyError, TrainConfig
+from galaxy_core.config import PRECISIONS, GalaxyError, TrainConfig
 from galaxy_core.explore import format_duration, history_frame, model_dir_for_training, training_task
 from galaxy_core.jobs import JobSnapshot
 from galaxy_core.train import TrainProgress, TrainResult
 from app_pages import charts
-from app_pages.common import (PAGES, active_dataset, dataset_selectbox, folders, job_registry, point_to, set_active_model)
+from app_pages.common import (PAGES, active_dataset, dataset_selectbox, folders, job_registry, point_to,
+                              set_active_model)
 
 POLL_S = 1.0
 DEFAULTS = TrainConfig(Path("."), Path("."))
@@ -49,6 +50,18 @@ def training_form(data_dir: Path) -> None:
             max_galaxies = c1.number_input("Use at most N galaxies (0 = all)", 0, 10_000_000, 0)
             augment = c2.toggle("Random rotations and flips", value=DEFAULTS.augment)
             tta = c3.toggle("Average 8 symmetries at test time", value=DEFAULTS.tta)
+            c1, c2, c3 = st.columns(3)
+            jitter = c1.toggle("Any-angle rotation, zoom and shift", value=DEFAULTS.jitter)
+            aux_weight = c2.number_input("Vote-fraction head weight", 0.0, 10.0, DEFAULTS.aux_weight,
+                                         step=0.5, help="0 turns off the regression of the vote fractions")
+            weight_decay = c3.number_input("Weight decay", 0.0, 1.0, DEFAULTS.weight_decay,
+                                           format="%.4f", step=0.01)
+            c1, c2, c3 = st.columns(3)
+            targets = ["median", "max"]
+            balance_target = c1.selectbox("Balance towards", targets, targets.index(DEFAULTS.balance_target),
+                                          help="median: cull the largest class; max: up-sample, cull nothing")
+            precision = c2.selectbox("Arithmetic", PRECISIONS, PRECISIONS.index(DEFAULTS.precision),
+                                     help="bf16: about twice as fast on processors with native bfloat16")
             restart = st.checkbox("Start over (discard this model's checkpoint)")
         submitted = st.form_submit_button("Start training", type="primary", disabled=running)
     if not submitted:
@@ -59,6 +72,9 @@ def training_form(data_dir: Path) -> None:
                              batch_size=int(batch_size), lr=float(lr), image_size=int(image_size),
                              crop=int(crop), width=int(width), depth=int(depth), seed=int(seed),
                              balance=bool(balance), augment=bool(augment), tta=bool(tta),
+                             jitter=bool(jitter), aux_weight=float(aux_weight),
+                             weight_decay=float(weight_decay), balance_target=str(balance_target),
+                             precision=str(precision),
                              max_galaxies=int(max_galaxies) or None, cache_dir=paths.cache_root)
         registry.start("train", out_dir.name, training_task(config, restart=restart),
                        stopped=lambda result: result.stopped)

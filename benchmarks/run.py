@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
           "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
           "python": platform.python_version(), "load_average_1min_start": os.getloadavg()[0],
           "model_arch": f"{settings['arch']}-w{settings['width']}-d{settings['depth']}",
-          "model_input_px": settings["image_size"], "batch_size": settings["batch_size"]})
+          "model_input_px": settings["image_size"], "batch_size": settings["batch_size"],
+          "model_precision": settings["precision"]})
     start = time.perf_counter()
     steps: dict[str, Callable[[], dict[str, float]]] = {
         "download": lambda: bench_download(args.data, work / "download", n=sizes["download_n"],

@@ -8,6 +8,7 @@ transforms in a standard ``Dataset``/``DataLoader``, every epoch, as most tutori
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -31,7 +32,7 @@ from galaxy_core.distributed import Distributed
 from galaxy_core.train import BatchSource, prefetch, prepare_data, train_one_epoch, training_loss
 
 SETTING_KEYS = ("arch", "width", "depth", "image_size", "crop", "batch_size", "lr", "weight_decay",
-                "label_smoothing", "aux_weight", "balance", "soft_labels", "augment", "seed")
+                "label_smoothing", "aux_weight", "balance", "soft_labels", "augment", "seed", "precision")
 
 
 def shipped_settings(model_dir: Path | None) -> dict[str, Any]:
@@ -70,11 +71,11 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0)
         return cls(model, optimiser, scheduler, config)
 
-    def step(self, x: torch.Tensor, targets: torch.Tensor, bf16: bool = False) -> float:
-        """The step ``train_one_epoch`` takes: forward, the training loss, AdamW."""
+    def step(self, x: torch.Tensor, targets: torch.Tensor) -> float:
+        """The step ``train_one_epoch`` takes: forward (in the config's precision), the training
+        loss, AdamW."""
         self.model.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss, _ = training_loss(self.model, x, targets, self.config)
+        loss, _ = training_loss(self.model, x, targets, self.config)
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
         self.optimiser.step()
@@ -191,7 +192,9 @@ def bench_train(data_dir: Path, cache_root: Path, settings: dict[str, Any], *, s
     if steps > pipe.source.steps_per_epoch():
         raise ValueError(f"{steps} steps per block is more than an epoch of {pipe.source.steps_per_epoch()}")
     loader = reference_loader(pipe, data_dir, reference_workers)
-    ours, reference = Trainer.create(pipe.config, channels_last=True), Trainer.create(pipe.config, False)
+    # The reference is a plain float32 loop; ours trains as the shipped model was trained.
+    ours = Trainer.create(pipe.config, channels_last=True)
+    reference = Trainer.create(dataclasses.replace(pipe.config, precision="fp32"), channels_last=False)
     train_steps(ours, pipe, epoch=1000, steps=2)  # first calls build the kernels: not timed
     reference_steps(reference, loader, 2)
     ours_s = reference_s = 0.0
@@ -211,6 +214,7 @@ def bench_train(data_dir: Path, cache_root: Path, settings: dict[str, Any], *, s
         "train_reference_images_per_s": reference_n * batch / reference_s,
         "train_speedup_vs_reference": reference_s / ours_s,
         "train_reference_loader_workers": reference_workers,
+        "train_precision": pipe.config.precision,
     }
     out.update(bench_batches_only(pipe, loader, steps=max(4, steps), blocks=blocks))
     return out
@@ -238,28 +242,30 @@ def bench_step_options(config: TrainConfig, *, repeats: int, threads: tuple[int,
     """One training step on a fixed batch under different settings, interleaved.
 
     Measures memory format (channels-last against contiguous NCHW), intra-op thread count, and
-    bfloat16 autocast (not used by training; measured as an option).
+    bfloat16 autocast against float32 (``--precision``), all else as ``config``.
     """
     size, batch = config.image_size, config.batch_size
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     targets = torch.eye(len(CLASSES))[torch.arange(batch) % len(CLASSES)]
     if config.aux_weight > 0:
         targets = torch.cat([targets, torch.full((batch, 2), 0.5)], dim=1)
-    variants: dict[str, tuple[Trainer, torch.Tensor, int, bool]] = {}
+    variants: dict[str, tuple[Trainer, torch.Tensor, int]] = {}
     base_threads = torch.get_num_threads()
     cl = x.contiguous(memory_format=torch.channels_last)
-    variants["channels_last"] = (Trainer.create(config, True), cl, base_threads, False)
-    variants["contiguous"] = (Trainer.create(config, False), x, base_threads, False)
-    variants["bf16_autocast"] = (Trainer.create(config, True), cl, base_threads, True)
+    fp32 = dataclasses.replace(config, precision="fp32")
+    bf16 = dataclasses.replace(config, precision="bf16")
+    variants["channels_last"] = (Trainer.create(fp32, True), cl, base_threads)
+    variants["contiguous"] = (Trainer.create(fp32, False), x, base_threads)
+    variants["bf16_autocast"] = (Trainer.create(bf16, True), cl, base_threads)
     for n in threads:
         if n != base_threads:
-            variants[f"threads_{n}"] = (Trainer.create(config, True), cl, n, False)
+            variants[f"threads_{n}"] = (Trainer.create(fp32, True), cl, n)
 
     def run(name: str) -> float:
-        trainer, inputs, n_threads, bf16 = variants[name]
+        trainer, inputs, n_threads = variants[name]
         torch.set_num_threads(n_threads)
         start = time.perf_counter()
-        trainer.step(inputs, targets, bf16)
+        trainer.step(inputs, targets)
         return time.perf_counter() - start
 
     try:

@@ -17,9 +17,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .atomic import atomic_path, write_text_atomic
-from .config import CLASSES, GalaxyError
+from .config import CLASSES, ConfigError, GalaxyError, check_precision
 from .model import build_model
 from .normalise import ChannelStats, InputGeometry
+from .precision import inference_precision
 
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "card.json"
@@ -68,6 +69,11 @@ class ModelBundle:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def precision(self) -> str:
+        """The arithmetic predictions use: the training precision where this device has it natively."""
+        return inference_precision(self.card.get("precision", "fp32"), self.device)
+
 
 def save_bundle(out_dir: Path, model: nn.Module, card: dict[str, Any],
                 evaluation: dict[str, Any] | None = None) -> None:
@@ -93,6 +99,10 @@ def read_card(model_dir: Path) -> dict[str, Any]:
         raise BundleError(f"{path} lacks {', '.join(missing)}")
     if list(card["classes"]) != list(CLASSES):
         raise BundleError(f"{path}: classes {card['classes']} differ from {list(CLASSES)}")
+    try:
+        check_precision(card.get("precision", "fp32"))
+    except ConfigError as exc:
+        raise BundleError(f"{path}: {exc}") from None
     return card
 
 

@@ -6,6 +6,7 @@ Checkpoints are loaded with ``weights_only=True``: a crafted file is refused, ne
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,7 +42,10 @@ def output_lock(out_dir: Path) -> Iterator[None]:
 
 
 def comparable(config_dict: dict) -> dict:
-    return {k: v for k, v in config_dict.items() if k not in RESUMABLE_KEYS}
+    """The settings a resumed run must share, with defaults for fields added since it was saved."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                if f.default is not dataclasses.MISSING}
+    return {k: v for k, v in {**defaults, **config_dict}.items() if k not in RESUMABLE_KEYS}
 
 
 def load_checkpoint(path: Path, config: TrainConfig) -> dict | None:
@@ -59,7 +63,8 @@ def load_checkpoint(path: Path, config: TrainConfig) -> dict | None:
         raise CheckpointError(f"{path} is not a training checkpoint (missing "
                               f"{', '.join(sorted(missing)) or 'config'}); delete it or use --restart")
     if comparable(state["config"]) != comparable(config.to_dict()):
-        changed = sorted(k for k, v in comparable(config.to_dict()).items() if state["config"].get(k) != v)
+        saved = comparable(state["config"])
+        changed = sorted(k for k, v in comparable(config.to_dict()).items() if saved.get(k) != v)
         raise ConfigError(f"{path.parent} holds a checkpoint trained with different settings "
                           f"({', '.join(changed)}); use a new --out folder or --restart")
     return state

@@ -21,6 +21,7 @@ from .config import (
     CLASSES,
     DEFAULT_CATALOGUE_URL,
     DEFAULT_CUTOUT_URL,
+    PRECISIONS,
     DownloadConfig,
     GalaxyError,
     PredictConfig,
@@ -68,6 +69,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         p.add_argument(f"--{name}", type=kind, default=getattr(defaults, attr), dest=attr, help=text)
     p.add_argument("--arch", default=defaults.arch, choices=["resnet_small", "plain_cnn"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default=defaults.precision, choices=list(PRECISIONS),
+                   help="bf16: bfloat16 autocast, about twice as fast on CPUs and GPUs with native "
+                        "bfloat16 (slower where it is emulated)")
     p.add_argument("--balance-target", default=defaults.balance_target, choices=["median", "max"],
                    help="views per class when balancing: the median class count (culls the largest "
                         "class) or the largest (culls nothing)")

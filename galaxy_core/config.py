@@ -12,6 +12,7 @@ CLASSES: tuple[str, ...] = ("Spiral", "Elliptical", "Uncertain")
 """Class names in the order of every probability vector the package produces."""
 
 ARCHITECTURES: tuple[str, ...] = ("resnet_small", "plain_cnn")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 DEFAULT_CATALOGUE_URL = "https://data.galaxyzoo.org/galaxy-zoo-1/GalaxyZoo1_DR_table2.csv.gz"
 DEFAULT_CUTOUT_URL = "https://skyserver.sdss.org/dr16/SkyServerWS/ImgCutout/getjpeg"
 
@@ -22,6 +23,13 @@ class GalaxyError(Exception):
 
 class ConfigError(GalaxyError):
     """A setting is out of range or inconsistent."""
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of PRECISIONS, else a ConfigError naming the choices."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be {' or '.join(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 def default_model_dir() -> Path:
@@ -126,6 +134,7 @@ class TrainConfig:
     device: str = "auto"
     max_galaxies: int | None = None
     cache_dir: Path | None = None
+    precision: str = "fp32"
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -154,6 +163,7 @@ class TrainConfig:
             raise ConfigError(f"unknown architecture {self.arch!r}: choose from {', '.join(ARCHITECTURES)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        check_precision(self.precision)
         if self.max_galaxies is not None and self.max_galaxies < 3:
             raise ConfigError(f"max galaxies must be at least 3, got {self.max_galaxies}")
         if self.num_threads is not None and self.num_threads < 1:
@@ -190,5 +200,6 @@ class PredictConfig:
 
     model_dir: Path = field(default_factory=default_model_dir)
     tta: bool | None = None
+    precision: str | None = None  # None: as the model was trained, float32 where bf16 is emulated
     batch_size: int = 64
     max_pixels: int = 50_000_000

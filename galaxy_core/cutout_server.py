@@ -75,8 +75,12 @@ class CutoutIndex:
     def from_catalogue(cls, root: Path, catalogue: Path | None = None) -> "CutoutIndex":
         import pandas as pd
 
+        from .dataset import image_path
+
         frame = pd.read_csv(catalogue or root / "catalogue.csv", usecols=["image", "ra", "dec"])
-        return cls([(float(r.ra), float(r.dec), root / r.image) for r in frame.itertuples()])
+        # Only files inside the folder: a catalogue cannot make the server read anything else.
+        entries = [(float(r.ra), float(r.dec), image_path(root, str(r.image))) for r in frame.itertuples()]
+        return cls([(ra, dec, path) for ra, dec, path in entries if path is not None])
 
 
 class CutoutServer:

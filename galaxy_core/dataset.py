@@ -123,9 +123,10 @@ def _decode_in_order(paths: Iterable[Path], image_size: int, workers: int,
 
 
 @contextmanager
-def _build_lock(cache_root: Path) -> Iterator[None]:
+def _build_lock(cache_root: Path) -> Iterator[bool]:
     """One builder per cache folder at a time: the processes of a torchrun job (or the CLI beside
-    the app) wait for the first to finish, then find its cache and reuse it.
+    the app) wait for the first to finish, then find its cache and reuse it. Yields whether the
+    lock is held.
 
     A folder where no lock can be taken (read-only, or a file system without locks) is used
     unlocked: builds there are still safe, as a finished cache is renamed into place whole."""
@@ -133,14 +134,15 @@ def _build_lock(cache_root: Path) -> Iterator[None]:
         cache_root.mkdir(parents=True, exist_ok=True)
         handle = open(cache_root / BUILD_LOCK_NAME, "a+")
     except OSError:
-        yield
+        yield False
         return
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX)
         except OSError:
-            pass
-        yield
+            yield False
+            return
+        yield True
 
 
 def build_cache(data_dir: Path, *, image_size: int = 128, shard_size: int = DEFAULT_SHARD_SIZE,
@@ -151,13 +153,14 @@ def build_cache(data_dir: Path, *, image_size: int = 128, shard_size: int = DEFA
     Concurrent callers take turns, so N processes starting together decode the images once.
     """
     cache_root = Path(cache_root) if cache_root is not None else default_cache_root()
-    with _build_lock(cache_root):
+    with _build_lock(cache_root) as locked:
         return _build_cache(data_dir, image_size=image_size, shard_size=shard_size, workers=workers,
-                            cache_root=cache_root, progress=progress)
+                            cache_root=cache_root, progress=progress, sole_builder=locked)
 
 
 def _build_cache(data_dir: Path, *, image_size: int, shard_size: int, workers: int | None,
-                 cache_root: Path, progress: Callable[[BuildProgress], None] | None) -> BuildReport:
+                 cache_root: Path, progress: Callable[[BuildProgress], None] | None,
+                 sole_builder: bool = False) -> BuildReport:
     data_dir = Path(data_dir)
     cache_root = Path(cache_root) if cache_root is not None else default_cache_root()
     frame = load_catalogue_with_images(data_dir)
@@ -171,6 +174,9 @@ def _build_cache(data_dir: Path, *, image_size: int, shard_size: int, workers: i
         cache_root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DatasetError(f"cannot create cache folder {cache_root}: {exc.strerror}") from None
+    if sole_builder:  # no one else is building: a temp folder left here is a killed build's
+        for stale in cache_root.glob(f".{key}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_root))
     failed: dict[str, str] = {}
     keep: list[int] = []

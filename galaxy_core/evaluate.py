@@ -42,7 +42,8 @@ def evaluate_bundle(model_dir: Path, data_dir: Path, *, tta: bool | None = None,
                            "there is nothing held out to evaluate on")
     use_tta = bundle.tta if tta is None else tta
     labels = dataset.labels[rows]
-    views = view_log_probs(bundle.model, ImageRows(dataset, rows), bundle.stats, bundle.geometry)
+    views = view_log_probs(bundle.model, ImageRows(dataset, rows), bundle.stats, bundle.geometry,
+                           precision=bundle.precision)
     temperature = float(bundle.card.get("temperature", 1.0))
     probs = torch.softmax(combine_views(views, use_tta) / temperature, dim=1).numpy()
     metrics = classification_metrics(labels, probs)

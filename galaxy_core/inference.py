@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .normalise import ChannelStats, InputGeometry, crop_and_resize, dihedral, normalise
+from .precision import autocast
 
 
 def prepare_batch(images_uint8: np.ndarray | torch.Tensor, stats: ChannelStats,
@@ -32,34 +33,40 @@ def _passes(x: torch.Tensor, views: int) -> list[torch.Tensor]:
     return [x[i:i + step] for i in range(0, x.shape[0], step)]
 
 
+def _log_probs(model: nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
+    with autocast(x.device, precision):
+        logits = model(x)
+    return torch.log_softmax(logits.float(), dim=1)
+
+
 @torch.inference_mode()
-def batch_view_log_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def batch_view_log_probs(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     """Log-probabilities of a normalised batch in each of the 8 symmetric views, (8, n, classes)."""
     out = []
     for part in _passes(x, 8):
         views = torch.cat([dihedral(part, k) for k in range(8)])
-        out.append(torch.log_softmax(model(views).float(), dim=1).view(8, part.shape[0], -1))
+        out.append(_log_probs(model, views, precision).view(8, part.shape[0], -1))
     return torch.cat(out, dim=1)
 
 
 @torch.inference_mode()
-def logits_for(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
+def logits_for(model: nn.Module, x: torch.Tensor, tta: bool, precision: str = "fp32") -> torch.Tensor:
     """Mean of log-probabilities over the 8 dihedral views when ``tta``; else one view."""
     if tta:
-        return combine_views(batch_view_log_probs(model, x), tta=True)
-    return torch.cat([torch.log_softmax(model(part).float(), dim=1) for part in _passes(x, 1)])
+        return combine_views(batch_view_log_probs(model, x, precision), tta=True)
+    return torch.cat([_log_probs(model, part, precision) for part in _passes(x, 1)])
 
 
 def predict_probs(model: nn.Module, images_uint8: np.ndarray, stats: ChannelStats,
                   geometry: InputGeometry, *, tta: bool = False, batch_size: int = 256,
-                  temperature: float = 1.0) -> np.ndarray:
+                  temperature: float = 1.0, precision: str = "fp32") -> np.ndarray:
     """Class probabilities (n, classes) for uint8 NHWC cutouts."""
     device = next(model.parameters()).device
     model.eval()
     out = []
     for start in range(0, len(images_uint8), batch_size):
         x = prepare_batch(images_uint8[start:start + batch_size], stats, geometry, device)
-        out.append(torch.softmax(logits_for(model, x, tta) / temperature, dim=1).cpu())
+        out.append(torch.softmax(logits_for(model, x, tta, precision) / temperature, dim=1).cpu())
     if not out:
         return np.zeros((0, 3), dtype=np.float32)
     return torch.cat(out).numpy()
@@ -72,7 +79,7 @@ def iter_chunks(n: int, size: int) -> Iterator[slice]:
 
 @torch.inference_mode()
 def view_log_probs(model: nn.Module, images_uint8: np.ndarray, stats: ChannelStats,
-                   geometry: InputGeometry, batch_size: int = 256) -> torch.Tensor:
+                   geometry: InputGeometry, batch_size: int = 256, precision: str = "fp32") -> torch.Tensor:
     """Log-probabilities of every galaxy in each of the 8 symmetric views, (8, n, classes):
     one pass serves test-time averaging, calibration and the symmetry check."""
     device = next(model.parameters()).device
@@ -80,7 +87,7 @@ def view_log_probs(model: nn.Module, images_uint8: np.ndarray, stats: ChannelSta
     out = []
     for part in iter_chunks(len(images_uint8), batch_size):
         x = prepare_batch(images_uint8[part], stats, geometry, device)
-        out.append(batch_view_log_probs(model, x).cpu())
+        out.append(batch_view_log_probs(model, x, precision).cpu())
     return torch.cat(out, dim=1) if out else torch.zeros(8, 0, 3)
 
 

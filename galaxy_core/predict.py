@@ -17,7 +17,7 @@ from PIL import Image
 
 from .atomic import write_text_atomic
 from .bundle import ModelBundle, load_bundle
-from .config import CLASSES, PredictConfig
+from .config import CLASSES, PredictConfig, check_precision
 from .images import ImageLoadError, ImageSource, load_image
 from .inference import logits_for, prepare_batch
 from .normalise import image_to_array
@@ -49,6 +49,8 @@ class Classifier:
         self.bundle = bundle
         self.config = config or PredictConfig(model_dir=bundle.path)
         self.tta = bundle.tta if self.config.tta is None else self.config.tta
+        chosen = self.config.precision
+        self.precision = bundle.precision if chosen is None else check_precision(chosen)
         self.temperature = float(bundle.card.get("temperature", 1.0))
 
     @classmethod
@@ -73,7 +75,7 @@ class Classifier:
             for start in range(0, len(images), self.config.batch_size):
                 batch = self.arrays(images[start:start + self.config.batch_size])
                 x = prepare_batch(batch, b.stats, b.geometry, b.device)
-                logp = logits_for(b.model, x, self.tta) / self.temperature
+                logp = logits_for(b.model, x, self.tta, self.precision) / self.temperature
                 out.append(torch.softmax(logp, dim=1).cpu().numpy())
         return np.concatenate(out)
 

@@ -47,6 +47,7 @@ from .normalise import (
     dihedral_per_sample,
     normalise,
 )
+from .precision import autocast
 
 
 @dataclass
@@ -89,10 +90,11 @@ def training_loss(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
     """Soft cross-entropy on the classes, plus (with ``aux_weight``) binary cross-entropy on the
     smooth and features vote fractions: the fractions say how far a galaxy is from the 0.8
     threshold, which the class label alone does not."""
+    with autocast(x.device, config.precision):
+        outputs = model(x)
     if config.aux_weight <= 0:
-        logits = model(x)
-        return soft_cross_entropy(logits, targets, config.label_smoothing), logits
-    logits, aux = model(x)
+        return soft_cross_entropy(outputs, targets, config.label_smoothing), outputs
+    logits, aux = outputs
     k = len(CLASSES)
     loss = soft_cross_entropy(logits, targets[:, :k], config.label_smoothing)
     aux_loss = F.binary_cross_entropy_with_logits(aux.float(), targets[:, k:])
@@ -269,11 +271,12 @@ def train_one_epoch(model: nn.Module, source: BatchSource, optimiser: torch.opti
 
 def evaluate_split(model: nn.Module, dataset: PackedDataset, rows: np.ndarray, stats: ChannelStats,
                    geometry: InputGeometry, device: torch.device, dist_info: Distributed,
-                   tta: bool = False, batch_size: int = 256) -> tuple[float, float]:
+                   tta: bool = False, batch_size: int = 256, precision: str = "fp32") -> tuple[float, float]:
     """Loss and accuracy on un-augmented galaxies (hard labels), reduced across processes."""
     model.eval()
     mine = rows[dist_info.rank::dist_info.world]
-    probs = predict_probs(model, ImageRows(dataset, mine), stats, geometry, tta=tta, batch_size=batch_size)
+    probs = predict_probs(model, ImageRows(dataset, mine), stats, geometry, tta=tta, batch_size=batch_size,
+                          precision=precision)
     labels = dataset.labels[mine]
     nll = float(-np.log(np.clip(probs[np.arange(len(mine)), labels], 1e-12, 1)).sum()) if len(mine) else 0.0
     correct = float((probs.argmax(1) == labels).sum()) if len(mine) else 0.0
@@ -423,7 +426,8 @@ def _train(config: TrainConfig, device: torch.device, dist_info: Distributed,
                 return TrainResult(out_dir, True, epoch, history, None, views.counts_before,
                                    views.counts_after, split.sizes())
             dist_info.sync_buffers(model)
-            val_loss, val_acc = evaluate_split(model, dataset, split.val, stats, geometry, device, dist_info)
+            val_loss, val_acc = evaluate_split(model, dataset, split.val, stats, geometry, device, dist_info,
+                                               precision=config.precision)
             history.append({"epoch": epoch + 1, "train_loss": loss, "train_accuracy": acc,
                             "val_loss": val_loss, "val_accuracy": val_acc,
                             "lr": scheduler.get_last_lr()[0],
@@ -461,9 +465,11 @@ def finish_bundle(model: nn.Module, dataset: PackedDataset, split: Split, views:
     Images are read a batch at a time, so memory does not grow with the size of the splits.
     """
     model.eval()
-    val_views = view_log_probs(model, ImageRows(dataset, split.val), stats, geometry)
+    val_views = view_log_probs(model, ImageRows(dataset, split.val), stats, geometry,
+                               precision=config.precision)
     temperature = fit_temperature(combine_views(val_views, config.tta), dataset.labels[split.val])
-    test_views = view_log_probs(model, ImageRows(dataset, split.test), stats, geometry)
+    test_views = view_log_probs(model, ImageRows(dataset, split.test), stats, geometry,
+                                precision=config.precision)
     probs = torch.softmax(combine_views(test_views, config.tta) / temperature, dim=1).numpy()
     labels = dataset.labels[split.test]
     metrics = classification_metrics(labels, probs)
@@ -474,7 +480,8 @@ def finish_bundle(model: nn.Module, dataset: PackedDataset, split: Split, views:
         "classes": list(CLASSES), "arch": config.arch, "width": config.width, "depth": config.depth,
         "aux_outputs": 2 if config.aux_weight > 0 else 0,
         "input": {"source_size": geometry.source_size, "crop": geometry.crop, "size": geometry.size},
-        "normalisation": stats.to_dict(), "tta": config.tta, "temperature": temperature,
+        "normalisation": stats.to_dict(), "tta": config.tta, "precision": config.precision,
+        "temperature": temperature,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "training_seconds": round(seconds, 1),
         "command": command, "seed": config.seed, "config": config.to_dict(),
         "machine": {"device": str(next(model.parameters()).device), "processes": world,

@@ -222,6 +222,10 @@ def test_train_page_runs_a_job_to_completion_and_activates_the_model(stocked):
     by_label(at.select_slider, "Image size (px)").set_value(32)
     by_label(at.number_input, "Network width").set_value(8)
     by_label(at.number_input, "Blocks per stage").set_value(1)
+    by_label(at.toggle, "Any-angle rotation, zoom and shift").set_value(True)
+    by_label(at.number_input, "Vote-fraction head weight").set_value(1.0)
+    by_label(at.selectbox, "Balance towards").set_value("max")
+    by_label(at.selectbox, "Arithmetic").set_value("bf16")
     by_label(at.button, "Start training").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     wait_for(at, lambda a: bool(a.success) or bool(a.error))
@@ -229,6 +233,9 @@ def test_train_page_runs_a_job_to_completion_and_activates_the_model(stocked):
     assert "from-the-form** finished" in at.success[0].value
     model = stocked["models"] / "from-the-form"
     assert (model / "card.json").is_file() and (model / "model.safetensors").is_file()
+    trained = json.loads((model / "card.json").read_text())["config"]
+    assert (trained["jitter"], trained["aux_weight"], trained["balance_target"], trained["precision"]) == (
+        True, 1.0, "max", "bf16")
     assert len(at.get("plotly_chart")) == 2  # loss and accuracy curves
     by_label(at.button, "Use it as the active model").click().run()
     assert at.session_state["model_dir"] == str(model)

@@ -18,6 +18,7 @@ import torch
 from benchmarks.common import run_child
 from benchmarks.download_bench import bench_download, bench_download_scaling
 from benchmarks.predict_bench import bench_predict
+from galaxy_core import precision
 from benchmarks.run import main as run_main
 from benchmarks.train_bench import (bench_step_options, bench_train, epoch_seconds, shipped_settings,
                                     train_config)
@@ -68,9 +69,12 @@ def test_download_scaling_figures(tiny_dataset: Path, tmp_path: Path) -> None:
     positive(out, "download_s_6", "download_s_12", "download_per_galaxy_ratio_12_vs_6")
 
 
-def test_training_figures(tiny_dataset: Path, tmp_path: Path, toy_settings: dict) -> None:
-    out = bench_train(tiny_dataset, tmp_path / "cache", toy_settings, steps=1, blocks=2, reference_workers=0)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_figures(tiny_dataset: Path, tmp_path: Path, toy_settings: dict, precision: str) -> None:
+    settings = {**toy_settings, "precision": precision}
+    out = bench_train(tiny_dataset, tmp_path / "cache", settings, steps=1, blocks=2, reference_workers=0)
     assert out["train_steps_each"] == 2 and out["train_batch_size"] == 8
+    assert out["train_precision"] == precision
     positive(out, "train_images_per_s", "train_reference_images_per_s", "train_speedup_vs_reference",
              "batches_images_per_s", "batches_reference_images_per_s", "batches_speedup_vs_reference")
     assert out["train_speedup_vs_reference"] == pytest.approx(
@@ -95,10 +99,20 @@ def test_prediction_figures_without_a_shipped_model(tiny_dataset: Path, tmp_path
                                                     toy_settings: dict) -> None:
     out = bench_predict(tmp_path / "no-model", tiny_dataset, tmp_path, toy_settings, singles=2, batch=4)
     assert out["predict_model_is_shipped"] == 0 and out["predict_tta_default"] == 1
+    assert out["predict_precision"] == "fp32"
     positive(out, "predict_ms_per_image", "predict_images_per_s", "predict_ms_per_image_no_tta",
-             "predict_images_per_s_no_tta", "predict_ms_per_image_bf16_autocast",
+             "predict_images_per_s_no_tta", "predict_ms_per_image_fp32", "predict_images_per_s_fp32",
              "predict_images_per_s_one_pass")
-    assert 0 <= out["predict_bf16_max_probability_change"] < 0.5
+    assert out["predict_max_probability_change_vs_fp32"] == 0  # the same arithmetic
+
+
+def test_prediction_figures_of_a_bf16_model(tiny_dataset: Path, tmp_path: Path, toy_settings: dict,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(precision, "bf16_native", lambda device: True)
+    out = bench_predict(tmp_path / "no-model", tiny_dataset, tmp_path, {**toy_settings, "precision": "bf16"},
+                        singles=2, batch=4)
+    assert out["predict_precision"] == "bf16"
+    assert 0 < out["predict_max_probability_change_vs_fp32"] < 0.5
 
 
 def test_settings_come_from_the_model_card(tmp_path: Path) -> None:

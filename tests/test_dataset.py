@@ -24,6 +24,20 @@ def test_cache_holds_decoded_images_and_is_reused(tiny_dataset: Path, tmp_path: 
     assert not list(tiny_dataset.rglob("*.npy"))
 
 
+def test_a_killed_builds_temp_folder_is_removed_by_the_next_build(tiny_dataset: Path, tmp_path: Path) -> None:
+    key = build_cache(tiny_dataset, cache_root=tmp_path / "probe").cache_dir.name
+    root = tmp_path / "c"
+    stale = root / f".{key}-k1ll3d"  # what mkdtemp left when a builder was SIGKILLed
+    stale.mkdir(parents=True)
+    (stale / "shard-00000.npy").write_bytes(b"\x93NUMPY half written")
+    other = root / ".0123456789abcdef-x"  # another dataset's build: not ours to touch
+    other.mkdir()
+    report = build_cache(tiny_dataset, cache_root=root)
+    assert not stale.exists() and other.is_dir()
+    assert report.galaxies == 36 and sorted(p.name for p in root.iterdir()) == sorted(
+        [".build.lock", other.name, key])
+
+
 def test_cache_key_changes_when_images_change(tiny_dataset: Path, tmp_path: Path) -> None:
     a = build_cache(tiny_dataset, cache_root=tmp_path)
     (tiny_dataset / "images" / "syn0_0000.jpg").write_bytes(

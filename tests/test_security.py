@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 import torch
 from PIL import Image
 
@@ -174,6 +175,22 @@ def test_dataset_never_reads_images_outside_its_folder(tmp_path: Path) -> None:
     dataset = PackedDataset(build_cache(data, cache_root=tmp_path / "cache").cache_dir)
     assert len(dataset) == 12 - len(hostile) and set(dataset.ids).isdisjoint(hostile)
     assert not (dataset.images(np.arange(len(dataset))) == 255).all(axis=(1, 2, 3)).any()
+
+
+def test_the_cutout_server_serves_only_files_inside_its_folder(tmp_path: Path, cutout_server_for) -> None:
+    data = make_dataset(tmp_path / "data", n_per_class=2)
+    (tmp_path / "secret.jpg").write_bytes(b"\xff\xd8 private bytes")
+    catalogue = pd.read_csv(data / "catalogue.csv")
+    hostile = {0: "../secret.jpg", 1: str(tmp_path / "secret.jpg"), 2: "images/gone.jpg"}
+    for row, rel in hostile.items():
+        catalogue.loc[row, "image"] = rel
+    catalogue.to_csv(data / "catalogue.csv", index=False)
+    with cutout_server_for(data) as server:
+        for row in range(len(catalogue)):
+            ra, dec = catalogue.loc[row, ["ra", "dec"]]
+            response = requests.get(f"{server.url}", params={"ra": ra, "dec": dec}, timeout=10)
+            assert response.status_code == (404 if row in hostile else 200), row
+            assert b"private" not in response.content
 
 
 def test_no_external_program_reads_an_image(monkeypatch: pytest.MonkeyPatch) -> None:
