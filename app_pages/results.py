@@ -72,8 +72,12 @@ with right:
                    f"{svse:.1%}")
     sym = metrics.get("symmetry_agreement")
     if sym:
-        st.caption(f"Same answer for a rotated copy {sym['rot90']:.1%}, a mirrored copy "
+        st.caption(f"One view: same answer for a rotated copy {sym['rot90']:.1%}, a mirrored copy "
                    f"{sym['mirror']:.1%}, all 8 symmetries {sym['all_8']:.1%}")
+    turned = metrics.get("prediction_symmetry_agreement")
+    if turned:
+        st.caption(f"As predicted: same answer for the cutout turned by 90 degrees {turned['rot90']:.1%}, "
+                   f"mirrored {turned['mirror']:.1%}")
 
 left, right = st.columns(2)
 with left:

@@ -235,7 +235,11 @@ def _print_metrics(metrics: dict) -> None:
     sym = metrics.get("symmetry_agreement")
     if sym:
         lines.append(f"symmetry agreement     rot90 {sym['rot90']:.4f}  mirror {sym['mirror']:.4f}  "
-                     f"all 8 {sym['all_8']:.4f}")
+                     f"all 8 {sym['all_8']:.4f}  (one view)")
+    turned = metrics.get("prediction_symmetry_agreement")
+    if turned:
+        lines.append(f"answer unchanged       rot90 {turned['rot90']:.4f}  mirror {turned['mirror']:.4f}  "
+                     f"(turned or mirrored cutout, {'8-view average' if metrics.get('tta', True) else 'one view'})")
     lines.append("per class              precision recall  f1     support")
     for name, s in metrics["per_class"].items():
         lines.append(f"  {name:<20} {s['precision']:.3f}     {s['recall']:.3f}   {s['f1']:.3f}  {s['support']}")

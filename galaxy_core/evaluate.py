@@ -9,7 +9,7 @@ import torch
 
 from .bundle import load_bundle, read_evaluation
 from .dataset import DatasetError, ImageRows, PackedDataset
-from .inference import agreement_from_views, combine_views, view_log_probs
+from .inference import agreement_from_views, combine_views, prediction_agreement, view_log_probs
 from .metrics import classification_metrics, misclassified
 
 
@@ -48,6 +48,9 @@ def evaluate_bundle(model_dir: Path, data_dir: Path, *, tta: bool | None = None,
     probs = torch.softmax(combine_views(views, use_tta) / temperature, dim=1).numpy()
     metrics = classification_metrics(labels, probs)
     metrics["symmetry_agreement"] = agreement_from_views(views)
+    metrics["prediction_symmetry_agreement"] = prediction_agreement(
+        bundle.model, ImageRows(dataset, rows), bundle.stats, bundle.geometry, probs, tta=use_tta,
+        temperature=temperature, precision=bundle.precision)
     metrics["split"] = which
     metrics["tta"] = use_tta
     metrics["misclassified"] = misclassified(dataset.ids[rows], dataset.index["image"].to_numpy()[rows],

@@ -96,6 +96,39 @@ def combine_views(view_logp: torch.Tensor, tta: bool) -> torch.Tensor:
     return torch.log_softmax(view_logp.mean(dim=0), dim=1) if tta else view_logp[0]
 
 
+class TurnedImages:
+    """Lazy uint8 NHWC cutouts, each turned by 90 degrees (``"rot90"``) or mirrored (``"mirror"``)."""
+
+    def __init__(self, images_uint8: np.ndarray, symmetry: str):
+        if symmetry not in ("rot90", "mirror"):
+            raise ValueError(f"unknown symmetry {symmetry!r}")
+        self.images, self.symmetry = images_uint8, symmetry
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, part: slice) -> np.ndarray:
+        batch = np.asarray(self.images[part])
+        turned = np.rot90(batch, 1, axes=(1, 2)) if self.symmetry == "rot90" else batch[:, :, ::-1]
+        return np.ascontiguousarray(turned)
+
+
+def prediction_agreement(model: nn.Module, images_uint8: np.ndarray, stats: ChannelStats,
+                         geometry: InputGeometry, probs: np.ndarray, *, tta: bool,
+                         temperature: float = 1.0, precision: str = "fp32") -> dict[str, float]:
+    """How often the answer ``probs`` gives for each cutout stays the same when the cutout itself is
+    turned by 90 degrees or mirrored and goes through the whole pipeline again (crop, resize,
+    views): the invariance a user sees, as opposed to one view's."""
+    out: dict[str, float] = {}
+    labels = probs.argmax(1)
+    for symmetry in ("rot90", "mirror"):
+        turned = predict_probs(model, TurnedImages(images_uint8, symmetry), stats, geometry, tta=tta,
+                               temperature=temperature, precision=precision)
+        out[symmetry] = float((turned.argmax(1) == labels).mean()) if len(labels) else 1.0
+        out[f"{symmetry}_max_probability_change"] = float(np.abs(turned - probs).max()) if len(labels) else 0.0
+    return out
+
+
 def agreement_from_views(view_logp: torch.Tensor) -> dict[str, float]:
     """How often the prediction for a galaxy's single view agrees with its 90-degree rotated copy,
     its mirror image, and all 8 symmetric copies at once."""

@@ -10,6 +10,8 @@ from .atomic import atomic_path, write_text_atomic
 from .config import CLASSES
 
 MODEL_CARD_NAME = "MODEL_CARD.md"
+PRECISION_WORDS = {"fp32": "float32", "bf16": "bfloat16 autocast (float32 weights; float32 where a "
+                                               "processor lacks native bfloat16)"}
 RELIABILITY_NAME = "reliability.png"
 
 
@@ -21,13 +23,15 @@ def render_model_card(card: dict, metrics: dict) -> str:
     """Markdown summary: what the model is, how it was made, and how well it does."""
     cfg, data = card["config"], card["data"]
     sym = metrics.get("symmetry_agreement", {})
+    turned = metrics.get("prediction_symmetry_agreement", {})
     lines = [
         "# Galaxy morphology model card", "",
         f"Classes: {', '.join(card['classes'])}. Input: the central {card['input']['crop']} of a "
         f"{card['input']['source_size']}-pixel SDSS cutout (0.2 arcsec/pixel), resized to "
         f"{card['input']['size']}x{card['input']['size']}. Architecture: `{card['arch']}` "
         f"(width {card['width']}, depth {card['depth']}). Test-time augmentation over the 8 symmetries "
-        f"of the square: {'on' if card.get('tta') else 'off'}. Temperature: {card.get('temperature', 1.0):.3f}.",
+        f"of the square: {'on' if card.get('tta') else 'off'}. Temperature: {card.get('temperature', 1.0):.3f}. "
+        f"Arithmetic: {PRECISION_WORDS[card.get('precision', 'fp32')]}.",
         "",
         f"Trained {card['trained_at']} in {card['training_seconds'] / 60:.1f} min on "
         f"{card['machine']['device']} ({card['machine']['processes']} process(es), "
@@ -50,7 +54,9 @@ def render_model_card(card: dict, metrics: dict) -> str:
         f"| log loss | {metrics['log_loss']:.3f} |",
         f"| agreement with 90-degree rotated copy (single view) | {_pct(sym.get('rot90'))} |",
         f"| agreement with mirrored copy (single view) | {_pct(sym.get('mirror'))} |",
-        f"| all 8 symmetric views agree (single view) | {_pct(sym.get('all_8'))} |", "",
+        f"| all 8 symmetric views agree (single view) | {_pct(sym.get('all_8'))} |",
+        f"| same answer for the cutout turned by 90 degrees (as predicted) | {_pct(turned.get('rot90'))} |",
+        f"| same answer for the mirrored cutout (as predicted) | {_pct(turned.get('mirror'))} |", "",
         "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |",
     ]
     for name, s in metrics["per_class"].items():

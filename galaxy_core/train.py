@@ -35,7 +35,13 @@ from .dataset import (
     split_dataset,
 )
 from .distributed import Distributed, pick_device, setup_distributed
-from .inference import agreement_from_views, combine_views, predict_probs, view_log_probs
+from .inference import (
+    agreement_from_views,
+    combine_views,
+    prediction_agreement,
+    predict_probs,
+    view_log_probs,
+)
 from .metrics import classification_metrics, misclassified
 from .model import build_model
 from .model_card import write_model_card
@@ -474,6 +480,9 @@ def finish_bundle(model: nn.Module, dataset: PackedDataset, split: Split, views:
     labels = dataset.labels[split.test]
     metrics = classification_metrics(labels, probs)
     metrics["symmetry_agreement"] = agreement_from_views(test_views)
+    metrics["prediction_symmetry_agreement"] = prediction_agreement(
+        model, ImageRows(dataset, split.test), stats, geometry, probs, tta=config.tta,
+        temperature=temperature, precision=config.precision)
     metrics["split"] = "test"
     ids = dataset.ids
     card = {

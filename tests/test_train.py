@@ -15,6 +15,7 @@ from conftest import make_dataset, synthetic_galaxy
 from galaxy_core.bundle import load_bundle, read_card
 from galaxy_core.config import CLASSES, ConfigError, PredictConfig, TrainConfig
 from galaxy_core.evaluate import evaluate_bundle
+from galaxy_core.inference import TurnedImages
 from galaxy_core.metrics import classification_metrics
 from galaxy_core.model import build_model
 from galaxy_core.predict import Classifier, predictions_csv
@@ -121,6 +122,23 @@ def test_evaluate_uses_held_out_galaxies(trained) -> None:
     assert set(metrics["symmetry_agreement"]) == {"rot90", "mirror", "all_8"}
     for item in metrics["misclassified"]:
         assert item["true"] != item["predicted"]
+    # With the 8-view average, turning or mirroring the cutout itself changes nothing but rounding:
+    # the centred crop and the resize commute with the square's symmetries.
+    turned = metrics["prediction_symmetry_agreement"]
+    assert turned["rot90"] == turned["mirror"] == 1.0
+    assert turned["rot90_max_probability_change"] < 1e-4 and turned["mirror_max_probability_change"] < 1e-4
+    assert card["metrics"]["prediction_symmetry_agreement"]["rot90"] == 1.0
+    single = evaluate_bundle(model_dir, data, tta=False)["prediction_symmetry_agreement"]
+    assert single["rot90_max_probability_change"] > 1e-3  # one view is not invariant
+
+
+def test_turned_images_are_the_cutouts_turned_or_mirrored() -> None:
+    images = np.random.default_rng(0).integers(0, 256, (3, 5, 5, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(TurnedImages(images, "rot90")[0:2], np.rot90(images[:2], 1, axes=(1, 2)))
+    np.testing.assert_array_equal(TurnedImages(images, "mirror")[1:3], images[1:3, :, ::-1])
+    assert len(TurnedImages(images, "mirror")) == 3
+    with pytest.raises(ValueError, match="unknown symmetry"):
+        TurnedImages(images, "rot45")
 
 
 def test_predict_images_and_csv(trained) -> None:
