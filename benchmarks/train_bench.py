@@ -32,7 +32,8 @@ from galaxy_core.distributed import Distributed
 from galaxy_core.train import BatchSource, prefetch, prepare_data, train_one_epoch, training_loss
 
 SETTING_KEYS = ("arch", "width", "depth", "image_size", "crop", "batch_size", "lr", "weight_decay",
-                "label_smoothing", "aux_weight", "balance", "soft_labels", "augment", "seed", "precision")
+                "label_smoothing", "aux_weight", "balance", "balance_target", "soft_labels", "augment", "jitter",
+                "seed", "precision")
 
 
 def shipped_settings(model_dir: Path | None) -> dict[str, Any]:
