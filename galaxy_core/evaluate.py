@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from .bundle import load_bundle, read_evaluation
 from .dataset import DatasetError, ImageRows, PackedDataset
 from .inference import agreement_from_views, combine_views, prediction_agreement, view_log_probs
 from .metrics import classification_metrics, misclassified
+from .normalise import ChannelStats, InputGeometry
 
 
 def held_out_rows(dataset: PackedDataset, model_dir: Path) -> tuple[np.ndarray, str]:
@@ -31,6 +33,20 @@ def held_out_rows(dataset: PackedDataset, model_dir: Path) -> tuple[np.ndarray, 
     return rows, "all (galaxies not used in training)"
 
 
+def held_out_metrics(model: nn.Module, images_uint8: np.ndarray, labels: np.ndarray, stats: ChannelStats,
+                     geometry: InputGeometry, *, tta: bool, temperature: float,
+                     precision: str) -> tuple[dict, np.ndarray]:
+    """Metrics and calibrated probabilities of held-out galaxies, with the symmetry checks: one
+    8-view pass for the answers and single-view agreement, then the turned cutouts."""
+    views = view_log_probs(model, images_uint8, stats, geometry, precision=precision)
+    probs = torch.softmax(combine_views(views, tta) / temperature, dim=1).numpy()
+    metrics = classification_metrics(labels, probs)
+    metrics["symmetry_agreement"] = agreement_from_views(views)
+    metrics["prediction_symmetry_agreement"] = prediction_agreement(
+        model, images_uint8, stats, geometry, probs, tta=tta, temperature=temperature, precision=precision)
+    return metrics, probs
+
+
 def evaluate_bundle(model_dir: Path, data_dir: Path, *, tta: bool | None = None,
                     device: str = "cpu", cache_root: Path | None = None) -> dict:
     """Metrics, symmetry agreement and misclassified galaxies for one model on one dataset."""
@@ -42,15 +58,10 @@ def evaluate_bundle(model_dir: Path, data_dir: Path, *, tta: bool | None = None,
                            "there is nothing held out to evaluate on")
     use_tta = bundle.tta if tta is None else tta
     labels = dataset.labels[rows]
-    views = view_log_probs(bundle.model, ImageRows(dataset, rows), bundle.stats, bundle.geometry,
-                           precision=bundle.precision)
-    temperature = float(bundle.card.get("temperature", 1.0))
-    probs = torch.softmax(combine_views(views, use_tta) / temperature, dim=1).numpy()
-    metrics = classification_metrics(labels, probs)
-    metrics["symmetry_agreement"] = agreement_from_views(views)
-    metrics["prediction_symmetry_agreement"] = prediction_agreement(
-        bundle.model, ImageRows(dataset, rows), bundle.stats, bundle.geometry, probs, tta=use_tta,
-        temperature=temperature, precision=bundle.precision)
+    metrics, probs = held_out_metrics(bundle.model, ImageRows(dataset, rows), labels, bundle.stats,
+                                      bundle.geometry, tta=use_tta,
+                                      temperature=float(bundle.card.get("temperature", 1.0)),
+                                      precision=bundle.precision)
     metrics["split"] = which
     metrics["tta"] = use_tta
     metrics["misclassified"] = misclassified(dataset.ids[rows], dataset.index["image"].to_numpy()[rows],

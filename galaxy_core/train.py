@@ -35,14 +35,9 @@ from .dataset import (
     split_dataset,
 )
 from .distributed import Distributed, pick_device, setup_distributed
-from .inference import (
-    agreement_from_views,
-    combine_views,
-    prediction_agreement,
-    predict_probs,
-    view_log_probs,
-)
-from .metrics import classification_metrics, misclassified
+from .evaluate import held_out_metrics
+from .inference import combine_views, predict_probs, view_log_probs
+from .metrics import misclassified
 from .model import build_model
 from .model_card import write_model_card
 from .normalise import (
@@ -474,15 +469,9 @@ def finish_bundle(model: nn.Module, dataset: PackedDataset, split: Split, views:
     val_views = view_log_probs(model, ImageRows(dataset, split.val), stats, geometry,
                                precision=config.precision)
     temperature = fit_temperature(combine_views(val_views, config.tta), dataset.labels[split.val])
-    test_views = view_log_probs(model, ImageRows(dataset, split.test), stats, geometry,
-                                precision=config.precision)
-    probs = torch.softmax(combine_views(test_views, config.tta) / temperature, dim=1).numpy()
     labels = dataset.labels[split.test]
-    metrics = classification_metrics(labels, probs)
-    metrics["symmetry_agreement"] = agreement_from_views(test_views)
-    metrics["prediction_symmetry_agreement"] = prediction_agreement(
-        model, ImageRows(dataset, split.test), stats, geometry, probs, tta=config.tta,
-        temperature=temperature, precision=config.precision)
+    metrics, probs = held_out_metrics(model, ImageRows(dataset, split.test), labels, stats, geometry,
+                                      tta=config.tta, temperature=temperature, precision=config.precision)
     metrics["split"] = "test"
     ids = dataset.ids
     card = {
