@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from galaxy_core.config import PRECISIONS, GalaxyError, TrainConfig
+from galaxy_core.config import BALANCE_TARGETS, PRECISIONS, GalaxyError, TrainConfig
 from galaxy_core.explore import format_duration, history_frame, model_dir_for_training, training_task
 from galaxy_core.jobs import JobSnapshot
 from galaxy_core.train import TrainProgress, TrainResult
@@ -57,8 +57,8 @@ def training_form(data_dir: Path) -> None:
             weight_decay = c3.number_input("Weight decay", 0.0, 1.0, DEFAULTS.weight_decay,
                                            format="%.4f", step=0.01)
             c1, c2, c3 = st.columns(3)
-            targets = ["median", "max"]
-            balance_target = c1.selectbox("Balance towards", targets, targets.index(DEFAULTS.balance_target),
+            balance_target = c1.selectbox("Balance towards", BALANCE_TARGETS,
+                                          BALANCE_TARGETS.index(DEFAULTS.balance_target),
                                           help="median: cull the largest class; max: up-sample, cull nothing")
             precision = c2.selectbox("Arithmetic", PRECISIONS, PRECISIONS.index(DEFAULTS.precision),
                                      help="bf16: about twice as fast on processors with native bfloat16")

@@ -18,6 +18,8 @@ from typing import Sequence
 from tqdm import tqdm
 
 from .config import (
+    ARCHITECTURES,
+    BALANCE_TARGETS,
     CLASSES,
     DEFAULT_CATALOGUE_URL,
     DEFAULT_CUTOUT_URL,
@@ -67,12 +69,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     ]:
         attr = {"threads": "num_threads"}.get(name, name.replace("-", "_"))
         p.add_argument(f"--{name}", type=kind, default=getattr(defaults, attr), dest=attr, help=text)
-    p.add_argument("--arch", default=defaults.arch, choices=["resnet_small", "plain_cnn"])
+    p.add_argument("--arch", default=defaults.arch, choices=list(ARCHITECTURES))
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default=defaults.precision, choices=list(PRECISIONS),
                    help="bf16: bfloat16 autocast, about twice as fast on CPUs and GPUs with native "
                         "bfloat16 (slower where it is emulated)")
-    p.add_argument("--balance-target", default=defaults.balance_target, choices=["median", "max"],
+    p.add_argument("--balance-target", default=defaults.balance_target, choices=list(BALANCE_TARGETS),
                    help="views per class when balancing: the median class count (culls the largest "
                         "class) or the largest (culls nothing)")
     for flag, attr, text in [("balance", "balance", "rotate/cull to equal class counts"),

@@ -13,6 +13,7 @@ CLASSES: tuple[str, ...] = ("Spiral", "Elliptical", "Uncertain")
 
 ARCHITECTURES: tuple[str, ...] = ("resnet_small", "plain_cnn")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+BALANCE_TARGETS: tuple[str, ...] = ("median", "max")
 DEFAULT_CATALOGUE_URL = "https://data.galaxyzoo.org/galaxy-zoo-1/GalaxyZoo1_DR_table2.csv.gz"
 DEFAULT_CUTOUT_URL = "https://skyserver.sdss.org/dr16/SkyServerWS/ImgCutout/getjpeg"
 
@@ -157,7 +158,7 @@ class TrainConfig:
             raise ConfigError(f"width must be at least 4, got {self.width}")
         if not 1 <= self.depth <= 8:
             raise ConfigError(f"depth must be between 1 and 8, got {self.depth}")
-        if self.balance_target not in ("median", "max"):
+        if self.balance_target not in BALANCE_TARGETS:
             raise ConfigError(f"balance target must be median or max, got {self.balance_target!r}")
         if self.arch not in ARCHITECTURES:
             raise ConfigError(f"unknown architecture {self.arch!r}: choose from {', '.join(ARCHITECTURES)}")

@@ -372,9 +372,6 @@ class Balanced:
     counts_after: dict[str, int]
 
 
-BALANCE_TARGETS = ("median", "max")
-
-
 def balance(rows: np.ndarray, labels: np.ndarray, seed: int, *, max_views: int = 4,
             target: int | str = "median") -> Balanced:
     """Rotate copies of rare classes (90/180/270 deg, at most ``max_views`` per galaxy) and cull
