@@ -221,7 +221,9 @@ def _gunzip(raw: bytes, source: str, limit: int = MAX_DECOMPRESSED_BYTES) -> byt
 
 def _ragged_line(raw: bytes) -> str:
     """Name the first data line with more fields than the header (pandas only warns about it)."""
-    rows = csv.reader(io.StringIO(raw.decode("utf-8-sig", errors="replace")), skipinitialspace=True)
+    # newline="": the csv module's own rule for line ends, so a bare carriage return is one too.
+    rows = csv.reader(io.StringIO(raw.decode("utf-8-sig", errors="replace"), newline=""),
+                      skipinitialspace=True)
     header = next(rows, [])
     for number, row in enumerate(rows, start=2):
         if len(row) > len(header) and any(field.strip() for field in row[len(header):]):
