@@ -91,15 +91,13 @@ def test_bf16_model_trains_records_precision_and_predicts_like_fp32(tmp_path: Pa
 
 def test_checkpoint_from_before_the_precision_setting_still_resumes(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "d", n_per_class=10)
-    config = small_config(data, tmp_path / "m", precision="fp32", epochs=2)
-    stop_after_one = small_config(data, tmp_path / "m", precision="fp32", epochs=2)
-    train(TrainConfig(**{**stop_after_one.__dict__, "epochs": 1}))  # a checkpoint at epoch 1 of 1
+    train(small_config(data, tmp_path / "m", precision="fp32", epochs=1))  # a checkpoint at epoch 1 of 1
     path = tmp_path / "m" / CHECKPOINT_NAME
     state = torch.load(path, weights_only=True)
     del state["config"]["precision"]
     state["config"]["epochs"] = 2
     torch.save(state, path)
-    result = train(config)
+    result = train(small_config(data, tmp_path / "m", precision="fp32", epochs=2))
     assert not result.stopped and len(result.history) == 2
     with pytest.raises(ConfigError, match="precision"):
         train(small_config(data, tmp_path / "m", precision="bf16", epochs=2))
