@@ -7,10 +7,12 @@ import time
 import streamlit as st
 
 from galaxy_core.config import CLASSES, DEFAULT_CUTOUT_URL, GalaxyError
-from galaxy_core.explore import classify_images, fetch_cutout, grad_cam_overlay, page_bounds
-from galaxy_core.predict import IMAGE_SUFFIXES, predictions_csv
+from galaxy_core.cutouts import fetch_cutout
+from galaxy_core.predict import IMAGE_SUFFIXES, classify_uploads, predictions_csv
+
 from app_pages import charts
 from app_pages.common import active_model, load_classifier, point_to
+from app_pages.tables import page_bounds
 
 UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 SKY_KEY = "_sky_cutouts"
@@ -31,8 +33,8 @@ except GalaxyError as exc:
     st.error(f"The model {model.name} cannot be loaded: {exc}")
     st.stop()
 size = classifier.bundle.geometry
-st.caption(f"Model **{model.name}**: the central {size.crop}×{size.crop} of a {size.source_size}-px "
-           f"cutout at {size.size} px"
+st.caption(f"Model **{model.name}** answers {classifier.card.question}: the central {size.crop}×{size.crop} "
+           f"of a {size.source_size}-px cutout ({size.pixel_scale:g}″/pixel) at {size.input_size} px"
            + (", averaged over 8 rotations and flips" if classifier.tta else ""))
 
 upload_tab, sky_tab = st.tabs(["Upload images", "Sky coordinates (SDSS)"])
@@ -47,12 +49,13 @@ with sky_tab:
         ra = c1.number_input("RA (degrees)", 0.0, 359.99999, 252.61934, format="%.5f")
         dec = c2.number_input("Dec (degrees)", -90.0, 90.0, 38.81945, format="%.5f")
         cutout_url = st.text_input("Cutout URL", DEFAULT_CUTOUT_URL,
-                                   help="SDSS SkyServer ImgCutout getjpeg (0.2 arcsec/pixel), or a stand-in")
+                                   help=f"SDSS SkyServer ImgCutout getjpeg ({size.pixel_scale:g} arcsec/pixel, "
+                                        "the model's own pixel scale), or a stand-in")
         fetch = st.form_submit_button("Fetch and classify", icon=":material/download:")
     if fetch:
         try:
             with st.spinner("Fetching the cutout…"):
-                data = fetch_cutout(ra, dec, cutout_url, size=size.source_size)
+                data = fetch_cutout(ra, dec, cutout_url, size=size.source_size, scale=size.pixel_scale)
         except GalaxyError as exc:
             st.error(str(exc))
         else:
@@ -74,7 +77,7 @@ stored = st.session_state.get(RESULT_KEY)
 fresh = stored is None or stored["key"] != run_key
 if fresh:
     with model_lock:  # a Grad-CAM hook from another session must not see these forward passes
-        results = classify_images(classifier, [(name, data) for _, name, data in inputs])
+        results = classify_uploads(classifier, [(name, data) for _, name, data in inputs])
     stored = {"key": run_key, "results": results, "cams": {}, "seconds": None}
     st.session_state[RESULT_KEY] = stored
 results, cams = stored["results"], stored["cams"]
@@ -110,7 +113,7 @@ for i in range(start, stop):
         if show_cam:
             if i not in cams:
                 with model_lock:
-                    cams[i] = grad_cam_overlay(classifier, item.framed)
+                    cams[i] = classifier.grad_cam_overlay(item.framed)
             right.image(cams[i], caption=f"what the model sees; red drove '{prediction.label}'",
                         width="stretch")
         st.plotly_chart(charts.probabilities(probs), key=f"probs-{i}")

@@ -10,16 +10,22 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from galaxy_core.bundle import BundleError
-from galaxy_core.dataset import PackedDataset, build_cache, dataset_summary
-from galaxy_core.config import DatasetConfig
-from galaxy_core.explore import (AppFolders, ModelInfo, PixelStatistics, SHIPPED_MODEL, list_datasets,
-                                 list_models, pixel_statistics, sample_galaxies)
+from galaxy_core.bundle import CARD_NAME, BundleError, ModelInfo, list_models
+from galaxy_core.cache import PackedDataset, build_cache
+from galaxy_core.config import PredictConfig, SplitConfig, TrainConfig
+from galaxy_core.dataset import dataset_summary, sample_galaxies
+from galaxy_core.folder import DatasetFolder, list_datasets
 from galaxy_core.images import load_image
-from galaxy_core.jobs import JobRegistry
-from galaxy_core.predict import Classifier, PredictConfig
+from galaxy_core.normalise import PixelStatistics, pixel_statistics
+from galaxy_core.predict import Classifier
+
+from app_pages.folders import SHIPPED_MODEL, AppFolders
+from app_pages.jobs import JobRegistry
 
 REPO = Path(__file__).resolve().parents[1]
+BALANCE_KEY = "balance_choice"
+BALANCE_WORDS = {"off": "off: the natural class mix", "median": "towards the median class (culls the largest)",
+                 "max": "towards the largest class (culls nothing)"}
 MODEL_KEY = "model_dir"
 DATASET_KEY = "dataset_dir"
 EXTRA_DATASETS_KEY = "extra_datasets"
@@ -58,9 +64,9 @@ def _classifier(model_dir: str, card_mtime: float) -> tuple[Classifier, threadin
 
 def load_classifier(model_dir: Path) -> tuple[Classifier, threading.Lock]:
     """The cached model; a retrained bundle (new card) is loaded afresh."""
-    card = Path(model_dir) / "card.json"
+    card = Path(model_dir) / CARD_NAME
     if not card.is_file():
-        raise BundleError(f"{model_dir} holds no model (no card.json)")
+        raise BundleError(f"{model_dir} holds no model (no {CARD_NAME})")
     return _classifier(str(model_dir), card.stat().st_mtime)
 
 
@@ -112,7 +118,7 @@ def known_datasets() -> list[Path]:
     found = list_datasets(folders().data_root)
     for extra in st.session_state.get(EXTRA_DATASETS_KEY, []):
         path = Path(extra)
-        if path not in found and (path / "catalogue.csv").is_file():
+        if path not in found and DatasetFolder(path).exists():
             found.append(path)
     return found
 
@@ -141,9 +147,7 @@ def add_extra_dataset(path: Path) -> None:
 
 def dataset_fingerprint(data_dir: Path) -> tuple[int, int]:
     """Changes when the catalogue is rewritten or images are added, so cached tables refresh."""
-    images = data_dir / "images"
-    return ((data_dir / "catalogue.csv").stat().st_mtime_ns,
-            images.stat().st_mtime_ns if images.is_dir() else 0)
+    return DatasetFolder(data_dir).fingerprint()
 
 
 def ensure_cache(data_dir: Path) -> None:
@@ -164,8 +168,8 @@ def ensure_cache(data_dir: Path) -> None:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def summary(data_dir: str, fingerprint: tuple[int, int], cache_root: str, seed: int = 0) -> dict:
-    return dataset_summary(Path(data_dir), DatasetConfig(seed=seed), cache_root=Path(cache_root))
+def summary(data_dir: str, fingerprint: tuple[int, int], cache_root: str, balance: str, seed: int = 0) -> dict:
+    return dataset_summary(Path(data_dir), SplitConfig(seed=seed), balance, cache_root=Path(cache_root))
 
 
 @st.cache_data(show_spinner="Computing pixel statistics…", max_entries=16)
@@ -194,6 +198,11 @@ def dataset_selectbox(label: str, current: Path) -> Path:
     if choice != str(current):
         set_active_dataset(choice)
     return Path(choice)
+
+
+def balance_choice() -> str:
+    """The class balancing the next training run will use: chosen on the Dataset or Train page."""
+    return st.session_state.get(BALANCE_KEY, TrainConfig.balance)
 
 
 def point_to(page: str, message: str) -> None:

@@ -7,18 +7,22 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from galaxy_core.config import DEFAULT_CATALOGUE_URL, DEFAULT_CUTOUT_URL, DownloadConfig, GalaxyError
+from galaxy_core.config import BALANCE_CHOICES, DEFAULT_CATALOGUE_URL, DEFAULT_CUTOUT_URL, DownloadConfig, GalaxyError
 from galaxy_core.download import DownloadProgress, DownloadReport
-from galaxy_core.explore import (check_dataset_dir, download_task, format_duration, new_dataset_dir,
-                                 uploaded_catalogue)
-from galaxy_core.jobs import JobSnapshot
+from galaxy_core.folder import CATALOGUE_NAME, IMAGES_DIR, DatasetFolder
+
 from app_pages import charts
-from app_pages.common import (PAGES, active_dataset, add_extra_dataset, dataset_fingerprint, dataset_selectbox,
-                          ensure_cache, folders, job_registry, known_datasets, pixel_stats, samples,
-                          set_active_dataset, summary, thumbnail)
+from app_pages.common import (BALANCE_KEY, BALANCE_WORDS, PAGES, active_dataset, add_extra_dataset, balance_choice,
+                              dataset_fingerprint, dataset_selectbox, ensure_cache, folders, job_registry,
+                              known_datasets, pixel_stats, samples, set_active_dataset, summary, thumbnail)
+from app_pages.folders import new_dataset_dir
+from app_pages.jobs import JobSnapshot
+from app_pages.tables import format_duration, histogram_frame
+from app_pages.tasks import download_task, uploaded_catalogue
 
 POLL_S = 1.0
 CATALOGUE_MB = 200
+
 
 st.title("Dataset")
 paths = folders()
@@ -31,14 +35,14 @@ def choose_dataset() -> Path | None:
         current = dataset_selectbox("Dataset folder", current)
     else:
         st.info(f"No dataset under `{paths.data_root}` yet. Download one below, or type the path of "
-                "an existing folder that holds catalogue.csv and images/.")
+                f"an existing folder that holds {CATALOGUE_NAME} and {IMAGES_DIR}/.")
     with st.form("extra_dataset", border=False):
         left, right = st.columns([4, 1], vertical_alignment="bottom")
         typed = left.text_input("Or read another folder (read-only)",
-                                placeholder="/path/to/folder with catalogue.csv and images/")
+                                placeholder=f"/path/to/folder with {CATALOGUE_NAME} and {IMAGES_DIR}/")
         if right.form_submit_button("Use this folder"):
             try:
-                folder = check_dataset_dir(typed)
+                folder = DatasetFolder.from_user(typed).root
             except GalaxyError as exc:
                 st.error(str(exc))
             else:
@@ -147,9 +151,12 @@ def overview(data_dir: Path) -> None:
     if download is not None and download.running and paths.data_root / download.label == data_dir:
         st.info("This dataset is still downloading; its statistics appear when the download ends.")
         return
+    st.session_state[BALANCE_KEY] = st.selectbox(
+        "Class balancing for training", BALANCE_CHOICES, index=BALANCE_CHOICES.index(balance_choice()),
+        format_func=BALANCE_WORDS.get, help="The Train page starts with the same choice.")
     try:
         ensure_cache(data_dir)
-        facts = summary(str(data_dir), dataset_fingerprint(data_dir), str(paths.cache_root))
+        facts = summary(str(data_dir), dataset_fingerprint(data_dir), str(paths.cache_root), balance_choice())
     except GalaxyError as exc:
         st.error(str(exc))
         return
@@ -164,11 +171,12 @@ def overview(data_dir: Path) -> None:
                "test galaxy is ever trained on.")
     left, right = st.columns(2)
     left.plotly_chart(charts.class_counts({"all galaxies": facts["class_counts"]}, "Class counts"))
-    right.plotly_chart(charts.class_counts(
-        {"before balancing": facts["train_before_balancing"],
-         "after balancing": facts["train_after_balancing"]}, "Training views"))
-    st.caption("Balancing rotates copies of rare classes (90°, 180°, 270°) and culls common ones "
-               "towards the median class count.")
+    with right:
+        st.plotly_chart(charts.class_counts(
+            {"before balancing": facts["train_before_balancing"],
+             "after balancing": facts["train_after_balancing"]}, f"Training views (balancing: {facts['balance']})"))
+    st.caption("Balancing rotates copies of rare classes (90°, 180°, 270°) and, towards the median, "
+               "culls common ones.")
 
     st.subheader("Sample galaxies")
     st.caption("Captions give the debiased Galaxy Zoo vote fractions for *smooth* and *features or "
@@ -199,7 +207,7 @@ def overview(data_dir: Path) -> None:
                  "in units of [0, 1] pixel values. "
                  "Training computes its own statistics on the training galaxies and stores them "
                  "in the model card.")
-    right.plotly_chart(charts.pixel_histogram(stats.histogram_frame()))
+    right.plotly_chart(charts.pixel_histogram(histogram_frame(stats)))
 
 
 data_dir = choose_dataset()

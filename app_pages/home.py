@@ -2,9 +2,10 @@
 
 import streamlit as st
 
-from galaxy_core.explore import format_duration, model_summary
 from galaxy_core.config import GalaxyError
+
 from app_pages.common import PAGES, active_dataset, active_model, dataset_fingerprint, samples, thumbnail
+from app_pages.tables import format_duration
 
 CLASS_TEXT = {
     "Spiral": "A disk with arms or other features: more than 80% of Galaxy Zoo volunteers "
@@ -46,16 +47,18 @@ if model is None:
             "for a small dataset), or place a model bundle (card.json + model.safetensors) in "
             "`models/default`.")
 else:
-    facts = model_summary(model.card)
+    card = model.card
+    metrics, prov = card.metrics, card.provenance
+    data = prov.data if prov is not None else None
     cols = st.columns(4)
     cols[0].metric("Model", model.name)
-    cols[1].metric("Test accuracy", f"{facts['accuracy']:.1%}" if facts["accuracy"] is not None else "–")
-    cols[2].metric("Trained on", f"{facts['galaxies']:,} galaxies" if facts["galaxies"] else "–")
-    cols[3].metric("Training time", format_duration(facts["training_seconds"]))
-    st.caption(f"Trained {facts['trained_at'] or 'at an unknown time'} · {facts['arch']} at "
-               f"{facts['input_size']} px · balanced accuracy "
-               + (f"{facts['balanced_accuracy']:.1%}" if facts["balanced_accuracy"] is not None else "–")
-               + f" on {facts['test_galaxies'] or '?'} held-out test galaxies")
+    cols[1].metric("Test accuracy", f"{metrics.accuracy:.1%}" if metrics is not None else "–")
+    cols[2].metric("Trained on", f"{data.galaxies:,} galaxies" if data is not None else "–")
+    cols[3].metric("Training time", format_duration(prov.training_seconds if prov is not None else None))
+    st.caption(f"Trained {prov.trained_at if prov is not None else 'at an unknown time'} · "
+               f"{card.architecture.name} at {card.input.input_size} px · balanced accuracy "
+               + (f"{metrics.balanced_accuracy:.1%} on {metrics.n:,} held-out test galaxies"
+                  if metrics is not None else "–"))
 
 st.header("Where to go")
 links = [

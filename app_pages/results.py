@@ -7,14 +7,18 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from galaxy_core.bundle import read_evaluation
 from galaxy_core.config import CLASSES, GalaxyError
-from galaxy_core.explore import (format_duration, gallery_image, history_frame, load_evaluation,
-                                 misclassified_frame, model_summary, page_bounds, per_class_frame,
-                                 reliability_frame, row_normalise)
+from galaxy_core.folder import DatasetFolder
+from galaxy_core.metrics import metric_rows
+
 from app_pages import charts
 from app_pages.common import active_model, point_to, thumbnail, usable_models
+from app_pages.tables import (format_duration, history_frame, misclassified_frame, page_bounds, per_class_frame,
+                              reliability_frame, row_normalise)
 
 PER_PAGE = 12
+HEADLINE = {"accuracy": "Test accuracy", "balanced_accuracy": "Balanced accuracy", "ece": "Calibration error"}
 
 st.title("Results")
 models = usable_models()
@@ -29,32 +33,30 @@ choice = st.selectbox("Model", names, index=names.index(str(current.path)),
                       format_func=lambda p: Path(p).name)
 model = next(m for m in models if str(m.path) == choice)
 card = model.card
-facts = model_summary(card)
-metrics = card.get("metrics") or {}
+metrics, prov = card.metrics, card.provenance
 
+rows = {row.key: row for row in metric_rows(metrics)} if metrics is not None else {}
 cols = st.columns(5)
-cols[0].metric("Test accuracy", f"{facts['accuracy']:.1%}" if facts["accuracy"] is not None else "–")
-cols[1].metric("Balanced accuracy",
-               f"{facts['balanced_accuracy']:.1%}" if facts["balanced_accuracy"] is not None else "–",
-               help="Mean recall over the three classes: not flattered by the common class")
-cols[2].metric("Calibration error", f"{facts['ece']:.3f}" if facts["ece"] is not None else "–",
-               help="Expected calibration error of the top-class probability (0 is perfect)")
-cols[3].metric("Test galaxies", f"{facts['test_galaxies'] or 0:,}")
-cols[4].metric("Training time", format_duration(facts["training_seconds"]))
-st.caption(f"Trained {facts['trained_at'] or '–'} on {facts['galaxies'] or '?'} galaxies · "
-           f"{facts['arch']} at {facts['input_size']} px on {facts['device'] or '?'}")
+for col, (key, label) in zip(cols, HEADLINE.items()):
+    if key in rows:
+        col.metric(label, rows[key].text(), help=rows[key].help or None)
+cols[3].metric("Test galaxies", f"{metrics.n:,}" if metrics is not None else "–")
+cols[4].metric("Training time", format_duration(prov.training_seconds if prov is not None else None))
+if prov is not None and prov.data is not None:
+    st.caption(f"Trained {prov.trained_at or '–'} on {prov.data.galaxies:,} galaxies · "
+               f"{card.architecture.name} at {card.input.input_size} px on {prov.machine.device}")
 
 try:
-    evaluation = load_evaluation(model.path)
+    evaluation = read_evaluation(model.path)
 except GalaxyError as exc:
     st.error(str(exc))
     evaluation = None
 
 left, right = st.columns(2)
 with left:
-    if "confusion" in metrics:
+    if metrics is not None:
         normalised = st.toggle("Row-normalised (fraction of each true class)", value=False)
-        matrix = row_normalise(metrics["confusion"]) if normalised else metrics["confusion"]
+        matrix = row_normalise(metrics.confusion) if normalised else metrics.confusion
         st.plotly_chart(charts.confusion(np.asarray(matrix, dtype=float), normalised))
     else:
         st.info("This model card has no confusion matrix.")
@@ -66,31 +68,21 @@ with right:
     else:
         st.dataframe(table, hide_index=True, column_config={
             k: st.column_config.NumberColumn(format="%.3f") for k in ("precision", "recall", "f1")})
-    svse = metrics.get("spiral_vs_elliptical_accuracy")
-    if svse is not None:
-        st.caption(f"Spiral vs Elliptical only (the larger of the two probabilities decides): "
-                   f"{svse:.1%}")
-    sym = metrics.get("symmetry_agreement")
-    if sym:
-        st.caption(f"One view: same answer for a rotated copy {sym['rot90']:.1%}, a mirrored copy "
-                   f"{sym['mirror']:.1%}, all 8 symmetries {sym['all_8']:.1%}")
-    turned = metrics.get("prediction_symmetry_agreement")
-    if turned:
-        st.caption(f"As predicted: same answer for the cutout turned by 90 degrees {turned['rot90']:.1%}, "
-                   f"mirrored {turned['mirror']:.1%}")
+    for row in rows.values():
+        if row.key not in HEADLINE and row.key != "n":
+            st.caption(f"{row.label.capitalize()}: {row.text()}")
 
 left, right = st.columns(2)
 with left:
-    frame = history_frame(card.get("history") or [])
+    frame = history_frame(card.history)
     if frame.empty:
         st.caption("No training history in this card.")
     else:
         metric = st.segmented_control("Curve", ["loss", "accuracy"], default="loss", required=True)
         st.plotly_chart(charts.curves(frame, metric or "loss"))
 with right:
-    bins = ((evaluation or {}).get("metrics") or {}).get("reliability")
-    if bins:
-        st.plotly_chart(charts.reliability(reliability_frame(bins)))
+    if evaluation is not None and evaluation.metrics.reliability:
+        st.plotly_chart(charts.reliability(reliability_frame(evaluation.metrics)))
         st.caption("Points on the diagonal mean a stated 80% is right 80% of the time; marker size "
                    "shows how many test galaxies fall in each bin.")
     else:
@@ -101,8 +93,8 @@ if evaluation is None:
     st.info("This model folder has no evaluation.json, written when training finishes, so its "
             "mistakes cannot be listed.")
     st.stop()
-wrong = evaluation.get("misclassified") or []
-data_dir = Path((card.get("config") or {}).get("data_dir", ""))
+wrong = evaluation.misclassified
+data_dir = Path(prov.config.data_dir) if prov is not None else Path("")
 c1, c2, c3 = st.columns(3)
 true_pick = c1.multiselect("True class", CLASSES)
 pred_pick = c2.multiselect("Predicted class", CLASSES)
@@ -120,7 +112,7 @@ if not data_dir.is_dir():
 cols = st.columns(4)
 for i, row in enumerate(table.iloc[start:stop].itertuples()):
     with cols[i % 4].container(border=True):
-        path = gallery_image(data_dir, row.image) if data_dir.is_dir() else None
+        path = DatasetFolder(data_dir).image(row.image) if data_dir.is_dir() else None
         if path is not None:
             st.image(thumbnail(str(path), 160), width="stretch")
         st.markdown(f"true **{row.true}** → predicted **{row.predicted}**")

@@ -6,13 +6,16 @@ from pathlib import Path
 
 import streamlit as st
 
-from galaxy_core.config import BALANCE_TARGETS, PRECISIONS, GalaxyError, TrainConfig
-from galaxy_core.explore import format_duration, history_frame, model_dir_for_training, training_task
-from galaxy_core.jobs import JobSnapshot
+from galaxy_core.config import BALANCE_CHOICES, CUTOUT_SIZE, PRECISIONS, GalaxyError, TrainConfig
 from galaxy_core.train import TrainProgress, TrainResult
+
 from app_pages import charts
-from app_pages.common import (PAGES, active_dataset, dataset_selectbox, folders, job_registry, point_to,
-                              set_active_model)
+from app_pages.common import (BALANCE_KEY, BALANCE_WORDS, PAGES, active_dataset, balance_choice, dataset_selectbox, folders,
+                              job_registry, point_to, set_active_model)
+from app_pages.folders import model_dir_for_training
+from app_pages.jobs import JobSnapshot
+from app_pages.tables import format_duration, history_frame
+from app_pages.tasks import training_task
 
 POLL_S = 1.0
 DEFAULTS = TrainConfig(Path("."), Path("."))
@@ -35,15 +38,16 @@ def training_form(data_dir: Path) -> None:
         batch_size = c2.number_input("Batch size", 2, 1024, DEFAULTS.batch_size)
         lr = c3.number_input("Learning rate", 1e-5, 1.0, DEFAULTS.lr, format="%.4f", step=1e-3)
         c1, c2, c3 = st.columns(3)
-        image_size = c1.select_slider("Image size (px)", [32, 48, 64, 96, 128], DEFAULTS.image_size,
+        input_size = c1.select_slider("Image size (px)", [32, 48, 64, 96, 128], DEFAULTS.input_size,
                                       help="The centre crop is resized to this before the network")
         seed = c2.number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed,
                                help="Seeds the split, balancing, shuffling and augmentation")
-        balance = c3.toggle("Balance classes", value=DEFAULTS.balance,
-                            help="Rotate copies of rare classes and cull common ones")
+        balance = c3.selectbox("Class balancing", BALANCE_CHOICES, BALANCE_CHOICES.index(balance_choice()),
+                               format_func=BALANCE_WORDS.get,
+                               help="Rotate copies of rare classes (and, towards the median, cull common ones)")
         with st.expander("More settings"):
             c1, c2, c3 = st.columns(3)
-            crop = c1.number_input("Centre crop of the 128-px cutout", 16, 128, DEFAULTS.crop)
+            crop = c1.number_input(f"Centre crop of the {CUTOUT_SIZE}-px cutout", 16, CUTOUT_SIZE, DEFAULTS.crop)
             width = c2.number_input("Network width", 4, 128, DEFAULTS.width)
             depth = c3.number_input("Blocks per stage", 1, 8, DEFAULTS.depth)
             c1, c2, c3 = st.columns(3)
@@ -57,24 +61,21 @@ def training_form(data_dir: Path) -> None:
             weight_decay = c3.number_input("Weight decay", 0.0, 1.0, DEFAULTS.weight_decay,
                                            format="%.4f", step=0.01)
             c1, c2, c3 = st.columns(3)
-            balance_target = c1.selectbox("Balance towards", BALANCE_TARGETS,
-                                          BALANCE_TARGETS.index(DEFAULTS.balance_target),
-                                          help="median: cull the largest class; max: up-sample, cull nothing")
-            precision = c2.selectbox("Arithmetic", PRECISIONS, PRECISIONS.index(DEFAULTS.precision),
+            precision = c1.selectbox("Arithmetic", PRECISIONS, PRECISIONS.index(DEFAULTS.precision),
                                      help="bf16: about twice as fast on processors with native bfloat16")
             restart = st.checkbox("Start over (discard this model's checkpoint)")
         submitted = st.form_submit_button("Start training", type="primary", disabled=running)
     if not submitted:
         return
+    st.session_state[BALANCE_KEY] = balance
     try:
         out_dir = model_dir_for_training(paths.models_root, name)
         config = TrainConfig(data_dir=data_dir, out_dir=out_dir, epochs=int(epochs),
-                             batch_size=int(batch_size), lr=float(lr), image_size=int(image_size),
+                             batch_size=int(batch_size), lr=float(lr), input_size=int(input_size),
                              crop=int(crop), width=int(width), depth=int(depth), seed=int(seed),
-                             balance=bool(balance), augment=bool(augment), tta=bool(tta),
+                             balance=str(balance), augment=bool(augment), tta=bool(tta),
                              jitter=bool(jitter), aux_weight=float(aux_weight),
-                             weight_decay=float(weight_decay), balance_target=str(balance_target),
-                             precision=str(precision),
+                             weight_decay=float(weight_decay), precision=str(precision),
                              max_galaxies=int(max_galaxies) or None, cache_dir=paths.cache_root)
         registry.start("train", out_dir.name, training_task(config, restart=restart),
                        stopped=lambda result: result.stopped)
@@ -129,7 +130,7 @@ def show_job(snap: JobSnapshot) -> None:
         st.warning(f"**{snap.label}** stopped after {result.epochs_done} finished epoch(s). Start "
                    "again with the same name and settings to resume from there.")
     else:
-        accuracy = result.metrics["accuracy"]
+        accuracy = result.metrics.accuracy
         st.success(f"**{snap.label}** finished in {format_duration(snap.elapsed_s)}: test accuracy "
                    f"{accuracy:.1%} on {result.split_sizes['test']} held-out galaxies. Saved to "
                    f"`{result.out_dir}`.")

@@ -14,7 +14,7 @@ from benchmarks.common import peak_rss_mb
 
 
 def build(args: argparse.Namespace) -> dict:
-    from galaxy_core.dataset import build_cache
+    from galaxy_core.cache import build_cache
 
     start = time.perf_counter()
     report = build_cache(args.data, cache_root=args.cache_root)

@@ -20,12 +20,14 @@ from galaxy_core.catalogue import read_catalogue
 from galaxy_core.config import DownloadConfig
 from galaxy_core.cutout_server import CutoutIndex, CutoutServer, ServerOptions
 from galaxy_core import download
-from galaxy_core.download import cutout_params, download_cutouts
+from galaxy_core.cutouts import cutout_params
+from galaxy_core.download import download_cutouts
+from galaxy_core.folder import DatasetFolder
 
 
 def load_rows(data_dir: Path) -> tuple[pd.DataFrame, CutoutIndex]:
     """The catalogue to request (without image paths) and the server's coordinate index."""
-    catalogue = read_catalogue(Path(data_dir) / "catalogue.csv").drop(columns="image")
+    catalogue = read_catalogue(DatasetFolder(data_dir).catalogue).drop(columns="image")
     return catalogue, CutoutIndex.from_catalogue(Path(data_dir))
 
 

@@ -14,9 +14,13 @@ from PIL import Image
 
 from galaxy_core import inference
 from galaxy_core.bundle import CARD_NAME, save_bundle
+from galaxy_core.card import ModelCard
 from galaxy_core.config import CLASSES, PredictConfig
+from galaxy_core.folder import DatasetFolder
+from galaxy_core.geometry import InputGeometry
 from galaxy_core.images import load_image
-from galaxy_core.model import build_model
+from galaxy_core.model import Architecture, build_model
+from galaxy_core.normalise import ChannelStats
 from galaxy_core.predict import Classifier
 
 
@@ -29,15 +33,12 @@ def timing_bundle(model_dir: Path, work_dir: Path, settings: dict[str, Any]) -> 
     if (Path(model_dir) / CARD_NAME).is_file():
         return Path(model_dir), True
     torch.manual_seed(settings["seed"])
-    aux = 2 if settings.get("aux_weight", 0) > 0 else 0
-    model = build_model(settings["arch"], len(CLASSES), settings["width"], settings["depth"],
-                        aux_outputs=aux)
-    card = {"classes": list(CLASSES), "arch": settings["arch"], "width": settings["width"],
-            "depth": settings["depth"], "aux_outputs": aux,
-            "input": {"source_size": 128, "crop": settings["crop"], "size": settings["image_size"]},
-            "normalisation": {"mean": [0.1, 0.1, 0.1], "std": [0.15, 0.15, 0.15]},
-            "tta": True, "temperature": 1.0, "precision": settings.get("precision", "fp32"),
-            "note": "untrained weights for timing only"}
+    arch = Architecture(settings["arch"], settings["width"], settings["depth"],
+                        2 if settings.get("aux_weight", 0) > 0 else 0)
+    model = build_model(arch)
+    card = ModelCard(architecture=arch, input=InputGeometry(crop=settings["crop"], input_size=settings["input_size"]),
+                     normalisation=ChannelStats((0.1, 0.1, 0.1), (0.15, 0.15, 0.15)), tta=True,
+                     precision=settings.get("precision", "fp32"))
     out = Path(work_dir) / "timing-model"
     save_bundle(out, model.eval(), card)
     return out, False
@@ -56,8 +57,9 @@ def views_per_pass(views: int | None) -> Iterator[None]:
 
 def sample_images(data_dir: Path, n: int) -> list[Image.Image]:
     """Decoded cutouts, so the timings below start from an image in memory, as in the app."""
-    frame = pd.read_csv(Path(data_dir) / "catalogue.csv", usecols=["image"], nrows=n)
-    return [load_image(Path(data_dir) / rel) for rel in frame["image"]]
+    folder = DatasetFolder(data_dir)
+    frame = pd.read_csv(folder.catalogue, usecols=["image"], nrows=n)
+    return [load_image(folder.root / rel) for rel in frame["image"]]
 
 
 def bench_predict(model_dir: Path, data_dir: Path, work_dir: Path, settings: dict[str, Any], *,

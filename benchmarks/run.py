@@ -32,6 +32,7 @@ from benchmarks.predict_bench import bench_predict  # noqa: E402
 from benchmarks.train_bench import (bench_step_options, bench_train, shipped_settings,  # noqa: E402
                                     train_config)
 from galaxy_core.config import default_model_dir  # noqa: E402
+from galaxy_core.folder import DatasetFolder  # noqa: E402
 
 SECTIONS = ("download", "build", "train", "predict", "scaling")
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes: a few minutes")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     parser.add_argument("--data", type=Path, default=default_data_root() / "gz2-sdss-128",
-                        help="dataset folder with catalogue.csv and images/ (read only)")
+                        help="dataset folder (catalogue and images, read only)")
     parser.add_argument("--model-dir", type=Path, default=default_model_dir(),
                         help="model whose architecture and TTA setting are timed")
     parser.add_argument("--work-dir", type=Path, help="scratch folder (default: a new temporary one)")
@@ -100,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
-    if not (args.data / "catalogue.csv").is_file():
-        parser.error(f"no catalogue.csv in {args.data}; pass --data")
+    if not DatasetFolder(args.data).exists():
+        parser.error(f"no catalogue in {args.data}; pass --data")
     sizes = plan(args.quick)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="galaxy-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
           "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
           "python": platform.python_version(), "load_average_1min_start": os.getloadavg()[0],
           "model_arch": f"{settings['arch']}-w{settings['width']}-d{settings['depth']}",
-          "model_input_px": settings["image_size"], "batch_size": settings["batch_size"],
+          "model_input_px": settings["input_size"], "batch_size": settings["batch_size"],
           "model_precision": settings["precision"]})
     start = time.perf_counter()
     steps: dict[str, Callable[[], dict[str, float]]] = {

@@ -87,34 +87,36 @@ def anon_mb() -> float:
 def make_scaled_dataset(source: Path, factor: int, out: Path) -> Path:
     """``factor`` copies of the shared catalogue under new ids, images as symlinks."""
     from galaxy_core.catalogue import read_catalogue, write_catalogue
+    from galaxy_core.folder import IMAGES_DIR, DatasetFolder
     import pandas as pd
 
-    if (out / "catalogue.csv").is_file():
+    source, target = DatasetFolder(source), DatasetFolder(out)
+    if target.exists():
         return out
-    base = read_catalogue(source / "catalogue.csv")
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    base = read_catalogue(source.catalogue)
+    target.images.mkdir(parents=True, exist_ok=True)
     copies = []
     for k in range(factor):
         copy = base.copy()
         copy["id"] = copy["id"] + f"~{k}"
-        copy["image"] = [f"images/{i}.jpg" for i in copy["id"]]
+        copy["image"] = [f"{IMAGES_DIR}/{i}.jpg" for i in copy["id"]]
         for rel, original in zip(copy["image"], base["image"]):
-            (out / rel).symlink_to((source / original).resolve())
+            (target.root / rel).symlink_to((source.root / original).resolve())
         copies.append(copy)
-    write_catalogue(pd.concat(copies, ignore_index=True), out / "catalogue.csv")
+    write_catalogue(pd.concat(copies, ignore_index=True), target.catalogue)
     return out
 
 
 def child_build(data: Path, cache: Path, shard_size: int, workers: int) -> dict[str, Any]:
-    from galaxy_core.dataset import build_cache
+    from galaxy_core.cache import INDEX_NAME, META_NAME, build_cache
 
     with MemorySampler() as memory:
         start = time.perf_counter()
         report = build_cache(data, shard_size=shard_size, cache_root=cache, workers=workers)
         seconds = time.perf_counter() - start
-    meta = json.loads((report.cache_dir / "meta.json").read_text())
+    meta = json.loads((report.cache_dir / META_NAME).read_text())
     shard_bytes = sum((report.cache_dir / name).stat().st_size for name in meta["shards"])
-    index_bytes = (report.cache_dir / "index.csv").stat().st_size
+    index_bytes = (report.cache_dir / INDEX_NAME).stat().st_size
     return {"galaxies": report.galaxies, "seconds": seconds, "shards": len(meta["shards"]),
             "shard_bytes": shard_bytes, "index_bytes": index_bytes, "reused": report.reused,
             **memory.result()}
@@ -127,7 +129,7 @@ def child_train(data: Path, cache: Path, out: Path, model: str, threads: int,
     from galaxy_core.config import TrainConfig
     from galaxy_core.train import train
 
-    sizes = {"small": dict(image_size=32, width=8, depth=1, tta=False),
+    sizes = {"small": dict(input_size=32, width=8, depth=1, tta=False),
              "default": dict()}[model]
     config = TrainConfig(data_dir=data, out_dir=out, epochs=1, num_threads=threads, device="cpu",
                          cache_dir=cache, max_galaxies=max_galaxies, **sizes)
@@ -169,8 +171,9 @@ def measure_download(source: Path, work: Path, n: int, rate: float, workers: int
     from galaxy_core.config import DownloadConfig
     from galaxy_core.cutout_server import CutoutIndex, CutoutServer, ServerOptions
     from galaxy_core.download import download_cutouts
+    from galaxy_core.folder import DatasetFolder
 
-    catalogue = read_catalogue(source / "catalogue.csv").drop(columns="image").head(n)
+    catalogue = read_catalogue(DatasetFolder(source).catalogue).drop(columns="image").head(n)
     out = work / "download"
     shutil.rmtree(out, ignore_errors=True)
     with CutoutServer(CutoutIndex.from_catalogue(source), ServerOptions(latency_s=latency_s)) as server:
@@ -179,7 +182,7 @@ def measure_download(source: Path, work: Path, n: int, rate: float, workers: int
         start = time.perf_counter()
         report = download_cutouts(catalogue, config)
         seconds = time.perf_counter() - start
-    jpeg_bytes = sum(p.stat().st_size for p in (out / "images").glob("*.jpg"))
+    jpeg_bytes = sum(p.stat().st_size for p in DatasetFolder(out).images.glob("*.jpg"))
     return {"images": report.downloaded, "seconds": seconds, "rate": rate, "workers": workers,
             "latency_s": latency_s, "seconds_per_image": seconds / max(report.downloaded, 1),
             "jpeg_bytes_per_image": jpeg_bytes / max(report.downloaded, 1)}
@@ -188,8 +191,9 @@ def measure_download(source: Path, work: Path, n: int, rate: float, workers: int
 def measure_resume_scan(source: Path) -> dict[str, Any]:
     """What a resumed download spends checking the files it already has (warm page cache)."""
     from galaxy_core.download import is_complete_jpeg
+    from galaxy_core.folder import DatasetFolder
 
-    paths = sorted((source / "images").glob("*.jpg"))
+    paths = sorted(DatasetFolder(source).images.glob("*.jpg"))
     start = time.perf_counter()
     whole = sum(is_complete_jpeg(p) for p in paths)
     seconds = time.perf_counter() - start
@@ -239,8 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp folder)")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args = parser.parse_args(argv)
-    if not (args.data / "catalogue.csv").is_file():
-        print(f"no catalogue.csv in {args.data}: point --data at the gz2-sdss-128 folder", file=sys.stderr)
+    from galaxy_core.folder import DatasetFolder
+
+    if not DatasetFolder(args.data).exists():
+        print(f"no catalogue in {args.data}: point --data at the gz2-sdss-128 folder", file=sys.stderr)
         return 2
     work = args.work or Path(tempfile.mkdtemp(prefix="galaxy-scaling-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,6 @@ transforms in a standard ``Dataset``/``DataLoader``, every epoch, as most tutori
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 import time
 from dataclasses import dataclass
@@ -24,31 +23,30 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from benchmarks.common import peak_rss_mb
+from galaxy_core.batches import BatchSource, prefetch
+from galaxy_core.bundle import CARD_NAME, read_card
+from galaxy_core.cache import PackedDataset
 from galaxy_core.config import CLASSES, TrainConfig
-from galaxy_core.dataset import PackedDataset
-from galaxy_core.model import build_model
-from galaxy_core.normalise import ChannelStats, InputGeometry, compute_channel_stats, crop_and_resize
+from galaxy_core.dataset import training_targets
 from galaxy_core.distributed import Distributed
-from galaxy_core.train import BatchSource, prefetch, prepare_data, train_one_epoch, training_loss
+from galaxy_core.folder import DatasetFolder
+from galaxy_core.geometry import InputGeometry
+from galaxy_core.normalise import ChannelStats, input_statistics
+from galaxy_core.train import new_model, open_training_data, train_one_epoch, training_loss
 
-SETTING_KEYS = ("arch", "width", "depth", "image_size", "crop", "batch_size", "lr", "weight_decay",
-                "label_smoothing", "aux_weight", "balance", "balance_target", "soft_labels", "augment", "jitter",
+SETTING_KEYS = ("arch", "width", "depth", "input_size", "crop", "batch_size", "lr", "weight_decay",
+                "label_smoothing", "aux_weight", "balance", "soft_labels", "augment", "jitter",
                 "seed", "precision")
 
 
 def shipped_settings(model_dir: Path | None) -> dict[str, Any]:
-    """The shipped model's architecture and input size (its card), else TrainConfig defaults."""
-    defaults = TrainConfig(Path("."), Path("."))
-    settings = {key: getattr(defaults, key) for key in SETTING_KEYS if hasattr(defaults, key)}
-    card_path = Path(model_dir) / "card.json" if model_dir is not None else None
-    if card_path is not None and card_path.is_file():
-        card = json.loads(card_path.read_text())
-        trained = card.get("config", {})
-        settings.update({k: trained[k] for k in settings if k in trained})
-        settings.update({k: card[k] for k in ("arch", "width", "depth") if k in card})
-        if "input" in card:
-            settings.update(crop=card["input"]["crop"], image_size=card["input"]["size"])
-    return settings
+    """The settings the shipped model was trained with (its card), else TrainConfig defaults."""
+    config = TrainConfig(Path("."), Path("."))
+    if model_dir is not None and (Path(model_dir) / CARD_NAME).is_file():
+        provenance = read_card(Path(model_dir)).provenance
+        if provenance is not None:
+            config = provenance.config
+    return {key: getattr(config, key) for key in SETTING_KEYS}
 
 
 @dataclass
@@ -63,9 +61,7 @@ class Trainer:
     @classmethod
     def create(cls, config: TrainConfig, channels_last: bool) -> "Trainer":
         """The network, AdamW and the loss as ``train`` sets them up (constant learning rate)."""
-        torch.manual_seed(config.seed)
-        model = build_model(config.arch, len(CLASSES), config.width, config.depth,
-                            aux_outputs=2 if config.aux_weight > 0 else 0)
+        model = new_model(config)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -96,23 +92,19 @@ class OurPipeline:
 
 def train_config(data_dir: Path, cache_root: Path, settings: dict[str, Any],
                  max_galaxies: int | None = None) -> TrainConfig:
-    config = TrainConfig(Path(data_dir), Path(cache_root) / "unused-out", cache_dir=Path(cache_root),
-                         max_galaxies=max_galaxies, **settings)
-    config.validate()
-    return config
+    return TrainConfig(Path(data_dir), Path(cache_root) / "unused-out", cache_dir=Path(cache_root),
+                       max_galaxies=max_galaxies, **settings)
 
 
 def our_pipeline(data_dir: Path, cache_root: Path, settings: dict[str, Any],
                  max_galaxies: int | None = None) -> OurPipeline:
     """Cache, split, balance and channel statistics exactly as ``train`` prepares them."""
     config = train_config(data_dir, cache_root, settings, max_galaxies)
-    dataset, split, views = prepare_data(config, Distributed(), lambda message: None)
-    geometry = InputGeometry(source_size=dataset.image_size, crop=config.crop, size=config.image_size)
-    stats = compute_channel_stats(
-        crop_and_resize(torch.from_numpy(dataset.images(split.train[i:i + 512])), geometry)
-        for i in range(0, len(split.train), 512))
-    source = BatchSource(dataset, views, stats, geometry, config)
-    return OurPipeline(config, dataset, source, split.train, stats, geometry)
+    dataset, plan = open_training_data(config, world=1)
+    geometry = InputGeometry(source_size=dataset.source_size, crop=config.crop, input_size=config.input_size)
+    stats = input_statistics(dataset, plan.split.train, geometry)
+    source = BatchSource(dataset, plan.views, stats, geometry, config)
+    return OurPipeline(config, dataset, source, plan.split.train, stats, geometry)
 
 
 def train_steps(trainer: Trainer, pipe: OurPipeline, epoch: int, steps: int | None) -> int:
@@ -159,11 +151,13 @@ class JpegDataset(Dataset):
 def reference_loader(pipe: OurPipeline, data_dir: Path, workers: int) -> DataLoader:
     """The same training galaxies and targets, read from the JPEG files."""
     rows = pipe.train_rows
-    paths = [Path(data_dir) / rel for rel in pipe.dataset.index["image"].to_numpy()[rows]]
-    targets = pipe.dataset.targets(rows, pipe.config.soft_labels, with_fractions=pipe.config.aux_weight > 0)
+    folder = DatasetFolder(data_dir)
+    paths = [folder.root / rel for rel in pipe.dataset.index["image"].to_numpy()[rows]]
+    targets = training_targets(pipe.dataset, rows, pipe.config.soft_labels,
+                               with_fractions=pipe.config.aux_outputs > 0)
     transform = T.Compose([
         T.CenterCrop(pipe.geometry.crop),
-        T.Resize(pipe.geometry.size),
+        T.Resize(pipe.geometry.input_size),
         T.RandomHorizontalFlip(), T.RandomVerticalFlip(), QuarterTurn(),
         T.ToTensor(), T.Normalize(pipe.stats.mean, pipe.stats.std),
     ])
@@ -245,11 +239,11 @@ def bench_step_options(config: TrainConfig, *, repeats: int, threads: tuple[int,
     Measures memory format (channels-last against contiguous NCHW), intra-op thread count, and
     bfloat16 autocast against float32 (``--precision``), all else as ``config``.
     """
-    size, batch = config.image_size, config.batch_size
+    size, batch = config.input_size, config.batch_size
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     targets = torch.eye(len(CLASSES))[torch.arange(batch) % len(CLASSES)]
-    if config.aux_weight > 0:
-        targets = torch.cat([targets, torch.full((batch, 2), 0.5)], dim=1)
+    if config.aux_outputs:
+        targets = torch.cat([targets, torch.full((batch, config.aux_outputs), 0.5)], dim=1)
     variants: dict[str, tuple[Trainer, torch.Tensor, int]] = {}
     base_threads = torch.get_num_threads()
     cl = x.contiguous(memory_format=torch.channels_last)

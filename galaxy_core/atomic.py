@@ -67,21 +67,35 @@ def remove_stale_parts(folder: Path) -> int:
 
 
 @contextmanager
-def exclusive_lock(lock_file: Path, busy: Exception) -> Iterator[None]:
-    """Hold an OS lock (flock) for the block, or raise ``busy`` at once if another holder has it.
+def file_lock(lock_file: Path, *, busy: Exception | None = None) -> Iterator[bool]:
+    """Hold an OS lock (flock) on ``lock_file`` for the block; yields whether it is held.
 
-    The kernel drops the lock when its holder exits, even by SIGKILL, so no stale lock survives.
+    With ``busy``, the lock is required: ``busy`` is raised at once if another process holds it.
+    Without, the caller waits its turn, and where no lock can be taken at all (a read-only
+    folder, a file system without locks) it goes on unlocked. The kernel drops the lock when
+    its holder exits, even by SIGKILL, so no stale lock survives.
     """
     lock_file = Path(lock_file)
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(lock_file, "a+")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise busy from None
-    try:
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_file, "a+")
+    except OSError:
+        if busy is not None:
+            raise
+        yield False
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy is not None else 0))
+        except BlockingIOError:
+            raise busy from None
+        except OSError:
+            if busy is not None:
+                raise
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+

@@ -7,11 +7,7 @@ so training can use them as soft labels, not only the thresholded class.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
-import warnings
-import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
-from .config import CLASSES, GalaxyError
+from .catalogue_io import CatalogueError, read_raw_table
+from .config import CLASSES
 
 CatalogueFormat = Literal["auto", "gz1", "gz2", "canonical"]
 
@@ -31,13 +28,6 @@ GZ2_COLUMNS = ["ra", "dec", GZ2_PREFIX + "a01_smooth_debiased",
                GZ2_PREFIX + "a02_features_or_disk_debiased",
                GZ2_PREFIX + "a03_star_or_artifact_debiased"]
 LABEL_THRESHOLD = 0.8
-MAX_CATALOGUE_BYTES = 2 * 1024**3
-# The full GZ1 table 2 is about 100 MB of text; a gzip that expands beyond this is hostile.
-MAX_DECOMPRESSED_BYTES = MAX_CATALOGUE_BYTES
-
-
-class CatalogueError(GalaxyError):
-    """The catalogue cannot be read or is inconsistent."""
 
 
 def label_from_fractions(frac_smooth: np.ndarray, frac_features: np.ndarray) -> np.ndarray:
@@ -200,95 +190,10 @@ def validate_canonical(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def _gunzip(raw: bytes, source: str, limit: int = MAX_DECOMPRESSED_BYTES) -> bytes:
-    """Decompress every gzip member, refusing corrupt data and output beyond ``limit`` bytes."""
-    out, size = [], 0
-    try:
-        while raw:
-            inflater = zlib.decompressobj(wbits=31)
-            chunk = inflater.decompress(raw, limit + 1 - size)
-            size += len(chunk)
-            out.append(chunk)
-            if size > limit:
-                raise CatalogueError(f"{source}: gzip expands beyond {limit:,} bytes")
-            if not inflater.eof:
-                raise CatalogueError(f"{source}: corrupt gzip file (it ends before its last block)")
-            raw = inflater.unused_data.lstrip(b"\x00")
-    except zlib.error as exc:
-        raise CatalogueError(f"{source}: corrupt gzip file ({exc})") from None
-    return b"".join(out)
-
-
-def _ragged_line(raw: bytes) -> str:
-    """Name the first data line with more fields than the header (pandas only warns about it)."""
-    # newline="": the csv module's own rule for line ends, so a bare carriage return is one too.
-    rows = csv.reader(io.StringIO(raw.decode("utf-8-sig", errors="replace"), newline=""),
-                      skipinitialspace=True)
-    header = next(rows, [])
-    for number, row in enumerate(rows, start=2):
-        if len(row) > len(header) and any(field.strip() for field in row[len(header):]):
-            return f"line {number} has {len(row)} fields but the header has {len(header)}"
-    return "rows have more fields than the header"
-
-
-def _read_bytes_table(raw: bytes, source: str) -> pd.DataFrame:
-    if raw[:2] == b"\x1f\x8b":
-        raw = _gunzip(raw, source)
-    head = raw[:512].lstrip().lower()
-    if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<")):
-        raise CatalogueError(f"{source}: the answer is HTML/XML, not a CSV catalogue")
-    if b"\x00" in raw[:4096]:
-        raise CatalogueError(f"{source}: binary data, not a CSV catalogue")
-    if not raw.strip():
-        raise CatalogueError(f"{source}: the catalogue is empty")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", pd.errors.ParserWarning)
-            # index_col=False: a row with an extra field must not turn the first column into an
-            # index and shift every value into the wrong column.
-            frame = pd.read_csv(io.BytesIO(raw), skipinitialspace=True, dtype=str, index_col=False,
-                                keep_default_na=False, na_values=[""], skip_blank_lines=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        raise CatalogueError(f"{source}: not a readable CSV ({str(exc).strip().splitlines()[0]})") from None
-    if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
-        raise CatalogueError(f"{source}: not a consistent CSV table ({_ragged_line(raw)})")
-    return frame
-
-
-def fetch_bytes(url: str, *, timeout_s: float = 60.0, max_bytes: int = MAX_CATALOGUE_BYTES) -> bytes:
-    """GET a catalogue over http(s), refusing error statuses and oversized answers."""
-    import requests
-
-    try:
-        with requests.get(url, stream=True, timeout=timeout_s) as response:
-            if response.status_code != 200:
-                raise CatalogueError(f"{url}: server answered HTTP {response.status_code}")
-            chunks, size = [], 0
-            for chunk in response.iter_content(1 << 20):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise CatalogueError(f"{url}: catalogue larger than {max_bytes} bytes")
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except requests.RequestException as exc:
-        raise CatalogueError(f"{url}: download failed ({exc.__class__.__name__}: {exc})") from None
-
-
 def read_catalogue(source: str | os.PathLike[str], fmt: CatalogueFormat = "auto") -> pd.DataFrame:
     """Read a GZ1, GZ2 or canonical catalogue from a path or URL into the canonical frame."""
     text = str(source)
-    if text.startswith(("http://", "https://")):
-        raw = fetch_bytes(text)
-    else:
-        path = Path(text)
-        if not path.is_file():
-            raise CatalogueError(f"catalogue file not found: {path}")
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise CatalogueError(f"cannot read catalogue {path}: {exc.strerror or exc}") from None
-    frame = _read_bytes_table(raw, text)
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame = read_raw_table(source)
     empty = frame.isna().all(axis=1).to_numpy()
     if empty.any():
         raise CatalogueError(f"{text}: line {int(np.flatnonzero(empty)[0]) + 2} is empty")

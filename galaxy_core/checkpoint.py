@@ -6,7 +6,6 @@ Checkpoints are loaded with ``weights_only=True``: a crafted file is refused, ne
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Iterator
 
 import torch
 
-from .atomic import atomic_path, exclusive_lock, remove_stale_parts
+from .atomic import atomic_path, file_lock, remove_stale_parts
 from .config import ConfigError, GalaxyError, TrainConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -36,16 +35,19 @@ class CheckpointError(GalaxyError):
 def output_lock(out_dir: Path) -> Iterator[None]:
     """An exclusive OS lock on the output folder: one training job per folder, however started."""
     busy = TrainingBusyError(f"another training job is already writing to {out_dir}")
-    with exclusive_lock(Path(out_dir) / LOCK_NAME, busy):
+    with file_lock(Path(out_dir) / LOCK_NAME, busy=busy):
         remove_stale_parts(out_dir)  # half-written checkpoints of a job that was killed
         yield
 
 
 def comparable(config_dict: dict) -> dict:
-    """The settings a resumed run must share, with defaults for fields added since it was saved."""
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
-                if f.default is not dataclasses.MISSING}
-    return {k: v for k, v in {**defaults, **config_dict}.items() if k not in RESUMABLE_KEYS}
+    """The settings a resumed run must share, with defaults for fields added since it was saved
+    and today's names for renamed ones."""
+    try:
+        config = TrainConfig.from_dict({"data_dir": ".", "out_dir": ".", **config_dict})
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"the checkpoint's settings are not valid ({exc}); delete it or use --restart") from None
+    return {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_KEYS}
 
 
 def load_checkpoint(path: Path, config: TrainConfig) -> dict | None:

@@ -75,11 +75,12 @@ class CutoutIndex:
     def from_catalogue(cls, root: Path, catalogue: Path | None = None) -> "CutoutIndex":
         import pandas as pd
 
-        from .dataset import image_path
+        from .folder import DatasetFolder
 
-        frame = pd.read_csv(catalogue or root / "catalogue.csv", usecols=["image", "ra", "dec"])
+        folder = DatasetFolder(root)
+        frame = pd.read_csv(catalogue or folder.catalogue, usecols=["image", "ra", "dec"])
         # Only files inside the folder: a catalogue cannot make the server read anything else.
-        entries = [(float(r.ra), float(r.dec), image_path(root, str(r.image))) for r in frame.itertuples()]
+        entries = [(float(r.ra), float(r.dec), folder.image(str(r.image))) for r in frame.itertuples()]
         return cls([(ra, dec, path) for ra, dec, path in entries if path is not None])
 
 

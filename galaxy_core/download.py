@@ -1,4 +1,4 @@
-"""SDSS SkyServer ImgCutout client: concurrent, polite, resumable, validated and atomic.
+"""Download a catalogue's SDSS cutouts: concurrent, polite, resumable, validated and atomic.
 
 Every image is checked to be a complete JPEG and written to a temporary file that is renamed
 into place, so a file under ``images/`` is always whole: a resumed run trusts what it finds.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import threading
 import time
 from collections import Counter
@@ -18,24 +17,19 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
-import requests
-from requests.adapters import HTTPAdapter
 
-from .atomic import exclusive_lock, remove_stale_parts, write_bytes_atomic
+from .atomic import file_lock, remove_stale_parts, write_bytes_atomic
 from .catalogue import write_catalogue
 from .config import DownloadConfig, GalaxyError
-from .images import ImageLoadError, check_jpeg
-
-IMAGES_DIR = "images"
-MANIFEST_NAME = "download-manifest.json"
+from .cutouts import CutoutClient
+from .folder import IMAGES_DIR, DatasetFolder
+from .images import ImageLoadError
 # A killed run (power cut, SIGKILL) leaves a manifest at most this old; the files are the truth.
 MANIFEST_EVERY_S = 30.0
 # Galaxies queued per pool thread: enough to keep every thread busy, few enough that the full
 # catalogue never becomes 667,944 futures in memory.
 QUEUED_PER_THREAD = 4
 LOCK_NAME = ".download.lock"
-MAX_IMAGE_BYTES = 16 * 1024**2
-RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 # Pool threads per request in flight: spare threads keep every request slot busy while others
 # sleep before a retry, so a few transient faults cost their retries, not the pool's throughput.
 THREADS_PER_REQUEST_SLOT = 2
@@ -71,25 +65,6 @@ class DownloadReport:
     @property
     def ok(self) -> bool:
         return not self.failed
-
-
-class RateLimiter:
-    """A shared token bucket: at most ``rate`` request starts per second across all workers."""
-
-    def __init__(self, rate: float | None):
-        self.interval = 1.0 / rate if rate else 0.0
-        self.next_time = time.monotonic()
-        self.lock = threading.Lock()
-
-    def wait(self) -> None:
-        if not self.interval:
-            return
-        with self.lock:
-            now = time.monotonic()
-            start = max(now, self.next_time)
-            self.next_time = start + self.interval
-        if start > now:
-            time.sleep(start - now)
 
 
 def _id_digest(galaxy_id: str) -> str:
@@ -139,86 +114,10 @@ def is_complete_jpeg(path: Path) -> bool:
     return head == b"\xff\xd8" and tail.rstrip(b"\x00").endswith(b"\xff\xd9")
 
 
-def _read_capped(response: requests.Response, limit: int) -> bytes:
-    """The body, refusing to hold more than ``limit`` bytes from a hostile or broken server."""
-    chunks, size = [], 0
-    for chunk in response.iter_content(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise ImageLoadError(f"answer larger than {limit:,} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def cutout_params(ra: float, dec: float, config: DownloadConfig) -> dict[str, str]:
-    return {"ra": f"{ra:.6f}", "dec": f"{dec:.6f}", "scale": f"{config.scale:g}",
-            "width": str(config.size), "height": str(config.size)}
-
-
-class CutoutClient:
-    """Fetches one cutout with retries; one pooled HTTP session per worker thread."""
-
-    def __init__(self, config: DownloadConfig):
-        self.config = config
-        self.local = threading.local()
-        self.limiter = RateLimiter(config.max_requests_per_s)
-        self.slots = threading.BoundedSemaphore(config.workers)
-
-    def session(self) -> requests.Session:
-        session = getattr(self.local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=2))
-            session.mount("https://", HTTPAdapter(pool_connections=1, pool_maxsize=2))
-            session.headers["User-Agent"] = "galaxy-classification/1.0 (+Galaxy Zoo cutouts)"
-            self.local.session = session
-        return session
-
-    def fetch(self, ra: float, dec: float) -> bytes:
-        """Return validated JPEG bytes, retrying transient faults with jittered backoff."""
-        config = self.config
-        reason = "no attempt"
-        attempts = 0
-        for attempt in range(config.retries + 1):
-            if attempt:
-                delay = config.backoff_s * 2 ** (attempt - 1)
-                time.sleep(delay * (0.5 + random.random()))
-            attempts += 1
-            try:
-                params = cutout_params(ra, dec, config)
-                # The rate limiter is passed inside a request slot: waiting on it first would let
-                # threads that queued for a slot start their requests in a burst.
-                with self.slots:
-                    self.limiter.wait()
-                    with self.session().get(config.cutout_url, params=params,
-                                            timeout=config.timeout_s, stream=True) as response:
-                        status = response.status_code
-                        data = _read_capped(response, MAX_IMAGE_BYTES) if status == 200 else b""
-            except requests.RequestException as exc:
-                reason = f"{exc.__class__.__name__}"
-                self.local.session = None
-                continue
-            except ImageLoadError as exc:
-                reason = str(exc)
-                self.local.session = None
-                break
-            if status != 200:
-                reason = f"HTTP {status}"
-                if status in RETRY_STATUSES:
-                    continue
-                break
-            try:
-                check_jpeg(data)
-                return data
-            except ImageLoadError as exc:
-                reason = str(exc)
-        raise ImageLoadError(f"{reason} (after {attempts} attempt{'s' if attempts > 1 else ''})")
-
-
 def read_manifest(out_dir: Path) -> dict:
     """The manifest of the last run into ``out_dir``; empty for a new folder or an unreadable file."""
     try:
-        manifest = json.loads((Path(out_dir) / MANIFEST_NAME).read_text())
+        manifest = json.loads(DatasetFolder(out_dir).manifest.read_text())
     except (OSError, ValueError):
         return {}
     return manifest if isinstance(manifest, dict) else {}
@@ -228,7 +127,7 @@ def _check_resumable(out_dir: Path, previous: dict, config: DownloadConfig) -> N
     """A resumed run trusts the files it finds, so they must be cutouts of the same kind."""
     if not previous.get("present"):
         return
-    for key, value in (("size", config.size), ("scale", config.scale)):
+    for key, value in (("size", config.cutout_size), ("scale", config.pixel_scale)):
         if key in previous and previous[key] != value:
             raise DownloadError(f"{out_dir} holds cutouts made with --{key} {previous[key]}, not {value}: "
                                 f"resume with --{key} {previous[key]} or use a new --out folder")
@@ -240,29 +139,28 @@ def _write_manifest(out_dir: Path, report: DownloadReport, config: DownloadConfi
     in this run or an earlier one, failed; the rest of ``missing`` were not tried yet."""
     present = report.skipped + report.downloaded
     manifest = {
-        "cutout_url": config.cutout_url, "size": config.size, "scale": config.scale,
+        "cutout_url": config.cutout_url, "size": config.cutout_size, "scale": config.pixel_scale,
         "total": report.total, "present": present, "missing": report.total - present,
         "complete": present == report.total, "failed": failed, "running": running,
         "downloaded_this_run": report.downloaded, "seconds_this_run": round(report.elapsed_s, 1),
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    write_bytes_atomic(out_dir / MANIFEST_NAME, json.dumps(manifest, indent=1).encode())
+    write_bytes_atomic(DatasetFolder(out_dir).manifest, json.dumps(manifest, indent=1).encode())
 
 
 def download_cutouts(catalogue: pd.DataFrame, config: DownloadConfig,
                      progress: Callable[[DownloadProgress], None] | None = None,
                      stop: threading.Event | None = None) -> DownloadReport:
     """Fetch every galaxy's cutout into ``out_dir/images``; skip files already present."""
-    config.validate()
     out_dir = Path(config.out_dir)
     try:
-        (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+        DatasetFolder(out_dir).images.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DownloadError(f"cannot create output folder {out_dir}: {exc.strerror}") from None
     busy = DownloadBusyError(f"another download is already writing to {out_dir}")
-    with exclusive_lock(out_dir / LOCK_NAME, busy):
+    with file_lock(out_dir / LOCK_NAME, busy=busy):
         remove_stale_parts(out_dir)
-        remove_stale_parts(out_dir / IMAGES_DIR)
+        remove_stale_parts(DatasetFolder(out_dir).images)
         return _download_locked(catalogue, config, out_dir, progress, stop)
 
 
@@ -273,7 +171,7 @@ def _download_locked(catalogue: pd.DataFrame, config: DownloadConfig, out_dir: P
     _check_resumable(out_dir, previous, config)
     rows = catalogue if config.limit is None else catalogue.iloc[: config.limit]
     rows = rows.assign(image=unique_relpaths([str(i) for i in rows["id"]]))
-    write_catalogue(rows.reset_index(drop=True), out_dir / "catalogue.csv")
+    write_catalogue(rows.reset_index(drop=True), DatasetFolder(out_dir).catalogue)
 
     start = time.monotonic()
     images, ids = rows["image"].tolist(), [str(i) for i in rows["id"]]

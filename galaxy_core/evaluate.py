@@ -1,28 +1,83 @@
-"""Evaluate a saved model bundle on a labelled dataset folder."""
+"""Measure a model on held-out galaxies: calibration on validation galaxies, metrics, the symmetry
+checks, and the evaluation of a saved bundle on a labelled dataset folder."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+import torch.nn.functional as F
 
-from .bundle import load_bundle, read_evaluation
-from .dataset import DatasetError, ImageRows, PackedDataset
-from .inference import agreement_from_views, combine_views, prediction_agreement, view_log_probs
-from .metrics import classification_metrics, misclassified
-from .normalise import ChannelStats, InputGeometry
+from .bundle import ModelBundle, load_bundle, read_evaluation
+from .cache import ImageRows, PackedDataset
+from .config import EvaluateConfig
+from .folder import DatasetError
+from .inference import Cutouts, TurnedImages, calibrated, combine_views, predict_probs, view_log_probs
+from .metrics import Metrics, TurnedAgreement, ViewAgreement, classification_metrics, misclassified
 
 
-def held_out_rows(dataset: PackedDataset, model_dir: Path) -> tuple[np.ndarray, str]:
+def fit_temperature(log_probs: torch.Tensor, labels: np.ndarray) -> float:
+    """Temperature scaling (Guo et al. 2017) on validation galaxies: one scalar, accuracy unchanged."""
+    logits = log_probs.double()
+    target = torch.as_tensor(labels)
+    grid = np.exp(np.linspace(np.log(0.3), np.log(5.0), 121))
+    losses = [float(F.cross_entropy(logits / t, target)) for t in grid]
+    return float(grid[int(np.argmin(losses))])
+
+
+def calibrate(bundle: ModelBundle, images: Cutouts, labels: np.ndarray) -> ModelBundle:
+    """The bundle with its card's temperature fitted on these (validation) galaxies."""
+    views = view_log_probs(bundle, images)
+    temperature = fit_temperature(combine_views(views, bundle.card.tta), labels)
+    return replace(bundle, card=replace(bundle.card, temperature=temperature))
+
+
+def agreement_from_views(view_logp: torch.Tensor) -> ViewAgreement:
+    """How often the prediction for a galaxy's single view agrees with its 90-degree rotated copy,
+    its mirror image, and all 8 symmetric copies at once."""
+    preds = view_logp.argmax(dim=2)
+    n = max(preds.shape[1], 1)
+    return ViewAgreement(rot90=float((preds[1] == preds[0]).sum()) / n,
+                         mirror=float((preds[4] == preds[0]).sum()) / n,
+                         all_8=float((preds == preds[0]).all(0).sum()) / n)
+
+
+def prediction_agreement(bundle: ModelBundle, images: Cutouts, probs: np.ndarray, tta: bool) -> TurnedAgreement:
+    """How often the answer ``probs`` gives for each cutout stays the same when the cutout itself is
+    turned by 90 degrees or mirrored and goes through the whole pipeline again (crop, resize,
+    views): the invariance a user sees, as opposed to one view's."""
+    out: dict[str, float] = {}
+    labels = probs.argmax(1)
+    for symmetry in ("rot90", "mirror"):
+        turned = predict_probs(bundle, TurnedImages(images, symmetry), tta=tta)
+        out[symmetry] = float((turned.argmax(1) == labels).mean()) if len(labels) else 1.0
+        out[f"{symmetry}_max_probability_change"] = float(np.abs(turned - probs).max()) if len(labels) else 0.0
+    return TurnedAgreement(**out)
+
+
+def held_out_metrics(bundle: ModelBundle, images: Cutouts, labels: np.ndarray,
+                     tta: bool | None = None) -> tuple[Metrics, np.ndarray]:
+    """Metrics and calibrated probabilities of held-out galaxies, with the symmetry checks: one
+    8-view pass for the answers and single-view agreement, then the turned cutouts."""
+    use_tta = bundle.card.tta if tta is None else tta
+    views = view_log_probs(bundle, images)
+    probs = calibrated(combine_views(views, use_tta), bundle)
+    metrics = replace(classification_metrics(labels, probs), symmetry_agreement=agreement_from_views(views),
+                      prediction_symmetry_agreement=prediction_agreement(bundle, images, probs, use_tta),
+                      tta=use_tta)
+    return metrics, probs
+
+
+def held_out_rows(dataset: PackedDataset, bundle: ModelBundle) -> tuple[np.ndarray, str]:
     """The model's own test galaxies when this is its training data; otherwise every galaxy.
 
     Evaluating a model on galaxies it was trained on would overstate its accuracy, so a dataset
     that overlaps the training split without containing the test split is refused.
     """
-    evaluation = read_evaluation(model_dir) or {}
-    split_ids = evaluation.get("split_ids") or {}
+    evaluation = read_evaluation(bundle.path) if bundle.path is not None else None
+    split_ids = evaluation.split_ids if evaluation is not None else {}
     ids = dataset.ids
     position = {galaxy: i for i, galaxy in enumerate(ids)}
     test_ids = [g for g in split_ids.get("test", []) if g in position]
@@ -33,37 +88,25 @@ def held_out_rows(dataset: PackedDataset, model_dir: Path) -> tuple[np.ndarray, 
     return rows, "all (galaxies not used in training)"
 
 
-def held_out_metrics(model: nn.Module, images_uint8: np.ndarray, labels: np.ndarray, stats: ChannelStats,
-                     geometry: InputGeometry, *, tta: bool, temperature: float,
-                     precision: str) -> tuple[dict, np.ndarray]:
-    """Metrics and calibrated probabilities of held-out galaxies, with the symmetry checks: one
-    8-view pass for the answers and single-view agreement, then the turned cutouts."""
-    views = view_log_probs(model, images_uint8, stats, geometry, precision=precision)
-    probs = torch.softmax(combine_views(views, tta) / temperature, dim=1).numpy()
-    metrics = classification_metrics(labels, probs)
-    metrics["symmetry_agreement"] = agreement_from_views(views)
-    metrics["prediction_symmetry_agreement"] = prediction_agreement(
-        model, images_uint8, stats, geometry, probs, tta=tta, temperature=temperature, precision=precision)
-    return metrics, probs
+@dataclass(frozen=True)
+class EvaluationResult:
+    metrics: Metrics
+    misclassified: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.metrics.to_dict(), "misclassified": self.misclassified}
 
 
-def evaluate_bundle(model_dir: Path, data_dir: Path, *, tta: bool | None = None,
-                    device: str = "cpu", cache_root: Path | None = None) -> dict:
+def evaluate_bundle(config: EvaluateConfig) -> EvaluationResult:
     """Metrics, symmetry agreement and misclassified galaxies for one model on one dataset."""
-    bundle = load_bundle(model_dir, device=device)
-    dataset = PackedDataset.open(data_dir, image_size=bundle.geometry.source_size, cache_root=cache_root)
-    rows, which = held_out_rows(dataset, Path(model_dir))
+    bundle = load_bundle(config.model_dir, device=config.device)
+    dataset = PackedDataset.open(config.data_dir, source_size=bundle.geometry.source_size,
+                                 cache_root=config.cache_dir)
+    rows, which = held_out_rows(dataset, bundle)
     if len(rows) == 0:
-        raise DatasetError(f"every galaxy in {data_dir} was used to train {model_dir}: "
+        raise DatasetError(f"every galaxy in {config.data_dir} was used to train {config.model_dir}: "
                            "there is nothing held out to evaluate on")
-    use_tta = bundle.tta if tta is None else tta
     labels = dataset.labels[rows]
-    metrics, probs = held_out_metrics(bundle.model, ImageRows(dataset, rows), labels, bundle.stats,
-                                      bundle.geometry, tta=use_tta,
-                                      temperature=float(bundle.card.get("temperature", 1.0)),
-                                      precision=bundle.precision)
-    metrics["split"] = which
-    metrics["tta"] = use_tta
-    metrics["misclassified"] = misclassified(dataset.ids[rows], dataset.index["image"].to_numpy()[rows],
-                                             labels, probs)
-    return metrics
+    metrics, probs = held_out_metrics(bundle, ImageRows(dataset, rows), labels, tta=config.tta)
+    wrong = misclassified(dataset.ids[rows], dataset.index["image"].to_numpy()[rows], labels, probs)
+    return EvaluationResult(replace(metrics, split=which), wrong)

@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Mapping
+
 import torch
 from torch import nn
 
-from .config import ARCHITECTURES, ConfigError
+from . import fields
+from .config import ARCHITECTURES, CLASSES
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Which network, and its size: all that is needed to rebuild it before loading weights."""
+
+    name: str = "resnet_small"
+    width: int = 32
+    depth: int = 2
+    aux_outputs: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "width": self.width, "depth": self.depth, "aux_outputs": self.aux_outputs}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], path: str = "architecture.") -> "Architecture":
+        values = fields.section(values, path.rstrip("."))
+        return cls(name=fields.choice(values, "name", path, options=ARCHITECTURES),
+                   width=fields.integer(values, "width", path, low=4, high=128),
+                   depth=fields.integer(values, "depth", path, low=1, high=8),
+                   aux_outputs=fields.integer(values, "aux_outputs", path, low=0, high=16, default=0))
 
 
 class BasicBlock(nn.Module):
@@ -97,8 +122,6 @@ NETWORKS = {"resnet_small": GalaxyResNet, "plain_cnn": PlainCNN}
 assert tuple(NETWORKS) == ARCHITECTURES, "config.ARCHITECTURES lists the names users may pass"
 
 
-def build_model(arch: str, num_classes: int = 3, width: int = 32, depth: int = 2,
-                aux_outputs: int = 0) -> nn.Module:
-    if arch not in NETWORKS:
-        raise ConfigError(f"unknown architecture {arch!r}: choose from {', '.join(NETWORKS)}")
-    return NETWORKS[arch](num_classes=num_classes, width=width, depth=depth, aux_outputs=aux_outputs)
+def build_model(arch: Architecture) -> nn.Module:
+    return NETWORKS[arch.name](num_classes=len(CLASSES), width=arch.width, depth=arch.depth,
+                               aux_outputs=arch.aux_outputs)

@@ -1,20 +1,22 @@
 """Per-channel statistics of the training images, and image <-> normalised tensor conversions.
 
-The same preprocessing serves training (batched uint8 tensors from the cache) and prediction
-(one PIL image): centre crop, resize, scale to [0, 1], subtract mean, divide by std.
+The mean and standard deviation are measured on the training galaxies' network input (never
+hard-coded) and stored in the model card, so prediction divides out exactly what training did.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from .images import resize_square
+from . import fields
+from .cache import PackedDataset
+from .config import ConfigError
+from .geometry import InputGeometry, crop_and_resize, cutout_array
 
 
 @dataclass(frozen=True)
@@ -28,17 +30,10 @@ class ChannelStats:
         return {"mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ChannelStats":
-        return cls(tuple(map(float, values["mean"])), tuple(map(float, values["std"])))
-
-
-@dataclass(frozen=True)
-class InputGeometry:
-    """How a cutout becomes network input: crop ``crop`` of ``source_size`` px, resize to ``size``."""
-
-    source_size: int = 128
-    crop: int = 96
-    size: int = 64
+    def from_dict(cls, values: Mapping[str, Any], path: str = "normalisation.") -> "ChannelStats":
+        values = fields.section(values, path.rstrip("."))
+        return cls(fields.numbers(values, "mean", path, length=3, low=0, high=1),
+                   fields.numbers(values, "std", path, length=3, low=1e-4, high=1))
 
 
 def compute_channel_stats(batches: Iterable[np.ndarray | torch.Tensor]) -> ChannelStats:
@@ -62,17 +57,12 @@ def compute_channel_stats(batches: Iterable[np.ndarray | torch.Tensor]) -> Chann
     return ChannelStats(tuple(map(float, mean)), tuple(map(float, std)))
 
 
-def crop_and_resize(batch_uint8: torch.Tensor, geometry: InputGeometry) -> torch.Tensor:
-    """uint8 NHWC (source_size square) -> float NCHW in [0, 1] at the network's input size."""
-    x = batch_uint8
-    side = x.shape[1]
-    crop = min(round(geometry.crop * side / geometry.source_size), side)
-    start = (side - crop) // 2
-    x = x[:, start:start + crop, start:start + crop, :].permute(0, 3, 1, 2).float().div_(255.0)
-    if crop != geometry.size:
-        x = F.interpolate(x, size=(geometry.size, geometry.size), mode="bilinear",
-                          antialias=True, align_corners=False)
-    return x.contiguous(memory_format=torch.channels_last)
+def input_statistics(dataset: PackedDataset, rows: np.ndarray, geometry: InputGeometry,
+                     chunk: int = 512) -> ChannelStats:
+    """The statistics of these galaxies as the network sees them (cropped and resized), read a
+    chunk at a time: the numbers a model's card stores."""
+    return compute_channel_stats(crop_and_resize(torch.from_numpy(dataset.images(rows[i:i + chunk])), geometry)
+                                 for i in range(0, len(rows), chunk))
 
 
 def normalise(x01: torch.Tensor, stats: ChannelStats) -> torch.Tensor:
@@ -87,14 +77,9 @@ def denormalise(x: torch.Tensor, stats: ChannelStats) -> torch.Tensor:
     return x * std + mean
 
 
-def image_to_array(image: Image.Image, geometry: InputGeometry) -> np.ndarray:
-    """Any RGB image -> uint8 HxWx3 framed like an SDSS cutout of ``source_size`` pixels."""
-    return resize_square(image.convert("RGB"), geometry.source_size)
-
-
 def image_to_tensor(image: Image.Image, stats: ChannelStats, geometry: InputGeometry) -> torch.Tensor:
     """One PIL image -> normalised float tensor (1, 3, size, size), as the network expects."""
-    array = torch.from_numpy(image_to_array(image, geometry)).unsqueeze(0)
+    array = torch.from_numpy(cutout_array(image, geometry)).unsqueeze(0)
     return normalise(crop_and_resize(array, geometry), stats)
 
 
@@ -107,16 +92,35 @@ def tensor_to_image(tensor: torch.Tensor, stats: ChannelStats) -> Image.Image:
     return Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy(), "RGB")
 
 
-def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th of the 8 symmetries of the square (k % 4 quarter turns, then a flip if k >= 4)."""
-    out = torch.rot90(x, k % 4, dims=(-2, -1))
-    return out.flip(-1) if k >= 4 else out
+@dataclass(frozen=True)
+class PixelStatistics:
+    """Per-channel mean/std in [0, 1] units and 8-bit histograms, over ``images`` galaxies."""
+
+    images: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    bin_edges: np.ndarray
+    counts: np.ndarray  # (3, bins): R, G, B
 
 
-def dihedral_per_sample(x: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
-    """Apply symmetry ``ks[i]`` to sample ``i`` (NCHW, square images)."""
-    out = torch.empty_like(x)
-    for k in torch.unique(ks).tolist():
-        where = ks == k
-        out[where] = dihedral(x[where], int(k))
-    return out
+def pixel_statistics(dataset: PackedDataset, max_images: int = 2000, bins: int = 32,
+                     seed: int = 0, chunk: int = 256) -> PixelStatistics:
+    """Statistics of a seeded sample of the packed cache: what normalisation will divide out."""
+    if not 1 <= bins <= 256:
+        raise ConfigError(f"bins must be between 1 and 256, got {bins}")
+    n = len(dataset)
+    rows = np.arange(n)
+    if n > max_images:
+        rows = np.sort(np.random.default_rng(seed).choice(n, max_images, replace=False))
+    per_value = np.zeros((3, 256), dtype=np.int64)
+    batches = []
+    for start in range(0, len(rows), chunk):
+        batch = dataset.images(rows[start:start + chunk])
+        for c in range(3):
+            per_value[c] += np.bincount(batch[..., c].ravel(), minlength=256)
+        batches.append(batch)
+    stats = compute_channel_stats(batches)
+    edges = np.linspace(0, 256, bins + 1)
+    which = np.minimum((np.arange(256) * bins) // 256, bins - 1)
+    counts = np.stack([np.bincount(which, weights=per_value[c], minlength=bins) for c in range(3)])
+    return PixelStatistics(len(rows), stats.mean, stats.std, edges, counts.astype(np.int64))

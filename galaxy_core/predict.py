@@ -1,4 +1,5 @@
-"""Classify images with a saved model bundle; explain a prediction with Grad-CAM."""
+"""Classify images with a saved model bundle: files, folders or uploaded bytes, any size or mode;
+a file that cannot be read gets its reason and the others are still classified."""
 
 from __future__ import annotations
 
@@ -6,21 +7,20 @@ import csv
 import io
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .atomic import write_text_atomic
 from .bundle import ModelBundle, load_bundle
-from .config import CLASSES, PredictConfig, check_precision
+from .config import CLASSES, PredictConfig
+from .geometry import cutout_array, model_view
+from .gradcam import grad_cam, grad_cam_overlay
 from .images import ImageLoadError, ImageSource, load_image
-from .inference import logits_for, prepare_batch
-from .normalise import image_to_array
+from .inference import iter_chunks, predict_probs
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
 CSV_COLUMNS = ["path", "label", *[f"p_{c.lower()}" for c in CLASSES], "error"]
@@ -46,12 +46,11 @@ class Classifier:
     """A loaded model bundle that turns images into class probabilities."""
 
     def __init__(self, bundle: ModelBundle, config: PredictConfig | None = None):
+        self.config = config or PredictConfig(model_dir=bundle.path or PredictConfig().model_dir)
+        if self.config.precision is not None:
+            bundle = replace(bundle, precision=self.config.precision)
         self.bundle = bundle
-        self.config = config or PredictConfig(model_dir=bundle.path)
-        self.tta = bundle.tta if self.config.tta is None else self.config.tta
-        chosen = self.config.precision
-        self.precision = bundle.precision if chosen is None else check_precision(chosen)
-        self.temperature = float(bundle.card.get("temperature", 1.0))
+        self.tta = bundle.card.tta if self.config.tta is None else self.config.tta
 
     @classmethod
     def load(cls, config: PredictConfig | None = None, device: str = "cpu") -> "Classifier":
@@ -59,25 +58,21 @@ class Classifier:
         return cls(load_bundle(config.model_dir, device=device), config)
 
     @property
-    def card(self) -> dict:
+    def card(self):
         return self.bundle.card
 
+    @property
+    def precision(self) -> str:
+        return self.bundle.precision
+
     def arrays(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return np.stack([image_to_array(im, self.bundle.geometry) for im in images])
+        return np.stack([cutout_array(im, self.bundle.geometry) for im in images])
 
     def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """(n, 3) probabilities for PIL images of any size, in CLASSES order."""
+        """(n, 3) calibrated probabilities for PIL images of any size, in CLASSES order."""
         if not images:
             return np.zeros((0, len(CLASSES)), dtype=np.float32)
-        out = []
-        b = self.bundle
-        with torch.inference_mode():
-            for start in range(0, len(images), self.config.batch_size):
-                batch = self.arrays(images[start:start + self.config.batch_size])
-                x = prepare_batch(batch, b.stats, b.geometry, b.device)
-                logp = logits_for(b.model, x, self.tta, self.precision) / self.temperature
-                out.append(torch.softmax(logp, dim=1).cpu().numpy())
-        return np.concatenate(out)
+        return predict_probs(self.bundle, self.arrays(images), tta=self.tta, batch_size=self.config.batch_size)
 
     def predict(self, sources: Sequence[ImageSource], names: Sequence[str] | None = None) -> list[Prediction]:
         """Classify many inputs; an unreadable one gets an error and the rest still get results."""
@@ -85,10 +80,9 @@ class Classifier:
                                                        else f"image {i + 1}" for i, s in enumerate(sources)]
         results = [Prediction(name) for name in names]
         # One batch of decoded images at a time: a folder of large photos never sits in memory whole.
-        step = max(1, self.config.batch_size)
-        for start in range(0, len(sources), step):
+        for part in iter_chunks(len(sources), self.config.batch_size):
             good: list[tuple[int, Image.Image]] = []
-            for i in range(start, min(start + step, len(sources))):
+            for i in range(part.start, part.stop):
                 try:
                     good.append((i, load_image(sources[i], max_pixels=self.config.max_pixels)))
                 except ImageLoadError as exc:
@@ -100,52 +94,47 @@ class Classifier:
         return results
 
     def grad_cam(self, image: Image.Image, class_index: int | None = None) -> np.ndarray:
-        """Grad-CAM (Selvaraju et al. 2017) on the last stage: where the network looked, in [0, 1],
-        at the network's input resolution."""
-        b = self.bundle
-        model = b.model
-        x = prepare_batch(self.arrays([image]), b.stats, b.geometry, b.device)
-        store: dict[str, torch.Tensor] = {}
+        return grad_cam(self.bundle, image, class_index)
 
-        def hook(_module: torch.nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-            output.retain_grad()
-            store["features"] = output
-
-        handle = model.features.register_forward_hook(hook)
-        try:
-            with torch.enable_grad():
-                x = x.clone().requires_grad_(True)
-                logits = model(x)
-                index = int(logits.argmax(1)) if class_index is None else class_index
-                model.zero_grad(set_to_none=True)
-                logits[0, index].backward()
-        finally:
-            handle.remove()
-        features, grads = store["features"].detach(), store["features"].grad
-        weights = grads.mean(dim=(2, 3), keepdim=True)
-        cam = F.relu((weights * features).sum(dim=1, keepdim=True))
-        cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
-        cam = cam - cam.min()
-        peak = float(cam.max())
-        return (cam / peak if peak > 0 else cam).cpu().numpy()
+    def grad_cam_overlay(self, image: Image.Image, class_index: int | None = None) -> Image.Image:
+        return grad_cam_overlay(self.bundle, image, class_index)
 
     def model_view(self, image: Image.Image) -> Image.Image:
         """The crop of ``image`` that the network sees, at its input size (for overlays)."""
-        g = self.bundle.geometry
-        array = image_to_array(image, g)
-        start = (g.source_size - g.crop) // 2
-        crop = Image.fromarray(array[start:start + g.crop, start:start + g.crop])
-        return crop.resize((g.size, g.size), Image.Resampling.BILINEAR)
+        return model_view(image, self.bundle.geometry)
 
 
-def overlay_heatmap(image: Image.Image, heat: np.ndarray, alpha: float = 0.45) -> Image.Image:
-    """Blend a [0, 1] heat map (red = high) over an image of the same size."""
-    base = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    heat_img = Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).resize(image.size)
-    h = np.asarray(heat_img, dtype=np.float32)[..., None] / 255.0
-    colour = np.concatenate([h, np.clip(1.5 * h - 0.5, 0, 1) * 0.8, np.zeros_like(h)], axis=2)
-    mixed = (1 - alpha * h) * base + alpha * h * colour
-    return Image.fromarray((np.clip(mixed, 0, 1) * 255).astype(np.uint8))
+@dataclass
+class Classified:
+    """One input's prediction, with small copies of its image for display and explanation."""
+
+    prediction: Prediction
+    preview: Image.Image | None = None
+    framed: Image.Image | None = None
+    size: tuple[int, int] | None = None
+
+
+def classify_uploads(classifier: Classifier, items: Sequence[tuple[str, bytes]],
+                     preview_size: int = 256) -> list[Classified]:
+    """Classify uploads (name, bytes), decoding one at a time and keeping only a preview and the
+    square cutout frame the network reads: many large photos then fit in memory, and the
+    predictions equal those for the full images. A bad file gets an error; the rest carry on."""
+    out: list[Classified] = []
+    for name, data in items:
+        try:
+            image = load_image(data, max_pixels=classifier.config.max_pixels)
+        except ImageLoadError as exc:
+            out.append(Classified(Prediction(name, error=str(exc))))
+            continue
+        preview = image.copy()
+        preview.thumbnail((preview_size, preview_size))
+        framed = Image.fromarray(classifier.arrays([image])[0])
+        out.append(Classified(Prediction(name), preview, framed, image.size))
+    good = [c for c in out if c.framed is not None]
+    for item, prediction in zip(good, classifier.predict([c.framed for c in good],
+                                                         [c.prediction.name for c in good])):
+        item.prediction = prediction
+    return out
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:

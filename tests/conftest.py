@@ -108,6 +108,6 @@ def trained_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny-model")
     data_dir = make_dataset(root / "data", n_per_class=12)
     out_dir = root / "models" / "tiny"
-    train(TrainConfig(data_dir=data_dir, out_dir=out_dir, epochs=1, batch_size=8, image_size=32,
+    train(TrainConfig(data_dir=data_dir, out_dir=out_dir, epochs=1, batch_size=8, input_size=32,
                       crop=96, width=8, depth=1, cache_dir=root / "cache"))
     return out_dir

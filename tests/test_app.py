@@ -44,7 +44,7 @@ def folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
 @pytest.fixture
 def stocked(folders: dict[str, Path], trained_tiny_model: Path) -> dict[str, Path]:
     """A data root holding the tiny model's own galaxies and a models root holding the model."""
-    data_dir = Path(json.loads((trained_tiny_model / "card.json").read_text())["config"]["data_dir"])
+    data_dir = Path(json.loads((trained_tiny_model / "card.json").read_text())["provenance"]["config"]["data_dir"])
     folders["data"].mkdir(parents=True)
     (folders["data"] / "tiny").symlink_to(data_dir, target_is_directory=True)
     shutil.copytree(trained_tiny_model, folders["models"] / "tiny")
@@ -224,7 +224,7 @@ def test_train_page_runs_a_job_to_completion_and_activates_the_model(stocked):
     by_label(at.number_input, "Blocks per stage").set_value(1)
     by_label(at.toggle, "Any-angle rotation, zoom and shift").set_value(True)
     by_label(at.number_input, "Vote-fraction head weight").set_value(1.0)
-    by_label(at.selectbox, "Balance towards").set_value("max")
+    by_label(at.selectbox, "Class balancing").set_value("max")
     by_label(at.selectbox, "Arithmetic").set_value("bf16")
     by_label(at.button, "Start training").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
@@ -233,8 +233,8 @@ def test_train_page_runs_a_job_to_completion_and_activates_the_model(stocked):
     assert "from-the-form** finished" in at.success[0].value
     model = stocked["models"] / "from-the-form"
     assert (model / "card.json").is_file() and (model / "model.safetensors").is_file()
-    trained = json.loads((model / "card.json").read_text())["config"]
-    assert (trained["jitter"], trained["aux_weight"], trained["balance_target"], trained["precision"]) == (
+    trained = json.loads((model / "card.json").read_text())["provenance"]["config"]
+    assert (trained["jitter"], trained["aux_weight"], trained["balance"], trained["precision"]) == (
         True, 1.0, "max", "bf16")
     assert len(at.get("plotly_chart")) == 2  # loss and accuracy curves
     by_label(at.button, "Use it as the active model").click().run()

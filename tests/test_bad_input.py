@@ -299,7 +299,7 @@ def test_bad_download_settings_via_cli(tiny_dataset: Path, tmp_path: Path, capsy
 # --- training settings -----------------------------------------------------------------------
 
 def tiny_config(data: Path, root: Path, **overrides) -> TrainConfig:
-    values = dict(epochs=1, batch_size=8, image_size=32, crop=96, width=8, depth=1, cache_dir=root / "cache")
+    values = dict(epochs=1, batch_size=8, input_size=32, crop=96, width=8, depth=1, cache_dir=root / "cache")
     values.update(overrides)
     return TrainConfig(data_dir=data, out_dir=root / "model", **values)
 
@@ -322,8 +322,8 @@ BAD_TRAINING = [
     ({"epochs": 0}, "epochs must be at least 1"),
     ({"batch_size": 0}, "batch size must be at least 1"),
     ({"batch_size": 500}, "batch size 500 is larger than the"),
-    ({"image_size": 0}, "image size must be between"),
-    ({"image_size": 100_000}, "image size must be between"),
+    ({"input_size": 0}, "image size must be between"),
+    ({"input_size": 100_000}, "image size must be between"),
     ({"crop": 4}, "crop .4. is too small"),
     ({"lr": float("nan")}, "learning rate"),
     ({"weight_decay": float("nan")}, "weight decay"),
@@ -344,7 +344,7 @@ def test_bad_training_settings_fail_before_any_work(train_data: Path, tmp_path: 
 
 
 def test_class_without_examples_fails_before_any_work(two_class_data: Path, tmp_path: Path) -> None:
-    for balance in (True, False):
+    for balance in ("median", "off"):
         with pytest.raises(ConfigError, match="Uncertain have no training examples"):
             train(tiny_config(two_class_data, tmp_path, balance=balance))
     assert not (tmp_path / "model").exists() and not (tmp_path / "cache").exists()

@@ -22,10 +22,12 @@ from galaxy_core import precision
 from benchmarks.run import main as run_main
 from benchmarks.train_bench import (bench_step_options, bench_train, epoch_seconds, shipped_settings,
                                     train_config)
-from galaxy_core.config import CLASSES
-from galaxy_core.dataset import PackedDataset, build_cache
-from galaxy_core.normalise import InputGeometry, crop_and_resize, dihedral
-from galaxy_core.train import compose_dihedral
+from galaxy_core.card import ModelCard, Provenance
+from galaxy_core.config import TrainConfig
+from galaxy_core.model import Architecture
+from galaxy_core.normalise import ChannelStats
+from galaxy_core.cache import PackedDataset, build_cache
+from galaxy_core.geometry import InputGeometry, compose_dihedral, crop_and_resize, dihedral
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +42,7 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture
 def toy_settings() -> dict:
     """The shipped settings, shrunk to a network and batch that a 36-galaxy set can train."""
-    return {**shipped_settings(None), "width": 8, "depth": 1, "image_size": 32, "batch_size": 8}
+    return {**shipped_settings(None), "width": 8, "depth": 1, "input_size": 32, "batch_size": 8}
 
 
 def positive(values: dict, *keys: str) -> None:
@@ -116,11 +118,13 @@ def test_prediction_figures_of_a_bf16_model(tiny_dataset: Path, tmp_path: Path, 
 
 
 def test_settings_come_from_the_model_card(tmp_path: Path) -> None:
-    card = {"classes": list(CLASSES), "arch": "plain_cnn", "width": 16, "depth": 1,
-            "input": {"source_size": 128, "crop": 80, "size": 48}, "config": {"batch_size": 32}}
-    (tmp_path / "card.json").write_text(json.dumps(card))
+    config = TrainConfig(tmp_path, tmp_path, arch="plain_cnn", width=16, depth=1, crop=80, input_size=48,
+                         batch_size=32)
+    card = ModelCard(Architecture("plain_cnn", 16, 1), InputGeometry(crop=80, input_size=48),
+                     ChannelStats((0.1,) * 3, (0.2,) * 3), provenance=Provenance(config, 0, "", 0.0))
+    (tmp_path / "card.json").write_text(json.dumps(card.to_dict()))
     settings = shipped_settings(tmp_path)
-    assert (settings["arch"], settings["width"], settings["crop"], settings["image_size"],
+    assert (settings["arch"], settings["width"], settings["crop"], settings["input_size"],
             settings["batch_size"]) == ("plain_cnn", 16, 80, 48, 32)
 
 
@@ -144,7 +148,7 @@ def test_symmetries_commute_with_crop_and_resize(tiny_dataset: Path, tmp_path: P
     dataset = PackedDataset(build_cache(tiny_dataset, cache_root=tmp_path).cache_dir)
     cutouts = torch.from_numpy(dataset.images(np.arange(6)))
     for size in (32, 64, 96):
-        geometry = InputGeometry(source_size=128, crop=96, size=size)
+        geometry = InputGeometry(source_size=128, crop=96, input_size=size)
         for k in range(8):
             turned = dihedral(cutouts.permute(0, 3, 1, 2), k).permute(0, 2, 3, 1)
             assert torch.allclose(crop_and_resize(turned, geometry),

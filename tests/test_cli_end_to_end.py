@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from galaxy_core.bundle import read_card
 from galaxy_core.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,13 +54,13 @@ def test_four_commands_on_shared_data(shared_gz2: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "accuracy" in result.stdout and "confusion" in result.stdout
     assert "before balancing" in result.stderr
-    card = json.loads((model / "card.json").read_text())
-    assert card["data"]["split"]["test"] == 30 and card["command"].startswith("python -m galaxy_core train")
+    card = read_card(model)
+    assert card.provenance.data.split["test"] == 30 and card.provenance.command.startswith("python -m galaxy_core train")
     result = run_cli("evaluate", "--model", str(model), "--data", str(data), "--json", str(tmp_path / "m.json"))
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["n"] == 30 and metrics["split"] == "test"
-    assert metrics["accuracy"] == pytest.approx(card["metrics"]["accuracy"])
+    assert metrics["accuracy"] == pytest.approx(card.metrics.accuracy)
     images = sorted((data / "images").glob("*.jpg"))[:5]
     (tmp_path / "broken.jpg").write_text("this is text")
     out_csv = tmp_path / "pred.csv"

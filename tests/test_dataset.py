@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from galaxy_core.config import CLASSES, ConfigError, DatasetConfig
-from galaxy_core.dataset import PackedDataset, balance, build_cache, soft_targets, split_dataset
+from galaxy_core.config import CLASSES, ConfigError, SplitConfig
+from galaxy_core.cache import PackedDataset, build_cache
+from galaxy_core.dataset import balance, soft_targets, split_dataset
 from galaxy_core.images import load_image
 
 
@@ -57,23 +58,23 @@ def test_split_is_stratified_disjoint_and_seeded() -> None:
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 3, 1000)
     ids = np.array([f"g{i}" for i in range(1000)])
-    split = split_dataset(ids, labels, DatasetConfig(seed=3))
+    split = split_dataset(ids, labels, SplitConfig(seed=3))
     parts = [set(split.train), set(split.val), set(split.test)]
     assert sum(map(len, parts)) == 1000 and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
     for cls in range(3):
         share = (labels[split.test] == cls).mean()
         assert share == pytest.approx((labels == cls).mean(), abs=0.01)
-    again = split_dataset(ids, labels, DatasetConfig(seed=3))
+    again = split_dataset(ids, labels, SplitConfig(seed=3))
     np.testing.assert_array_equal(split.test, again.test)
-    assert not np.array_equal(split.test, split_dataset(ids, labels, DatasetConfig(seed=4)).test)
+    assert not np.array_equal(split.test, split_dataset(ids, labels, SplitConfig(seed=4)).test)
 
 
 def test_split_does_not_depend_on_row_order() -> None:
     labels = np.repeat([0, 1, 2], 50)
     ids = np.array([f"g{i:03d}" for i in range(150)])
     order = np.random.default_rng(0).permutation(150)
-    a = split_dataset(ids, labels, DatasetConfig(seed=0))
-    b = split_dataset(ids[order], labels[order], DatasetConfig(seed=0))
+    a = split_dataset(ids, labels, SplitConfig(seed=0))
+    b = split_dataset(ids[order], labels[order], SplitConfig(seed=0))
     assert set(ids[a.test]) == set(ids[order][b.test])
 
 
@@ -112,5 +113,5 @@ def test_shared_cache_and_split(shared_gz2: Path, tmp_path: Path) -> None:
     report = build_cache(shared_gz2, cache_root=tmp_path)
     dataset = PackedDataset(report.cache_dir)
     assert len(dataset) == 6442 and dataset.shards[0].dtype == np.uint8
-    split = split_dataset(dataset.ids, dataset.labels, DatasetConfig(seed=0))
+    split = split_dataset(dataset.ids, dataset.labels, SplitConfig(seed=0))
     assert split.sizes() == {"train": 5154, "val": 644, "test": 644}

@@ -27,16 +27,18 @@ from conftest import REPO, make_dataset
 from galaxy_core import model as model_module
 from galaxy_core.bundle import load_bundle, read_card
 from galaxy_core.config import TrainConfig
-from galaxy_core.normalise import ChannelStats, InputGeometry
+from galaxy_core.geometry import InputGeometry
+from galaxy_core.normalise import ChannelStats
 from galaxy_core.checkpoint import CHECKPOINT_NAME, LOCK_NAME
 from galaxy_core.distributed import Distributed
-from galaxy_core.train import BatchSource, prepare_data, train
+from galaxy_core.batches import BatchSource
+from galaxy_core.train import open_training_data, train
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="this PyTorch build has no torch.distributed with gloo")
 
 EPOCHS = 4
-SETTINGS = dict(epochs=EPOCHS, batch_size=16, lr=5e-3, image_size=32, crop=96, width=8, depth=1,
+SETTINGS = dict(epochs=EPOCHS, batch_size=16, lr=5e-3, input_size=32, crop=96, width=8, depth=1,
                 tta=False, seed=3)
 TORCHRUN_TIMEOUT_S = 240
 # Runs `python -m galaxy_core` with the plain CNN's dropout turned off, so the only difference
@@ -128,13 +130,13 @@ def plain(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
 
 
 def test_two_processes_train_the_same_weights_as_one(plain: dict[str, Path]) -> None:
-    assert read_card(plain["two"])["machine"]["processes"] == 2
+    assert read_card(plain["two"]).provenance.machine.processes == 2
     assert_same_weights(plain["one"], plain["two"])
     one, two = read_card(plain["one"]), read_card(plain["two"])
-    assert one["metrics"]["accuracy"] == two["metrics"]["accuracy"]
-    for a, b in zip(one["history"], two["history"]):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
-        assert a["val_accuracy"] == b["val_accuracy"]
+    assert one.metrics.accuracy == two.metrics.accuracy
+    for a, b in zip(one.history, two.history):
+        assert a.train_loss == pytest.approx(b.train_loss, abs=1e-4)
+        assert a.val_accuracy == b.val_accuracy
 
 
 def test_two_process_checkpoint_resumes_on_one(plain: dict[str, Path]) -> None:
@@ -147,8 +149,8 @@ def test_two_process_checkpoint_resumes_on_one(plain: dict[str, Path]) -> None:
         result = in_process(config_for(plain["data"], early, "plain_cnn"))
     assert not result.stopped and result.epochs_done == EPOCHS
     card = read_card(early)
-    assert card["machine"]["processes"] == 1
-    assert [h["epoch"] for h in card["history"]] == list(range(1, EPOCHS + 1))
+    assert card.provenance.machine.processes == 1
+    assert [h.epoch for h in card.history] == list(range(1, EPOCHS + 1))
     assert_same_weights(plain["one"], early)
 
 
@@ -166,7 +168,7 @@ def test_one_process_checkpoint_resumes_on_two(plain: dict[str, Path]) -> None:
     assert stopped.stopped and stopped.epochs_done == 1
     log = finish(torchrun(2, config, plain["launcher"]))
     assert "resuming from epoch 1" in log, log[-3000:]
-    assert read_card(config.out_dir)["machine"]["processes"] == 2
+    assert read_card(config.out_dir).provenance.machine.processes == 2
     assert_same_weights(plain["one"], config.out_dir)
 
 
@@ -183,15 +185,15 @@ def resnet(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
 
 def test_resnet_on_two_processes_matches_one_within_noise(resnet: dict) -> None:
     one, two = read_card(resnet["one"]), read_card(resnet["two"])
-    assert (one["machine"]["processes"], two["machine"]["processes"]) == (1, 2)
-    assert two["machine"]["backend"] == "gloo"
-    assert one["data"] == two["data"]  # the same split and balanced views
+    assert (one.provenance.machine.processes, two.provenance.machine.processes) == (1, 2)
+    assert two.provenance.machine.backend == "gloo"
+    assert one.provenance.data == two.provenance.data  # the same split and balanced views
     # 12 test galaxies: one galaxy is 0.083 of accuracy.
-    assert two["metrics"]["accuracy"] >= 0.75
-    assert abs(one["metrics"]["accuracy"] - two["metrics"]["accuracy"]) <= 0.17
-    for a, b in zip(one["history"], two["history"]):
-        assert abs(a["train_loss"] - b["train_loss"]) < 0.1
-        assert a["lr"] == pytest.approx(b["lr"])
+    assert two.metrics.accuracy >= 0.75
+    assert abs(one.metrics.accuracy - two.metrics.accuracy) <= 0.17
+    for a, b in zip(one.history, two.history):
+        assert abs(a.train_loss - b.train_loss) < 0.1
+        assert a.lr == pytest.approx(b.lr)
 
 
 def test_log_states_world_size_and_only_rank_zero_writes(resnet: dict) -> None:
@@ -216,11 +218,11 @@ def test_failure_on_one_rank_ends_the_job(plain: dict[str, Path]) -> None:
 
 def test_ranks_split_every_global_batch(tiny_dataset: Path, tmp_path: Path) -> None:
     """Concatenating the ranks' shares gives back the 1-process batch, for any world size."""
-    config = TrainConfig(data_dir=tiny_dataset, out_dir=tmp_path, batch_size=12, image_size=32)
-    dataset, split, views = prepare_data(config, Distributed(), lambda message: None)
+    config = TrainConfig(data_dir=tiny_dataset, out_dir=tmp_path, batch_size=12, input_size=32)
+    dataset, plan = open_training_data(config, world=1)
     stats = ChannelStats(mean=(0.1, 0.1, 0.1), std=(0.2, 0.2, 0.2))
-    geometry = InputGeometry(source_size=dataset.image_size, crop=config.crop, size=config.image_size)
-    source = BatchSource(dataset, views, stats, geometry, config)
+    geometry = InputGeometry(source_size=dataset.source_size, crop=config.crop, input_size=config.input_size)
+    source = BatchSource(dataset, plan.views, stats, geometry, config)
     whole = list(source.batches(1, Distributed()))
     assert len(whole) == source.steps_per_epoch() > 1
     for world in (2, 3):

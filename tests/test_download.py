@@ -11,7 +11,9 @@ import pytest
 from galaxy_core.catalogue import read_catalogue
 from galaxy_core.config import ConfigError, DownloadConfig
 from galaxy_core.cutout_server import ServerOptions
-from galaxy_core.download import MANIFEST_NAME, cutout_params, download_cutouts, image_relpath
+from galaxy_core.cutouts import cutout_params
+from galaxy_core.download import download_cutouts, image_relpath
+from galaxy_core.folder import MANIFEST_NAME
 from galaxy_core.images import load_image
 
 
@@ -67,10 +69,10 @@ def test_missing_coordinates_are_reported(tiny_dataset: Path, tmp_path: Path, cu
     assert list(report.failed) == [catalogue.loc[1, "id"]] and "HTTP 404" in report.failed[catalogue.loc[1, "id"]]
 
 
-@pytest.mark.parametrize("field, value", [("workers", 0), ("size", 4), ("limit", 0), ("scale", -1.0)])
+@pytest.mark.parametrize("field, value", [("workers", 0), ("cutout_size", 4), ("limit", 0), ("pixel_scale", -1.0)])
 def test_settings_are_validated(tmp_path: Path, field: str, value: object) -> None:
     with pytest.raises(ConfigError):
-        DownloadConfig(out_dir=tmp_path, **{field: value}).validate()
+        DownloadConfig(out_dir=tmp_path, **{field: value})
 
 
 def test_gz1_rows_download_through_synthesising_server(shared_gz1: Path, tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ from conftest import make_dataset
 from galaxy_core.catalogue import read_catalogue
 from galaxy_core.config import DownloadConfig
 from galaxy_core.cutout_server import CutoutServer, ServerOptions
-from galaxy_core.download import IMAGES_DIR, MANIFEST_NAME, DownloadReport, download_cutouts
+from galaxy_core.download import DownloadReport, download_cutouts
+from galaxy_core.folder import IMAGES_DIR, MANIFEST_NAME
 from galaxy_core.images import check_jpeg
 
 RETRIES = 2

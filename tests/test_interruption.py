@@ -21,7 +21,8 @@ from galaxy_core.catalogue import read_catalogue
 from galaxy_core.cli import EXIT_USER_ERROR, main
 from galaxy_core.config import DownloadConfig, TrainConfig
 from galaxy_core.cutout_server import ServerOptions
-from galaxy_core.download import IMAGES_DIR, download_cutouts
+from galaxy_core.download import download_cutouts
+from galaxy_core.folder import IMAGES_DIR
 from galaxy_core.images import check_jpeg
 from galaxy_core.checkpoint import CHECKPOINT_NAME, TrainingBusyError, discard_checkpoint, output_lock
 from galaxy_core.train import train
@@ -104,7 +105,7 @@ def test_a_second_download_into_the_same_folder_is_refused(
 
 # --- training ----------------------------------------------------------------------------------
 
-SETTINGS = dict(epochs=3, batch_size=8, lr=5e-3, image_size=32, crop=96, width=8, depth=1, num_threads=1,
+SETTINGS = dict(epochs=3, batch_size=8, lr=5e-3, input_size=32, crop=96, width=8, depth=1, num_threads=1,
                 tta=False)
 
 

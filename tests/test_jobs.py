@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from galaxy_core.config import ConfigError, TrainConfig
-from galaxy_core.explore import training_task
-from galaxy_core.jobs import Job, JobBusyError, JobRegistry, describe_error
+from app_pages.jobs import Job, JobBusyError, JobRegistry, describe_error
+from app_pages.tasks import training_task
 
 
 def finished(job: Job, timeout: float = 30.0) -> Job:
@@ -117,7 +117,7 @@ def test_snapshot_of_an_unknown_kind_is_none():
 
 def test_training_stops_mid_run_and_resumes_from_its_checkpoint(tiny_dataset: Path, tmp_path: Path):
     config = TrainConfig(data_dir=tiny_dataset, out_dir=tmp_path / "model", epochs=2, batch_size=8,
-                         image_size=32, crop=96, width=8, depth=1)
+                         input_size=32, crop=96, width=8, depth=1)
     inner = training_task(config)
     events = []
 
@@ -147,5 +147,5 @@ def test_training_stops_mid_run_and_resumes_from_its_checkpoint(tiny_dataset: Pa
     snap = finished(resumed, 120).snapshot()
     assert snap.state == "done", snap.error
     assert "resuming from epoch 1" in messages
-    assert [h["epoch"] for h in snap.result.history] == [1, 2]
+    assert [h.epoch for h in snap.result.history] == [1, 2]
     assert (tmp_path / "model" / "card.json").is_file()

@@ -6,9 +6,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from galaxy_core.normalise import (ChannelStats, InputGeometry, compute_channel_stats, crop_and_resize,
-                                   dihedral, dihedral_per_sample, image_to_tensor, normalise,
-                                   tensor_to_image)
+from galaxy_core.geometry import InputGeometry, crop_and_resize, dihedral, dihedral_per_sample
+from galaxy_core.normalise import ChannelStats, compute_channel_stats, image_to_tensor, normalise, tensor_to_image
 
 
 def test_stats_match_numpy() -> None:
@@ -21,7 +20,7 @@ def test_stats_match_numpy() -> None:
 
 def test_normalised_training_pixels_have_zero_mean_unit_std() -> None:
     batch = torch.from_numpy(np.random.default_rng(0).integers(0, 200, (32, 24, 24, 3), dtype=np.uint8))
-    geometry = InputGeometry(source_size=24, crop=24, size=24)
+    geometry = InputGeometry(source_size=24, crop=24, input_size=24)
     x = crop_and_resize(batch, geometry)
     stats = compute_channel_stats([x])
     z = normalise(x, stats)
@@ -32,7 +31,7 @@ def test_normalised_training_pixels_have_zero_mean_unit_std() -> None:
 def test_round_trip_within_one_grey_level() -> None:
     array = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     stats = ChannelStats((0.1, 0.2, 0.3), (0.05, 0.1, 0.2))
-    geometry = InputGeometry(source_size=64, crop=64, size=64)
+    geometry = InputGeometry(source_size=64, crop=64, input_size=64)
     tensor = image_to_tensor(Image.fromarray(array), stats, geometry)
     assert tensor.shape == (1, 3, 64, 64)
     back = np.asarray(tensor_to_image(tensor, stats), dtype=int)
@@ -41,7 +40,7 @@ def test_round_trip_within_one_grey_level() -> None:
 
 def test_any_image_size_becomes_network_input() -> None:
     stats = ChannelStats((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    geometry = InputGeometry(source_size=128, crop=96, size=64)
+    geometry = InputGeometry(source_size=128, crop=96, input_size=64)
     for size in [(1, 1), (300, 200), (128, 128), (2000, 40)]:
         tensor = image_to_tensor(Image.new("RGB", size, (10, 20, 30)), stats, geometry)
         assert tensor.shape == (1, 3, 64, 64)
@@ -50,7 +49,7 @@ def test_any_image_size_becomes_network_input() -> None:
 def test_centre_crop_keeps_the_centre() -> None:
     batch = torch.zeros(1, 128, 128, 3, dtype=torch.uint8)
     batch[:, 16:112, 16:112] = 255
-    x = crop_and_resize(batch, InputGeometry(source_size=128, crop=96, size=48))
+    x = crop_and_resize(batch, InputGeometry(source_size=128, crop=96, input_size=48))
     assert x.shape == (1, 3, 48, 48) and torch.all(x == 1.0)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,21 +17,21 @@ from galaxy_core.checkpoint import CHECKPOINT_NAME
 from galaxy_core.cli import main
 from galaxy_core.config import ConfigError, PredictConfig, TrainConfig
 from galaxy_core.inference import logits_for
-from galaxy_core.model import build_model
+from galaxy_core.model import Architecture, build_model
 from galaxy_core.precision import autocast, inference_precision
 from galaxy_core.predict import Classifier
 from galaxy_core.train import train, training_loss
 
 
 def small_config(data: Path, out: Path, **overrides) -> TrainConfig:
-    values = dict(epochs=2, batch_size=8, lr=5e-3, image_size=32, crop=96, width=8, depth=1,
+    values = dict(epochs=2, batch_size=8, lr=5e-3, input_size=32, crop=96, width=8, depth=1,
                   num_threads=2, tta=True, precision="bf16")
     values.update(overrides)
     return TrainConfig(data_dir=data, out_dir=out, **values)
 
 
 def test_autocast_runs_convolutions_in_bf16_and_fp32_leaves_them() -> None:
-    model = build_model("resnet_small", width=8, depth=1).eval()
+    model = build_model(Architecture("resnet_small", width=8, depth=1)).eval()
     x = torch.randn(2, 3, 32, 32)
     with autocast("cpu", "bf16"):
         assert model.stem(x).dtype == torch.bfloat16
@@ -39,7 +40,7 @@ def test_autocast_runs_convolutions_in_bf16_and_fp32_leaves_them() -> None:
 
 
 def test_bf16_training_loss_and_gradients_stay_fp32() -> None:
-    model = build_model("resnet_small", width=8, depth=1, aux_outputs=2)
+    model = build_model(Architecture("resnet_small", width=8, depth=1, aux_outputs=2))
     config = TrainConfig(Path("."), Path("."), aux_weight=1.0, precision="bf16")
     targets = torch.cat([torch.eye(3)[[0, 1, 2, 0]], torch.full((4, 2), 0.5)], dim=1)
     loss, logits = training_loss(model, torch.randn(4, 3, 32, 32), targets, config)
@@ -60,7 +61,7 @@ def test_inference_precision_falls_back_where_bf16_is_emulated(
 def test_unknown_precision_is_refused_everywhere(tmp_path: Path, trained_tiny_model: Path,
                                                  capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(ConfigError, match="precision must be fp32 or bf16, got 'fp16'"):
-        TrainConfig(tmp_path, tmp_path, precision="fp16").validate()
+        TrainConfig(tmp_path, tmp_path, precision="fp16")
     with pytest.raises(SystemExit):
         main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m"), "--precision", "fp16"])
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
@@ -77,11 +78,11 @@ def test_bf16_model_trains_records_precision_and_predicts_like_fp32(tmp_path: Pa
     data = make_dataset(tmp_path / "d", n_per_class=12)
     train(small_config(data, tmp_path / "m"))
     card = read_card(tmp_path / "m")
-    assert card["precision"] == "bf16" and card["config"]["precision"] == "bf16"
+    assert card.precision == "bf16" and card.provenance.config.precision == "bf16"
     bundle = load_bundle(tmp_path / "m")
     x = torch.randn(6, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    p_bf16 = torch.exp(logits_for(bundle.model, x, True, "bf16"))
-    p_fp32 = torch.exp(logits_for(bundle.model, x, True, "fp32"))
+    p_bf16 = torch.exp(logits_for(replace(bundle, precision="bf16"), x, True))
+    p_fp32 = torch.exp(logits_for(replace(bundle, precision="fp32"), x, True))
     assert not torch.equal(p_bf16, p_fp32)  # really computed in a different precision
     torch.testing.assert_close(p_bf16, p_fp32, rtol=0, atol=0.05)
     images = sorted((data / "images").glob("*.jpg"))[:3]
@@ -101,4 +102,4 @@ def test_checkpoint_from_before_the_precision_setting_still_resumes(tmp_path: Pa
     assert not result.stopped and len(result.history) == 2
     with pytest.raises(ConfigError, match="precision"):
         train(small_config(data, tmp_path / "m", precision="bf16", epochs=2))
-    assert np.isfinite(read_card(tmp_path / "m")["metrics"]["accuracy"])
+    assert np.isfinite(read_card(tmp_path / "m").metrics.accuracy)

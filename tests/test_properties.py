@@ -17,7 +17,8 @@ from PIL import Image
 
 from galaxy_core.catalogue import CatalogueError, parse_sexagesimal, read_catalogue
 from galaxy_core.images import ImageLoadError, load_image
-from galaxy_core.normalise import ChannelStats, InputGeometry, image_to_tensor, tensor_to_image
+from galaxy_core.geometry import InputGeometry
+from galaxy_core.normalise import ChannelStats, image_to_tensor, tensor_to_image
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -188,7 +189,7 @@ def test_normalisation_round_trip_within_one_grey_level(size: int, seed: int, me
                                                         std: tuple) -> None:
     pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
     stats = ChannelStats(mean, std)
-    geometry = InputGeometry(source_size=size, crop=size, size=size)
+    geometry = InputGeometry(source_size=size, crop=size, input_size=size)
     tensor = image_to_tensor(Image.fromarray(pixels), stats, geometry)
     assert tensor.shape == (1, 3, size, size) and tensor.dtype == torch.float32
     back = np.asarray(tensor_to_image(tensor, stats), dtype=np.int16)

@@ -15,9 +15,9 @@ from PIL import Image
 from galaxy_core.catalogue import read_catalogue
 from galaxy_core.config import DownloadConfig
 from galaxy_core.cutout_server import ServerOptions
-from galaxy_core.dataset import (PackedDataset, _decode, _decode_in_order, build_cache,
-                                 load_catalogue_with_images)
-from galaxy_core.download import MANIFEST_NAME, DownloadError, download_cutouts, is_complete_jpeg
+from galaxy_core.cache import PackedDataset, _decode, _decode_in_order, build_cache
+from galaxy_core.download import DownloadError, download_cutouts, is_complete_jpeg
+from galaxy_core.folder import MANIFEST_NAME, DatasetFolder
 
 
 def source_pixels(data_dir: Path, rel: str) -> np.ndarray:
@@ -97,7 +97,7 @@ def test_symlinked_images_are_accepted_and_escapes_refused(tiny_dataset: Path, t
     escape = catalogue.iloc[[0]].assign(id="escape", image=str(outside))
     pd.concat([catalogue, escape]).to_csv(linked / "catalogue.csv", index=False)
     assert (linked / escape["image"].iloc[0]).is_file()
-    frame = load_catalogue_with_images(linked)
+    frame = DatasetFolder(linked).read_catalogue()
     assert len(frame) == len(catalogue) and "escape" not in set(frame["id"])
     dataset = PackedDataset.open(linked, shard_size=16, cache_root=tmp_path / "cache")
     rel = dataset.index["image"].iloc[20]
@@ -150,7 +150,7 @@ def test_stopped_and_resumed_downloads_keep_an_exact_manifest(tiny_dataset: Path
     assert m["complete"] and m["failed"] == {} and m["present"] == total == files_on_disk(out)
 
     with pytest.raises(DownloadError, match="--size 128"):
-        download_cutouts(catalogue, DownloadConfig(out_dir=out, cutout_url="http://127.0.0.1:9", size=64))
+        download_cutouts(catalogue, DownloadConfig(out_dir=out, cutout_url="http://127.0.0.1:9", cutout_size=64))
 
 
 def test_rate_limit_holds_on_a_local_server(tiny_dataset: Path, tmp_path: Path, cutout_server_for) -> None:

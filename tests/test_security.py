@@ -23,8 +23,9 @@ from galaxy_core.bundle import CARD_NAME, WEIGHTS_NAME, BundleError, load_bundle
 from galaxy_core.catalogue import read_catalogue
 from galaxy_core.cli import EXIT_USER_ERROR, main
 from galaxy_core.config import DownloadConfig, PredictConfig, TrainConfig
-from galaxy_core.dataset import PackedDataset, build_cache, load_catalogue_with_images
-from galaxy_core.download import IMAGES_DIR, download_cutouts
+from galaxy_core.cache import PackedDataset, build_cache
+from galaxy_core.download import download_cutouts
+from galaxy_core.folder import IMAGES_DIR, DatasetFolder
 from galaxy_core.images import ImageLoadError, load_image
 from galaxy_core.predict import Classifier
 from galaxy_core.checkpoint import CHECKPOINT_NAME, CheckpointError
@@ -88,7 +89,7 @@ def test_malformed_model_card_is_refused_by_name(model_copy: Path) -> None:
     (model_copy / CARD_NAME).write_text(json.dumps({**card, "input": "128px"}))
     with pytest.raises(BundleError, match="malformed input"):
         Classifier.load(PredictConfig(model_dir=model_copy))
-    (model_copy / CARD_NAME).write_text(json.dumps({**card, "width": "wide"}))
+    (model_copy / CARD_NAME).write_text(json.dumps({**card, "architecture": {**card["architecture"], "width": "wide"}}))
     with pytest.raises(BundleError, match="no buildable model"):
         load_bundle(model_copy)
 
@@ -99,7 +100,7 @@ def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_config(data: Path, out: Path) -> TrainConfig:
-    return TrainConfig(data_dir=data, out_dir=out, epochs=1, batch_size=8, image_size=32, crop=96, width=8,
+    return TrainConfig(data_dir=data, out_dir=out, epochs=1, batch_size=8, input_size=32, crop=96, width=8,
                        depth=1, cache_dir=out.parent / "cache")
 
 
@@ -171,7 +172,7 @@ def test_dataset_never_reads_images_outside_its_folder(tmp_path: Path) -> None:
     catalogue["image"] = [hostile.get(i, rel) for i, rel in zip(catalogue["id"], catalogue["image"])]
     catalogue.to_csv(data / "catalogue.csv", index=False)
 
-    assert set(load_catalogue_with_images(data)["id"]).isdisjoint(hostile)
+    assert set(DatasetFolder(data).read_catalogue()["id"]).isdisjoint(hostile)
     dataset = PackedDataset(build_cache(data, cache_root=tmp_path / "cache").cache_dir)
     assert len(dataset) == 12 - len(hostile) and set(dataset.ids).isdisjoint(hostile)
     assert not (dataset.images(np.arange(len(dataset))) == 255).all(axis=(1, 2, 3)).any()

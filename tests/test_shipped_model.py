@@ -19,10 +19,10 @@ SHIPPED = default_model_dir()
 
 def test_shipped_bundle_is_complete() -> None:
     card = read_card(SHIPPED)
-    assert card["classes"] == list(CLASSES)
+    assert card.classes == CLASSES
     assert (SHIPPED / "model.safetensors").stat().st_size < 20 * 1024**2
     assert (SHIPPED / "MODEL_CARD.md").is_file() and (SHIPPED / "reliability.png").is_file()
-    assert card["command"].startswith("python -m galaxy_core train")
+    assert card.provenance.command.startswith("python -m galaxy_core train")
     bundle = load_bundle(SHIPPED)
     assert sum(p.numel() for p in bundle.model.parameters()) > 10_000
 
@@ -41,12 +41,12 @@ def test_card_metrics_are_reproduced_on_the_held_out_galaxies(shared_gz2: Path, 
     out = tmp_path / "metrics.json"
     assert main(["evaluate", "--data", str(shared_gz2), "--json", str(out)]) == 0
     metrics = json.loads(out.read_text())
-    assert metrics["split"] == "test" and metrics["n"] == card["data"]["split"]["test"]
-    if load_bundle(SHIPPED).precision == card.get("precision", "fp32"):  # the arithmetic it was tested in
-        assert metrics["accuracy"] == pytest.approx(card["metrics"]["accuracy"], abs=1e-9)
-        assert metrics["confusion"] == card["metrics"]["confusion"]
+    assert metrics["split"] == "test" and metrics["n"] == card.provenance.data.split["test"]
+    if load_bundle(SHIPPED).precision == card.precision:  # the arithmetic it was tested in
+        assert metrics["accuracy"] == pytest.approx(card.metrics.accuracy, abs=1e-9)
+        assert metrics["confusion"] == card.metrics.confusion
     else:  # a bfloat16 model on a processor without native bfloat16 runs in float32
-        assert metrics["accuracy"] == pytest.approx(card["metrics"]["accuracy"], abs=0.01)
+        assert metrics["accuracy"] == pytest.approx(card.metrics.accuracy, abs=0.01)
 
 
 def test_spiral_and_elliptical_examples(shared_gz2: Path) -> None:

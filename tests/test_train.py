@@ -13,18 +13,19 @@ from PIL import Image
 
 from conftest import make_dataset, synthetic_galaxy
 from galaxy_core.bundle import load_bundle, read_card
-from galaxy_core.config import CLASSES, ConfigError, PredictConfig, TrainConfig
+from galaxy_core.config import CLASSES, ConfigError, EvaluateConfig, PredictConfig, TrainConfig
 from galaxy_core.evaluate import evaluate_bundle
 from galaxy_core.inference import TurnedImages
 from galaxy_core.metrics import classification_metrics
-from galaxy_core.model import build_model
+from galaxy_core.geometry import InputGeometry
+from galaxy_core.model import Architecture, build_model
 from galaxy_core.predict import Classifier, predictions_csv
 from galaxy_core.checkpoint import CHECKPOINT_NAME
 from galaxy_core.train import train
 
 
 def small_config(data: Path, out: Path, **overrides) -> TrainConfig:
-    values = dict(epochs=6, batch_size=16, lr=5e-3, image_size=32, crop=96, width=8, depth=1,
+    values = dict(epochs=6, batch_size=16, lr=5e-3, input_size=32, crop=96, width=8, depth=1,
                   num_threads=2, tta=False)
     values.update(overrides)
     return TrainConfig(data_dir=data, out_dir=out, **values)
@@ -47,22 +48,22 @@ def test_training_learns_and_reports_progress(trained) -> None:
     batches = [e for e in events if e.phase == "train"]
     assert batches[0].eta_s is not None and batches[-1].batch == batches[-1].batches
     card = read_card(model_dir)
-    history = card["history"]
-    assert len(history) == 6 and history[-1]["train_loss"] < history[0]["train_loss"]
-    assert card["metrics"]["accuracy"] >= 0.75, card["metrics"]
-    assert card["data"]["train_after_balancing"] == {"Spiral": 32, "Elliptical": 32, "Uncertain": 32}
+    history = card.history
+    assert len(history) == 6 and history[-1].train_loss < history[0].train_loss
+    assert card.metrics.accuracy >= 0.75, card.metrics
+    assert card.provenance.data.train_after_balancing == {"Spiral": 32, "Elliptical": 32, "Uncertain": 32}
 
 
 def test_bundle_card_carries_everything_needed(trained) -> None:
     _, model_dir, _ = trained
     card = read_card(model_dir)
-    assert card["classes"] == list(CLASSES)
-    assert card["input"] == {"source_size": 128, "crop": 96, "size": 32}
-    assert len(card["normalisation"]["mean"]) == 3 and card["seed"] == 0
+    assert card.classes == CLASSES
+    assert card.input == InputGeometry(source_size=128, crop=96, input_size=32, pixel_scale=0.2)
+    assert len(card.normalisation.mean) == 3 and card.provenance.seed == 0
     evaluation = json.loads((model_dir / "evaluation.json").read_text())
     test_ids = set(evaluation["split_ids"]["test"])
     assert test_ids.isdisjoint(evaluation["split_ids"]["train"])
-    assert len(test_ids) == card["data"]["split"]["test"] == 12
+    assert len(test_ids) == card.provenance.data.split["test"] == 12
     assert (model_dir / CHECKPOINT_NAME).is_file()
 
 
@@ -103,7 +104,7 @@ def test_resume_refuses_changed_settings(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"epochs": 0}, "epochs"), ({"batch_size": 500}, "larger than"), ({"image_size": 4}, "image size"),
+    ({"epochs": 0}, "epochs"), ({"batch_size": 500}, "larger than"), ({"input_size": 4}, "image size"),
     ({"arch": "vgg99"}, "unknown architecture"),
 ])
 def test_bad_settings_fail_before_work(tmp_path: Path, overrides: dict, message: str) -> None:
@@ -115,21 +116,22 @@ def test_bad_settings_fail_before_work(tmp_path: Path, overrides: dict, message:
 
 def test_evaluate_uses_held_out_galaxies(trained) -> None:
     data, model_dir, _ = trained
-    metrics = evaluate_bundle(model_dir, data)
+    result = evaluate_bundle(EvaluateConfig(data_dir=data, model_dir=model_dir))
+    metrics = result.metrics
     card = read_card(model_dir)
-    assert metrics["split"] == "test" and metrics["n"] == 12
-    assert metrics["accuracy"] == pytest.approx(card["metrics"]["accuracy"])
-    assert set(metrics["symmetry_agreement"]) == {"rot90", "mirror", "all_8"}
-    for item in metrics["misclassified"]:
+    assert metrics.split == "test" and metrics.n == 12
+    assert metrics.accuracy == pytest.approx(card.metrics.accuracy)
+    assert set(vars(metrics.symmetry_agreement)) == {"rot90", "mirror", "all_8"}
+    for item in result.misclassified:
         assert item["true"] != item["predicted"]
     # With the 8-view average, turning or mirroring the cutout itself changes nothing but rounding:
     # the centred crop and the resize commute with the square's symmetries.
-    turned = metrics["prediction_symmetry_agreement"]
-    assert turned["rot90"] == turned["mirror"] == 1.0
-    assert turned["rot90_max_probability_change"] < 1e-4 and turned["mirror_max_probability_change"] < 1e-4
-    assert card["metrics"]["prediction_symmetry_agreement"]["rot90"] == 1.0
-    single = evaluate_bundle(model_dir, data, tta=False)["prediction_symmetry_agreement"]
-    assert single["rot90_max_probability_change"] > 1e-3  # one view is not invariant
+    turned = metrics.prediction_symmetry_agreement
+    assert turned.rot90 == turned.mirror == 1.0
+    assert turned.rot90_max_probability_change < 1e-4 and turned.mirror_max_probability_change < 1e-4
+    assert card.metrics.prediction_symmetry_agreement.rot90 == 1.0
+    single = evaluate_bundle(EvaluateConfig(data_dir=data, model_dir=model_dir, tta=False))
+    assert single.metrics.prediction_symmetry_agreement.rot90_max_probability_change > 1e-3  # one view is not invariant
 
 
 def test_turned_images_are_the_cutouts_turned_or_mirrored() -> None:
@@ -170,25 +172,25 @@ def test_metrics_on_known_values() -> None:
     y = np.array([0, 0, 1, 1, 2, 2])
     probs = np.eye(3)[[0, 1, 1, 1, 2, 0]] * 0.9 + 0.1 / 3
     m = classification_metrics(y, probs)
-    assert m["accuracy"] == pytest.approx(4 / 6)
-    assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
-    assert m["balanced_accuracy"] == pytest.approx((0.5 + 1 + 0.5) / 3)
-    assert m["per_class"]["Elliptical"]["precision"] == pytest.approx(2 / 3)
-    assert m["spiral_vs_elliptical_accuracy"] == pytest.approx(3 / 4)
+    assert m.accuracy == pytest.approx(4 / 6)
+    assert m.confusion == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert m.balanced_accuracy == pytest.approx((0.5 + 1 + 0.5) / 3)
+    assert m.per_class["Elliptical"].precision == pytest.approx(2 / 3)
+    assert m.spiral_vs_elliptical_accuracy == pytest.approx(3 / 4)
 
 
 def test_models_build() -> None:
     for arch in ("resnet_small", "plain_cnn"):
-        out = build_model(arch, 3, 8, 1)(torch.zeros(2, 3, 32, 32))
+        out = build_model(Architecture(arch, 8, 1))(torch.zeros(2, 3, 32, 32))
         assert out.shape == (2, 3)
 
 
 def test_jitter_without_perturbation_is_the_plain_crop() -> None:
-    from galaxy_core.normalise import InputGeometry, crop_and_resize
-    from galaxy_core.train import jittered_crop, random_jitter
+    from galaxy_core.batches import jittered_crop, random_jitter
+    from galaxy_core.geometry import InputGeometry, crop_and_resize
 
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 128, 128, 3), dtype=np.uint8))
-    for geometry in (InputGeometry(128, 96, 64), InputGeometry(128, 96, 32)):
+    for geometry in (InputGeometry(128, 96, 64), InputGeometry(128, 96, 32)):  # source, crop, input
         plain = crop_and_resize(images, geometry)
         same = jittered_crop(images, geometry, torch.tensor([[0.0, 1.0, 0.0, 0.0]] * 3))
         torch.testing.assert_close(same[..., 2:-2, 2:-2], plain[..., 2:-2, 2:-2], rtol=0, atol=1e-5)

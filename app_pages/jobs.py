@@ -15,7 +15,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from .config import GalaxyError
+from galaxy_core.config import GalaxyError
 
 JobState = Literal["running", "done", "stopped", "failed"]
 Task = Callable[[Callable[[Any], None], threading.Event], Any]

@@ -1,0 +1,90 @@
+"""What the command line shows while it works and when it is done: progress bars on stderr (so
+stdout and CSV stay clean) and the metrics table."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+from .cache import BuildProgress
+from .config import CLASSES
+from .download import DownloadProgress
+from .metrics import Metrics, MetricRow, metric_rows
+from .train import TrainProgress
+
+
+class CountBar:
+    """A bar over a count of items, opened at the first event, so an error raised before any
+    work is not printed on the end of an empty bar."""
+
+    def __init__(self, desc: str, unit: str = "img"):
+        self.desc, self.unit = desc, unit
+        self.bar: tqdm | None = None
+
+    def update(self, done: int, total: int, **postfix: Any) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit=self.unit, desc=self.desc, file=sys.stderr)
+        self.bar.total, self.bar.n = total, done
+        if postfix:
+            self.bar.set_postfix(refresh=False, **postfix)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def download(self, event: DownloadProgress) -> None:
+        self.update(event.done, event.total, failed=event.failed, skipped=event.skipped)
+
+    def build(self, event: BuildProgress) -> None:
+        self.update(event.done, event.total)
+
+
+class TrainingDisplay:
+    """A bar per epoch, one line per finished epoch, and the job's own messages."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+
+    def __call__(self, event: TrainProgress) -> None:
+        if event.phase == "train":
+            desc = f"epoch {event.epoch}/{event.epochs}"
+            if self.bar is None or self.bar.total != event.batches or self.bar.desc != desc:
+                self.close()
+                self.bar = tqdm(total=event.batches, desc=desc, unit="batch", leave=False, file=sys.stderr)
+            self.bar.n = event.batch
+            self.bar.set_postfix(loss=f"{event.loss:.3f}", acc=f"{event.accuracy:.3f}",
+                                 eta=f"{(event.eta_s or 0) / 60:.1f}min", refresh=False)
+            self.bar.refresh()
+        elif event.phase == "epoch":
+            h = event.history[-1]
+            tqdm.write(f"epoch {h.epoch:3d}/{event.epochs}  train loss {h.train_loss:.3f} "
+                       f"acc {h.train_accuracy:.3f}  val loss {h.val_loss:.3f} "
+                       f"acc {h.val_accuracy:.3f}  {h.seconds:.0f}s", file=sys.stderr)
+        else:
+            print(event.message, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def terminal_value(row: MetricRow) -> str:
+    if row.value is None:
+        return "n/a"
+    return f"{row.value:,}" if row.kind == "count" else f"{row.value:.4f}"
+
+
+def metrics_text(metrics: Metrics) -> str:
+    """The headline rows, per-class scores and the confusion matrix as fixed-width text."""
+    lines = [f"{row.label:<56} {terminal_value(row)}" for row in metric_rows(metrics)]
+    lines.append("per class              precision recall  f1     support")
+    for name, s in metrics.per_class.items():
+        lines.append(f"  {name:<20} {s.precision:.3f}     {s.recall:.3f}   {s.f1:.3f}  {s.support}")
+    lines.append("confusion (rows true, columns predicted: " + ", ".join(CLASSES) + ")")
+    lines += ["  " + " ".join(f"{v:6d}" for v in row) for row in metrics.confusion]
+    return "\n".join(lines)
