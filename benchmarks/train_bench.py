@@ -153,8 +153,7 @@ def reference_loader(pipe: OurPipeline, data_dir: Path, workers: int) -> DataLoa
     rows = pipe.train_rows
     folder = DatasetFolder(data_dir)
     paths = [folder.root / rel for rel in pipe.dataset.index["image"].to_numpy()[rows]]
-    targets = training_targets(pipe.dataset, rows, pipe.config.soft_labels,
-                               with_fractions=pipe.config.aux_outputs > 0)
+    targets = training_targets(pipe.dataset, rows, pipe.config.soft_labels, pipe.config.aux_outputs)
     transform = T.Compose([
         T.CenterCrop(pipe.geometry.crop),
         T.Resize(pipe.geometry.input_size),

@@ -104,7 +104,7 @@ class BatchSource:
             x = normalise(dihedral_per_sample(x, symmetry), self.stats)
             x = x.contiguous(memory_format=torch.channels_last)
             targets = torch.from_numpy(training_targets(self.dataset, rows, self.config.soft_labels,
-                                                        with_fractions=self.config.aux_outputs > 0))
+                                                        self.config.aux_outputs))
             yield x, targets
 
 

@@ -77,8 +77,8 @@ def new_card(config: TrainConfig, geometry: InputGeometry, stats: ChannelStats, 
     provenance = Provenance(config=config, seed=config.seed, trained_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                             training_seconds=round(seconds, 1), command=command, machine=machine, data=data)
     return ModelCard(architecture=Architecture(config.arch, config.width, config.depth, config.aux_outputs),
-                     input=geometry, normalisation=stats, tta=config.tta, precision=config.precision,
-                     provenance=provenance)
+                     input=geometry, normalisation=stats, labels=config.labels, tta=config.tta,
+                     precision=config.precision, provenance=provenance)
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

@@ -7,6 +7,7 @@ many galaxies there are, and no JPEG is ever decoded twice. A cache is keyed by 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -24,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from .atomic import file_lock
-from .config import CLASSES, CUTOUT_SIZE, default_cache_root
+from .catalogue import fraction_columns, label_column, rule_fractions, rule_labels
+from .config import CUTOUT_SIZE, LABEL_RULES, TrainConfig, default_cache_root
 from .folder import DatasetError, DatasetFolder
 from .images import ImageLoadError, load_image, resize_square
 
@@ -195,24 +197,41 @@ def _finish_partial_shard(tmp: Path, shards: list[list], source_size: int) -> No
 
 
 class PackedDataset:
-    """Read-only view of one cache folder: index table plus memory-mapped image shards."""
+    """Read-only view of one cache folder: index table plus memory-mapped image shards, with the
+    classes and vote fractions of one label rule (the cache itself serves both rules)."""
 
-    def __init__(self, cache_dir: Path):
+    def __init__(self, cache_dir: Path, labels: str = TrainConfig.labels):
         self.cache_dir = Path(cache_dir)
         try:
             self.meta = json.loads((self.cache_dir / META_NAME).read_text())
-            self.index = pd.read_csv(self.cache_dir / INDEX_NAME, dtype={"id": str})
+            self.index = pd.read_csv(self.cache_dir / INDEX_NAME, dtype={"id": str, **{
+                label_column(rule): str for rule in LABEL_RULES}}, keep_default_na=False,
+                na_values={column: [""] for column in self.fraction_names()})
             self.shards = [np.load(self.cache_dir / name, mmap_mode="r") for name in self.meta["shards"]]
         except (OSError, ValueError, KeyError) as exc:
             raise DatasetError(f"cache {self.cache_dir} is unreadable ({exc}); delete it to rebuild") from None
         self.source_size = int(self.meta["image_size"])
-        self.labels = self.index["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(np.int64)
+        self.rule = labels
         self.shard_of = self.index["shard"].to_numpy(np.int64)
         self.offset_of = self.index["offset"].to_numpy(np.int64)
 
+    @functools.cached_property
+    def labels(self) -> np.ndarray:
+        """Class indices under the label rule (read on first use: pixels alone need no labels)."""
+        return rule_labels(self.index, self.rule)
+
+    @staticmethod
+    def fraction_names() -> list[str]:
+        return [c for rule in LABEL_RULES for c in fraction_columns(rule)]
+
     @classmethod
-    def open(cls, data_dir: Path, source_size: int = CUTOUT_SIZE, **build_kwargs) -> "PackedDataset":
-        return cls(build_cache(data_dir, source_size=source_size, **build_kwargs).cache_dir)
+    def open(cls, data_dir: Path, source_size: int = CUTOUT_SIZE, labels: str = TrainConfig.labels,
+             **build_kwargs) -> "PackedDataset":
+        return cls(build_cache(data_dir, source_size=source_size, **build_kwargs).cache_dir, labels)
+
+    def fractions(self, rows: np.ndarray) -> np.ndarray:
+        """(n, 3) vote fractions of these rows under the label rule (smooth, features, artifact)."""
+        return rule_fractions(self.index, self.rule)[np.asarray(rows, dtype=np.int64)]
 
     def __len__(self) -> int:
         return len(self.index)

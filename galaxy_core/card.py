@@ -153,6 +153,7 @@ class ModelCard:
     labels: str = "debiased"
     tta: bool = True
     temperature: float = 1.0
+    vote_temperature: float = 1.0
     precision: str = "fp32"
     provenance: Provenance | None = None
     metrics: Metrics | None = None
@@ -168,7 +169,8 @@ class ModelCard:
             "format": CARD_VERSION, "classes": list(self.classes), "labels": self.labels,
             "architecture": self.architecture.to_dict(), "input": self.input.to_dict(),
             "normalisation": self.normalisation.to_dict(), "tta": self.tta,
-            "temperature": self.temperature, "precision": self.precision,
+            "temperature": self.temperature, "vote_temperature": self.vote_temperature,
+            "precision": self.precision,
             "provenance": None if self.provenance is None else self.provenance.to_dict(),
             "metrics": None if self.metrics is None else self.metrics.to_dict(reliability=False),
             "history": [h.to_dict() for h in self.history],
@@ -194,6 +196,7 @@ class ModelCard:
             labels=fields.choice(values, "labels", options=LABEL_RULES),
             tta=fields.flag(values, "tta", default=False),
             temperature=fields.number(values, "temperature", low=0.05, high=20, default=1.0),
+            vote_temperature=fields.number(values, "vote_temperature", low=0.05, high=20, default=1.0),
             precision=fields.choice(values, "precision", options=PRECISIONS, default="fp32"),
             provenance=None if values.get("provenance") is None else Provenance.from_dict(values["provenance"]),
             metrics=None if values.get("metrics") is None else Metrics.from_dict(values["metrics"]),

@@ -21,6 +21,7 @@ from .config import (
     BALANCE_CHOICES,
     DEFAULT_CATALOGUE_URL,
     DEVICES,
+    LABEL_RULES,
     PRECISIONS,
     DownloadConfig,
     EvaluateConfig,
@@ -32,6 +33,12 @@ from .config import (
 
 EXIT_USER_ERROR = 2
 EXIT_PARTIAL_FAILURE = 1
+LABELS_HELP = ("which vote fractions make the class: votes, what volunteers saw in the image; debiased, "
+               "Galaxy Zoo's distance-corrected morphology (either way a class needs more than 0.8)")
+
+
+def _add_labels(p: argparse.ArgumentParser, default: str | None, text: str = LABELS_HELP) -> None:
+    p.add_argument("--labels", choices=list(LABEL_RULES), default=default, help=text)
 
 
 def _add_download(sub: argparse._SubParsersAction) -> None:
@@ -48,6 +55,7 @@ def _add_download(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retries", type=int, default=d.retries)
     p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per request")
     p.add_argument("--max-rate", type=float, help="at most this many requests per second")
+    _add_labels(p, TrainConfig.labels, "the label rule of the class counts shown (the catalogue keeps both)")
 
 
 TRAIN_FLAGS = [  # flag, TrainConfig field, type, help
@@ -98,6 +106,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         p.add_argument(f"--{flag}", dest=attr, action=argparse.BooleanOptionalAction,
                        default=getattr(d, attr), help=text)
     p.add_argument("--restart", action="store_true", help="discard an existing checkpoint in --out")
+    _add_labels(p, d.labels)
     _add_cache_dir(p)
 
 
@@ -116,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=SplitConfig().seed)
     p.add_argument("--balance", choices=list(BALANCE_CHOICES), default=TrainConfig.balance,
                    help="which balancing the summary's training views use")
+    _add_labels(p, TrainConfig.labels)
     _add_cache_dir(p)
     _add_train(sub)
     p = sub.add_parser("evaluate", help="metrics of a model on a labelled dataset folder")
@@ -123,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--json", type=Path, help="also write all metrics to this JSON file")
     p.add_argument("--no-tta", action="store_true", help="single view instead of the card's setting")
+    _add_labels(p, None, "score against this label rule (default: the one the model was trained on)")
     _add_cache_dir(p)
     p = sub.add_parser("predict", help="classify image files or folders of images")
     p.add_argument("inputs", nargs="+", help="image files or folders")
@@ -136,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from .catalogue import read_catalogue
+    from .catalogue import class_counts, has_labels, label_column, read_catalogue
     from .download import download_cutouts
     from .terminal import CountBar
 
@@ -152,6 +163,9 @@ def _download(args: argparse.Namespace) -> int:
         bar.close()
     print(f"{report.total} galaxies: {report.downloaded} downloaded, {report.skipped} already present, "
           f"{len(report.failed)} failed, in {report.elapsed_s:.1f} s -> {args.out}", file=sys.stderr)
+    if has_labels(catalogue, args.labels):
+        counts = class_counts(catalogue[label_column(args.labels)].iloc[:report.total])
+        print(f"classes ({args.labels} labels): {counts}", file=sys.stderr)
     for galaxy, reason in list(report.failed.items())[:10]:
         print(f"  failed {galaxy}: {reason}", file=sys.stderr)
     if report.failed:
@@ -170,7 +184,8 @@ def _build(args: argparse.Namespace) -> int:
         report = build_cache(args.data, progress=bar.build, cache_root=args.cache_dir)
     finally:
         bar.close()
-    summary = dataset_summary(args.data, SplitConfig(seed=args.seed), args.balance, cache_root=args.cache_dir)
+    summary = dataset_summary(args.data, SplitConfig(seed=args.seed), args.balance, cache_root=args.cache_dir,
+                              labels=args.labels)
     summary["undecodable"] = report.failed
     print(json.dumps(summary, indent=1))
     return 0
@@ -215,7 +230,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .terminal import metrics_text
 
     config = EvaluateConfig(data_dir=args.data, model_dir=args.model or PredictConfig().model_dir,
-                            tta=False if args.no_tta else None, cache_dir=args.cache_dir)
+                            tta=False if args.no_tta else None, labels=args.labels, cache_dir=args.cache_dir)
     result = evaluate_bundle(config)
     print(metrics_text(result.metrics))
     if args.json:

@@ -11,6 +11,9 @@ from typing import Any
 
 CLASSES: tuple[str, ...] = ("Spiral", "Elliptical", "Uncertain")
 """Class names in the order of every probability vector the package produces."""
+ANSWERS: tuple[str, ...] = ("smooth", "features", "artifact")
+"""The first Galaxy Zoo question's answers (smooth; features or disk; star or artifact), in the
+order of every vote-fraction vector."""
 
 ARCHITECTURES: tuple[str, ...] = ("resnet_small", "plain_cnn")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
@@ -156,9 +159,11 @@ class TrainConfig:
     max_galaxies: int | None = None
     cache_dir: Path | None = None
     precision: str = "fp32"
+    labels: str = "votes"
 
     def __post_init__(self) -> None:
         _paths(self, "data_dir", "out_dir", "cache_dir")
+        _require(self.labels in LABEL_RULES, f"labels must be {' or '.join(LABEL_RULES)}, got {self.labels!r}")
         _require(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
         _require(self.epochs <= 10_000, f"epochs must be at most 10000, got {self.epochs}")
         _require(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
@@ -195,8 +200,8 @@ class TrainConfig:
 
     @property
     def aux_outputs(self) -> int:
-        """Outputs of the vote-fraction head: smooth and features, when it is trained at all."""
-        return 2 if self.aux_weight > 0 else 0
+        """Outputs of the vote-fraction head (smooth, features, artifact), when it is trained at all."""
+        return 3 if self.aux_weight > 0 else 0
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -209,6 +214,7 @@ class TrainConfig:
         """From a checkpoint's or card's config, including those saved before a setting was
         renamed (``image_size``; ``balance`` with ``balance_target``) or added (its default)."""
         values = dict(values)
+        values.setdefault("labels", "debiased")  # the only rule before it was a setting
         if "image_size" in values:
             values.setdefault("input_size", values.pop("image_size"))
         if isinstance(values.get("balance"), bool):
@@ -224,11 +230,14 @@ class EvaluateConfig:
     data_dir: Path
     model_dir: Path = field(default_factory=default_model_dir)
     tta: bool | None = None  # None: as the model card says
+    labels: str | None = None  # None: the rule the model was trained on
     device: str = "cpu"
     cache_dir: Path | None = None
 
     def __post_init__(self) -> None:
         _paths(self, "data_dir", "model_dir", "cache_dir")
+        _require(self.labels is None or self.labels in LABEL_RULES,
+                 f"labels must be {' or '.join(LABEL_RULES)}, got {self.labels!r}")
         _require(self.device in DEVICES, f"device must be auto, cpu or cuda, got {self.device!r}")
 
 

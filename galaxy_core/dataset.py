@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from .cache import PackedDataset
+from .catalogue import rule_fractions, rule_labels
 from .config import CLASSES, ConfigError, SplitConfig, TrainConfig
-from .folder import DatasetFolder
+from .folder import DatasetError, DatasetFolder
 
 SOFT_LABEL_TEMPERATURE = 0.04
 
@@ -36,19 +37,33 @@ def soft_targets(frac_smooth: np.ndarray, frac_features: np.ndarray,
     return (out / out.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def training_targets(dataset: PackedDataset, rows: np.ndarray, soft: bool,
-                     with_fractions: bool = False) -> np.ndarray:
-    """Class targets (n, 3); with ``with_fractions`` two more columns, the smooth and features
-    vote fractions, for the auxiliary regression head."""
+def vote_targets(fractions: np.ndarray) -> np.ndarray:
+    """Vote fractions (n, 3) as a distribution over the three answers: debiased fractions need
+    not sum to one, and a galaxy with no recorded votes gets no weight (all zeros)."""
+    fractions = np.nan_to_num(np.asarray(fractions, dtype=np.float64), nan=0.0).clip(0, None)
+    total = fractions.sum(axis=1, keepdims=True)
+    return np.divide(fractions, total, out=np.zeros_like(fractions), where=total > 0).astype(np.float32)
+
+
+def training_targets(dataset: PackedDataset, rows: np.ndarray, soft: bool, vote_outputs: int = 0) -> np.ndarray:
+    """Class targets (n, 3); with a vote-fraction head, ``vote_outputs`` more columns: the smooth,
+    features and artifact fractions as a distribution (3), or the smooth and features fractions
+    of the first models' two-output head (2)."""
     rows = np.asarray(rows, dtype=np.int64)
-    smooth = dataset.index["frac_smooth"].to_numpy()[rows]
-    features = dataset.index["frac_features"].to_numpy()[rows]
+    fractions = dataset.fractions(rows)
+    if soft or vote_outputs:
+        missing = np.isnan(fractions[:, :2]).any(axis=1)
+        if missing.any():
+            raise DatasetError(f"{int(missing.sum())} training galaxies have a class but no {dataset.rule} vote "
+                               "fractions: train with --no-soft-labels and --aux-weight 0")
     if soft:
-        out = soft_targets(smooth, features)
+        out = soft_targets(fractions[:, 0], fractions[:, 1])
     else:
         out = np.eye(len(CLASSES), dtype=np.float32)[dataset.labels[rows]]
-    if with_fractions:
-        out = np.concatenate([out, np.stack([smooth, features], 1).astype(np.float32)], axis=1)
+    if vote_outputs == 3:
+        out = np.concatenate([out, vote_targets(fractions)], axis=1)
+    elif vote_outputs == 2:
+        out = np.concatenate([out, fractions[:, :2].astype(np.float32)], axis=1)
     return out
 
 
@@ -174,27 +189,30 @@ def plan_training(ids: np.ndarray, labels: np.ndarray, config: TrainConfig, worl
 
 
 def dataset_summary(data_dir: Path, config: SplitConfig = SplitConfig(), balance_choice: str = "median",
-                    cache_root: Path | None = None) -> dict[str, Any]:
-    """Class counts, split sizes and the training views of one balance choice (CLI and app)."""
-    dataset = PackedDataset.open(data_dir, cache_root=cache_root)
+                    cache_root: Path | None = None, labels: str = TrainConfig.labels) -> dict[str, Any]:
+    """Class counts, split sizes and the training views of one label rule and balance choice."""
+    dataset = PackedDataset.open(data_dir, labels=labels, cache_root=cache_root)
     split = split_dataset(dataset.ids, dataset.labels, config)
     views = balanced_views(split.train, dataset.labels, config.seed, balance_choice)
     return {"galaxies": len(dataset), "cache": str(dataset.cache_dir),
-            "class_counts": class_counts_of(dataset.labels), "split": split.sizes(),
+            "labels": labels, "class_counts": class_counts_of(dataset.labels), "split": split.sizes(),
             "balance": balance_choice, "train_before_balancing": views.counts_before,
             "train_after_balancing": views.counts_after}
 
 
-def sample_galaxies(data_dir: Path, per_class: int, seed: int = 0) -> dict[str, list[dict[str, Any]]]:
-    """Up to ``per_class`` random galaxies of each class whose image exists: id, path, votes."""
+def sample_galaxies(data_dir: Path, per_class: int, seed: int = 0,
+                    labels: str = TrainConfig.labels) -> dict[str, list[dict[str, Any]]]:
+    """Up to ``per_class`` random galaxies of each class (under ``labels``) whose image exists:
+    id, path, and that rule's smooth and features vote fractions."""
     folder = DatasetFolder(data_dir)
     frame = folder.read_catalogue()
+    classes, fractions = rule_labels(frame, labels), rule_fractions(frame, labels)
     rng = np.random.default_rng(seed)
     out: dict[str, list[dict[str, Any]]] = {}
-    for name in CLASSES:
-        members = frame[frame["label"] == name]
-        take = rng.choice(len(members), size=min(per_class, len(members)), replace=False)
-        out[name] = [{"id": str(r.id), "path": folder.root / r.image,
-                      "frac_smooth": float(r.frac_smooth), "frac_features": float(r.frac_features)}
-                     for r in members.iloc[np.sort(take)].itertuples()]
+    for k, name in enumerate(CLASSES):
+        members = np.flatnonzero(classes == k)
+        take = np.sort(rng.choice(len(members), size=min(per_class, len(members)), replace=False))
+        out[name] = [{"id": str(frame["id"].iat[i]), "path": folder.root / frame["image"].iat[i],
+                      "frac_smooth": float(fractions[i, 0]), "frac_features": float(fractions[i, 1])}
+                     for i in members[take]]
     return out

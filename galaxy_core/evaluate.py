@@ -14,24 +14,35 @@ from .bundle import ModelBundle, load_bundle, read_evaluation
 from .cache import ImageRows, PackedDataset
 from .config import EvaluateConfig
 from .folder import DatasetError
-from .inference import Cutouts, TurnedImages, calibrated, combine_views, predict_probs, view_log_probs
-from .metrics import Metrics, TurnedAgreement, ViewAgreement, classification_metrics, misclassified
+from .dataset import vote_targets
+from .inference import Cutouts, TurnedImages, calibrated, calibrated_votes, predict_probs, view_log_probs
+from .metrics import Metrics, TurnedAgreement, ViewAgreement, classification_metrics, misclassified, vote_rmse
 
 
-def fit_temperature(log_probs: torch.Tensor, labels: np.ndarray) -> float:
-    """Temperature scaling (Guo et al. 2017) on validation galaxies: one scalar, accuracy unchanged."""
+def fit_temperature(log_probs: torch.Tensor, targets: np.ndarray) -> float:
+    """Temperature scaling (Guo et al. 2017) on validation galaxies: one scalar, accuracy unchanged.
+    ``targets`` are class indices, or distributions (the vote fractions of the vote head)."""
     logits = log_probs.double()
-    target = torch.as_tensor(labels)
+    target = torch.as_tensor(targets)
+    if target.is_floating_point():
+        target = target.double()
     grid = np.exp(np.linspace(np.log(0.3), np.log(5.0), 121))
     losses = [float(F.cross_entropy(logits / t, target)) for t in grid]
     return float(grid[int(np.argmin(losses))])
 
 
-def calibrate(bundle: ModelBundle, images: Cutouts, labels: np.ndarray) -> ModelBundle:
-    """The bundle with its card's temperature fitted on these (validation) galaxies."""
-    views = view_log_probs(bundle, images)
-    temperature = fit_temperature(combine_views(views, bundle.card.tta), labels)
-    return replace(bundle, card=replace(bundle.card, temperature=temperature))
+def calibrate(bundle: ModelBundle, images: Cutouts, labels: np.ndarray,
+              fractions: np.ndarray | None = None) -> ModelBundle:
+    """The bundle with its card's temperatures fitted on these (validation) galaxies: the class
+    temperature on their labels, the vote temperature on their vote fractions."""
+    classes, votes = view_log_probs(bundle, images).combined(bundle.card.tta)
+    card = replace(bundle.card, temperature=fit_temperature(classes, labels))
+    if votes is not None and fractions is not None:
+        known = ~np.isnan(fractions).any(axis=1)
+        if known.any():
+            card = replace(card, vote_temperature=fit_temperature(votes[torch.from_numpy(known)],
+                                                                  vote_targets(fractions[known])))
+    return replace(bundle, card=card)
 
 
 def agreement_from_views(view_logp: torch.Tensor) -> ViewAgreement:
@@ -57,16 +68,23 @@ def prediction_agreement(bundle: ModelBundle, images: Cutouts, probs: np.ndarray
     return TurnedAgreement(**out)
 
 
-def held_out_metrics(bundle: ModelBundle, images: Cutouts, labels: np.ndarray,
-                     tta: bool | None = None) -> tuple[Metrics, np.ndarray]:
-    """Metrics and calibrated probabilities of held-out galaxies, with the symmetry checks: one
-    8-view pass for the answers and single-view agreement, then the turned cutouts."""
+def held_out_metrics(bundle: ModelBundle, images: Cutouts, labels: np.ndarray, tta: bool | None = None,
+                     fractions: np.ndarray | None = None) -> tuple[Metrics, np.ndarray]:
+    """Metrics and calibrated probabilities of held-out galaxies, with the symmetry checks (one
+    8-view pass for the answers and single-view agreement, then the turned cutouts) and, for a
+    model with a vote head, the error of its vote fractions against ``fractions``."""
     use_tta = bundle.card.tta if tta is None else tta
     views = view_log_probs(bundle, images)
-    probs = calibrated(combine_views(views, use_tta), bundle)
-    metrics = replace(classification_metrics(labels, probs), symmetry_agreement=agreement_from_views(views),
+    classes, votes = views.combined(use_tta)
+    probs = calibrated(classes, bundle)
+    rmse = None
+    if votes is not None and fractions is not None:
+        observed = vote_targets(fractions)
+        observed[np.isnan(fractions).any(axis=1)] = np.nan  # galaxies without votes are not scored
+        rmse = vote_rmse(calibrated_votes(votes, bundle), observed)
+    metrics = replace(classification_metrics(labels, probs), symmetry_agreement=agreement_from_views(views.classes),
                       prediction_symmetry_agreement=prediction_agreement(bundle, images, probs, use_tta),
-                      tta=use_tta)
+                      tta=use_tta, vote_rmse=rmse)
     return metrics, probs
 
 
@@ -101,12 +119,13 @@ def evaluate_bundle(config: EvaluateConfig) -> EvaluationResult:
     """Metrics, symmetry agreement and misclassified galaxies for one model on one dataset."""
     bundle = load_bundle(config.model_dir, device=config.device)
     dataset = PackedDataset.open(config.data_dir, source_size=bundle.geometry.source_size,
-                                 cache_root=config.cache_dir)
+                                 labels=config.labels or bundle.card.labels, cache_root=config.cache_dir)
     rows, which = held_out_rows(dataset, bundle)
     if len(rows) == 0:
         raise DatasetError(f"every galaxy in {config.data_dir} was used to train {config.model_dir}: "
                            "there is nothing held out to evaluate on")
     labels = dataset.labels[rows]
-    metrics, probs = held_out_metrics(bundle, ImageRows(dataset, rows), labels, tta=config.tta)
+    metrics, probs = held_out_metrics(bundle, ImageRows(dataset, rows), labels, tta=config.tta,
+                                      fractions=dataset.fractions(rows))
     wrong = misclassified(dataset.ids[rows], dataset.index["image"].to_numpy()[rows], labels, probs)
-    return EvaluationResult(replace(metrics, split=which), wrong)
+    return EvaluationResult(replace(metrics, split=which, labels=dataset.rule), wrong)

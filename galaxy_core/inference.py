@@ -6,12 +6,14 @@ Every function takes a ``ModelBundle``: the network with the card that says how 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator, Protocol
 
 import numpy as np
 import torch
 
 from .bundle import ModelBundle
+from .config import ANSWERS
 from .geometry import crop_and_resize, dihedral
 from .normalise import normalise
 from .precision import autocast
@@ -51,32 +53,77 @@ def _passes(x: torch.Tensor, views: int) -> list[torch.Tensor]:
     return [x[i:i + step] for i in range(0, x.shape[0], step)]
 
 
-def _log_probs(bundle: ModelBundle, x: torch.Tensor) -> torch.Tensor:
+@dataclass(frozen=True)
+class ViewLogProbs:
+    """Log-probabilities in each of the 8 symmetric views: classes (8, n, classes) and, for a
+    model with a vote-fraction head, the three answers' fractions (8, n, 3)."""
+
+    classes: torch.Tensor
+    votes: torch.Tensor | None = None
+
+    def combined(self, tta: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(n, classes) and (n, 3): the mean over the views, or the first view alone."""
+        votes = None if self.votes is None else combine_views(self.votes, tta)
+        return combine_views(self.classes, tta), votes
+
+    @staticmethod
+    def cat(parts: list["ViewLogProbs"], classes: int) -> "ViewLogProbs":
+        if not parts:
+            return ViewLogProbs(torch.zeros(8, 0, classes))
+        votes = None if parts[0].votes is None else torch.cat([p.votes for p in parts], dim=1)
+        return ViewLogProbs(torch.cat([p.classes for p in parts], dim=1), votes)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What a model says about some images, calibrated: class probabilities (n, classes) and,
+    when it has a vote-fraction head, the volunteers' answers it predicts (n, 3)."""
+
+    probs: np.ndarray
+    votes: np.ndarray | None = None
+
+
+def _log_probs(bundle: ModelBundle, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     with autocast(x.device, bundle.precision):
-        logits = bundle.model(x)
-    return torch.log_softmax(logits.float(), dim=1)
+        logits, aux = bundle.model.outputs(x)
+    votes = torch.log_softmax(aux.float(), dim=1) if has_vote_head(bundle) else None
+    return torch.log_softmax(logits.float(), dim=1), votes
+
+
+def has_vote_head(bundle: ModelBundle) -> bool:
+    """Whether the model predicts the three answers' vote fractions (the first models' two-output
+    regression head does not give a distribution)."""
+    return bundle.card.architecture.aux_outputs == len(ANSWERS)
 
 
 @torch.inference_mode()
-def batch_view_log_probs(bundle: ModelBundle, x: torch.Tensor) -> torch.Tensor:
-    """Log-probabilities of a normalised batch in each of the 8 symmetric views, (8, n, classes)."""
+def batch_view_log_probs(bundle: ModelBundle, x: torch.Tensor) -> ViewLogProbs:
+    """Log-probabilities of a normalised batch in each of the 8 symmetric views."""
     out = []
     for part in _passes(x, 8):
-        views = torch.cat([dihedral(part, k) for k in range(8)])
-        out.append(_log_probs(bundle, views).view(8, part.shape[0], -1))
-    return torch.cat(out, dim=1)
+        classes, votes = _log_probs(bundle, torch.cat([dihedral(part, k) for k in range(8)]))
+        n = part.shape[0]
+        out.append(ViewLogProbs(classes.view(8, n, -1), None if votes is None else votes.view(8, n, -1)))
+    return ViewLogProbs.cat(out, len(bundle.card.classes))
 
 
 @torch.inference_mode()
-def logits_for(bundle: ModelBundle, x: torch.Tensor, tta: bool) -> torch.Tensor:
-    """Mean of log-probabilities over the 8 dihedral views when ``tta``; else one view."""
+def outputs_for(bundle: ModelBundle, x: torch.Tensor, tta: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Class and vote log-probabilities: the mean over the 8 dihedral views when ``tta``, else one view."""
     if tta:
-        return combine_views(batch_view_log_probs(bundle, x), tta=True)
-    return torch.cat([_log_probs(bundle, part) for part in _passes(x, 1)])
+        return batch_view_log_probs(bundle, x).combined(tta=True)
+    parts = [_log_probs(bundle, part) for part in _passes(x, 1)]
+    votes = None if parts[0][1] is None else torch.cat([v for _, v in parts])
+    return torch.cat([c for c, _ in parts]), votes
+
+
+def logits_for(bundle: ModelBundle, x: torch.Tensor, tta: bool) -> torch.Tensor:
+    """Class log-probabilities, averaged over the 8 dihedral views when ``tta``."""
+    return outputs_for(bundle, x, tta)[0]
 
 
 def combine_views(view_logp: torch.Tensor, tta: bool) -> torch.Tensor:
-    """(8, n, classes) view log-probabilities -> (n, classes): their mean, or the first view."""
+    """(8, n, k) view log-probabilities -> (n, k): their mean, or the first view."""
     return torch.log_softmax(view_logp.mean(dim=0), dim=1) if tta else view_logp[0]
 
 
@@ -85,24 +132,45 @@ def calibrated(log_probs: torch.Tensor, bundle: ModelBundle) -> np.ndarray:
     return torch.softmax(log_probs / bundle.card.temperature, dim=1).cpu().numpy()
 
 
-def predict_probs(bundle: ModelBundle, images: Cutouts, *, tta: bool | None = None,
-                  batch_size: int = BATCH_SIZE) -> np.ndarray:
-    """Calibrated class probabilities (n, classes) for uint8 NHWC cutouts; ``tta`` None: the card's."""
+def calibrated_votes(log_probs: torch.Tensor | None, bundle: ModelBundle) -> np.ndarray | None:
+    """Vote fractions after the card's vote temperature scaling."""
+    if log_probs is None:
+        return None
+    return torch.softmax(log_probs / bundle.card.vote_temperature, dim=1).cpu().numpy()
+
+
+def predict_outputs(bundle: ModelBundle, images: Cutouts, *, tta: bool | None = None,
+                    batch_size: int = BATCH_SIZE) -> Outputs:
+    """Calibrated class probabilities and vote fractions for uint8 NHWC cutouts; ``tta`` None: the card's."""
     bundle.model.eval()
     use_tta = bundle.card.tta if tta is None else tta
-    out = [calibrated(logits_for(bundle, prepare_batch(images[part], bundle), use_tta), bundle)
-           for part in iter_chunks(len(images), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, len(bundle.card.classes)), dtype=np.float32)
+    probs, votes = [], []
+    for part in iter_chunks(len(images), batch_size):
+        classes, vote_logp = outputs_for(bundle, prepare_batch(images[part], bundle), use_tta)
+        probs.append(calibrated(classes, bundle))
+        votes.append(calibrated_votes(vote_logp, bundle))
+    if not probs:
+        empty = np.zeros((0, len(bundle.card.classes)), dtype=np.float32)
+        return Outputs(empty, np.zeros((0, len(ANSWERS)), np.float32) if has_vote_head(bundle) else None)
+    return Outputs(np.concatenate(probs), None if votes[0] is None else np.concatenate(votes))
+
+
+def predict_probs(bundle: ModelBundle, images: Cutouts, *, tta: bool | None = None,
+                  batch_size: int = BATCH_SIZE) -> np.ndarray:
+    """Calibrated class probabilities (n, classes) for uint8 NHWC cutouts."""
+    return predict_outputs(bundle, images, tta=tta, batch_size=batch_size).probs
 
 
 @torch.inference_mode()
-def view_log_probs(bundle: ModelBundle, images: Cutouts, batch_size: int = BATCH_SIZE) -> torch.Tensor:
-    """Log-probabilities of every galaxy in each of the 8 symmetric views, (8, n, classes):
-    one pass serves test-time averaging, calibration and the symmetry check."""
+def view_log_probs(bundle: ModelBundle, images: Cutouts, batch_size: int = BATCH_SIZE) -> ViewLogProbs:
+    """Log-probabilities of every galaxy in each of the 8 symmetric views: one pass serves
+    test-time averaging, calibration and the symmetry check."""
     bundle.model.eval()
-    out = [batch_view_log_probs(bundle, prepare_batch(images[part], bundle)).cpu()
-           for part in iter_chunks(len(images), batch_size)]
-    return torch.cat(out, dim=1) if out else torch.zeros(8, 0, len(bundle.card.classes))
+    parts = []
+    for part in iter_chunks(len(images), batch_size):
+        views = batch_view_log_probs(bundle, prepare_batch(images[part], bundle))
+        parts.append(ViewLogProbs(views.classes.cpu(), None if views.votes is None else views.votes.cpu()))
+    return ViewLogProbs.cat(parts, len(bundle.card.classes))
 
 
 class TurnedImages:

@@ -10,7 +10,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 
 from . import fields
-from .config import CLASSES
+from .config import ANSWERS, CLASSES
 
 SPIRAL, ELLIPTICAL, UNCERTAIN = range(3)
 
@@ -68,6 +68,8 @@ class Metrics:
     prediction_symmetry_agreement: TurnedAgreement | None = None
     split: str = ""
     tta: bool | None = None
+    vote_rmse: dict[str, float] | None = None  # per answer and "all": predicted vs observed fractions
+    labels: str = ""  # the label rule the galaxies were scored against
 
     def to_dict(self, reliability: bool = True) -> dict[str, Any]:
         out = asdict(self)
@@ -122,6 +124,11 @@ class Metrics:
             turned = TurnedAgreement(*(fields.number(turned, k, p, **frac) for k in (
                 "rot90", "mirror", "rot90_max_probability_change", "mirror_max_probability_change")))
         svse = values.get("spiral_vs_elliptical_accuracy")
+        rmse = values.get("vote_rmse")
+        if rmse is not None:
+            p = f"{path}vote_rmse."
+            rmse = fields.section(rmse, p.rstrip("."))
+            rmse = {k: fields.number(rmse, k, p, low=0, high=1) for k in (*ANSWERS, "all")}
         return cls(
             n=n, accuracy=fields.number(values, "accuracy", path, **frac),
             balanced_accuracy=fields.number(values, "balanced_accuracy", path, **frac),
@@ -131,7 +138,8 @@ class Metrics:
             ece=fields.number(values, "ece", path, **frac), per_class=per_class, confusion=confusion,
             reliability=bins, symmetry_agreement=sym, prediction_symmetry_agreement=turned,
             split=fields.text(values, "split", path, default="", max_length=200),
-            tta=values["tta"] if isinstance(values.get("tta"), bool) else None)
+            tta=values["tta"] if isinstance(values.get("tta"), bool) else None, vote_rmse=rmse,
+            labels=fields.text(values, "labels", path, default="", max_length=20))
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int = len(CLASSES)) -> np.ndarray:
@@ -197,6 +205,18 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> Metrics:
                    log_loss=nll, ece=ece, per_class=scores, confusion=matrix.tolist(), reliability=table)
 
 
+def vote_rmse(predicted: np.ndarray, observed: np.ndarray) -> dict[str, float] | None:
+    """Root-mean-square error of predicted vote fractions, per answer and over all three, on
+    the galaxies that have observed fractions."""
+    known = ~np.isnan(observed).any(axis=1)
+    if not known.any():
+        return None
+    error = (np.asarray(predicted, float)[known] - np.asarray(observed, float)[known]) ** 2
+    out = {answer: float(np.sqrt(error[:, i].mean())) for i, answer in enumerate(ANSWERS)}
+    out["all"] = float(np.sqrt(error.mean()))
+    return out
+
+
 def misclassified(ids: np.ndarray, images: np.ndarray, y_true: np.ndarray,
                   probs: np.ndarray) -> list[dict]:
     """Wrong predictions, most confident first: the first places to look for label noise."""
@@ -234,7 +254,8 @@ class MetricRow:
 def metric_rows(metrics: Metrics) -> list[MetricRow]:
     """The headline figures of an evaluation, in the order every medium shows them."""
     rows = [
-        MetricRow("n", f"galaxies evaluated ({metrics.split or 'held out'})", metrics.n, "count"),
+        MetricRow("n", f"galaxies evaluated ({metrics.split or 'held out'}"
+                       f"{f', {metrics.labels} labels' if metrics.labels else ''})", metrics.n, "count"),
         MetricRow("accuracy", "3-class accuracy", metrics.accuracy),
         MetricRow("balanced_accuracy", "balanced accuracy", metrics.balanced_accuracy,
                   help="mean recall over the three classes: not flattered by the common class"),
@@ -249,6 +270,10 @@ def metric_rows(metrics: Metrics) -> list[MetricRow]:
         rows += [MetricRow("view_rot90", "one view: same answer turned 90 degrees", sym.rot90),
                  MetricRow("view_mirror", "one view: same answer mirrored", sym.mirror),
                  MetricRow("view_all_8", "one view: all 8 symmetries agree", sym.all_8)]
+    if metrics.vote_rmse is not None:
+        rows.append(MetricRow("vote_rmse", "vote-fraction RMSE (smooth, features, artifact)",
+                              metrics.vote_rmse["all"], "number",
+                              help="predicted against the volunteers' fractions, root-mean-square"))
     turned = metrics.prediction_symmetry_agreement
     if turned is not None:
         how = "8-view average" if metrics.tta in (True, None) else "one view"

@@ -54,8 +54,9 @@ class BasicBlock(nn.Module):
 
 
 class PooledHead(nn.Module):
-    """Global average pooling, dropout, class logits; optionally auxiliary regression outputs,
-    returned beside the logits in training mode only, so inference always sees class logits."""
+    """Global average pooling, dropout, class logits; optionally the vote-fraction head's logits,
+    returned beside the class logits in training mode only, so a plain forward pass in
+    evaluation mode always gives class logits (``outputs`` gives both)."""
 
     def __init__(self, channels: int, num_classes: int, dropout: float, aux_outputs: int = 0):
         super().__init__()
@@ -63,11 +64,14 @@ class PooledHead(nn.Module):
         self.fc = nn.Linear(channels, num_classes)
         self.aux = nn.Linear(channels, aux_outputs) if aux_outputs else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         pooled = self.pool(x)
-        logits = self.fc(pooled)
-        if self.training and self.aux is not None:
-            return logits, self.aux(pooled)
+        return self.fc(pooled), None if self.aux is None else self.aux(pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        logits, aux = self.outputs(x)
+        if self.training and aux is not None:
+            return logits, aux
         return logits
 
 
@@ -99,6 +103,10 @@ class GalaxyResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(self.stem(x)))
 
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class logits and vote-fraction logits (None without that head), in any mode."""
+        return self.head.outputs(self.features(self.stem(x)))
+
 
 class PlainCNN(nn.Module):
     """The baseline: four conv-pool blocks and a linear head, as in the original project."""
@@ -116,6 +124,9 @@ class PlainCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.head.outputs(self.features(x))
 
 
 NETWORKS = {"resnet_small": GalaxyResNet, "plain_cnn": PlainCNN}

@@ -16,30 +16,36 @@ from PIL import Image
 
 from .atomic import write_text_atomic
 from .bundle import ModelBundle, load_bundle
-from .config import CLASSES, PredictConfig
+from .config import ANSWERS, CLASSES, PredictConfig
 from .geometry import cutout_array, model_view
 from .gradcam import grad_cam, grad_cam_overlay
 from .images import ImageLoadError, ImageSource, load_image
-from .inference import iter_chunks, predict_probs
+from .inference import Outputs, iter_chunks, predict_outputs
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
-CSV_COLUMNS = ["path", "label", *[f"p_{c.lower()}" for c in CLASSES], "error"]
+CSV_COLUMNS = ["path", "label", *[f"p_{c.lower()}" for c in CLASSES], "error",
+               *[f"vote_{a}" for a in ANSWERS], "warning"]
 
 
 @dataclass
 class Prediction:
-    """One image's result: a label and probabilities, or an error saying why there is none."""
+    """One image's result: a label, probabilities and the vote fractions the model predicts, with
+    a warning when the answer should not be trusted; or an error saying why there is none."""
 
     name: str
     label: str | None = None
     probabilities: dict[str, float] | None = None
     error: str | None = None
+    votes: dict[str, float] | None = None
+    warning: str | None = None
 
     def row(self) -> dict[str, str]:
-        probs = self.probabilities or {}
+        probs, votes = self.probabilities or {}, self.votes or {}
         return {"path": self.name, "label": self.label or "",
                 **{f"p_{c.lower()}": (f"{probs[c]:.6f}" if c in probs else "") for c in CLASSES},
-                "error": self.error or ""}
+                "error": self.error or "",
+                **{f"vote_{a}": (f"{votes[a]:.6f}" if a in votes else "") for a in ANSWERS},
+                "warning": self.warning or ""}
 
 
 class Classifier:
@@ -68,11 +74,15 @@ class Classifier:
     def arrays(self, images: Sequence[Image.Image]) -> np.ndarray:
         return np.stack([cutout_array(im, self.bundle.geometry) for im in images])
 
+    def outputs(self, images: Sequence[Image.Image]) -> Outputs:
+        """Calibrated class probabilities (n, 3) and vote fractions for PIL images of any size."""
+        if not images:
+            return Outputs(np.zeros((0, len(CLASSES)), dtype=np.float32))
+        return predict_outputs(self.bundle, self.arrays(images), tta=self.tta, batch_size=self.config.batch_size)
+
     def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(n, 3) calibrated probabilities for PIL images of any size, in CLASSES order."""
-        if not images:
-            return np.zeros((0, len(CLASSES)), dtype=np.float32)
-        return predict_probs(self.bundle, self.arrays(images), tta=self.tta, batch_size=self.config.batch_size)
+        return self.outputs(images).probs
 
     def predict(self, sources: Sequence[ImageSource], names: Sequence[str] | None = None) -> list[Prediction]:
         """Classify many inputs; an unreadable one gets an error and the rest still get results."""
@@ -87,10 +97,13 @@ class Classifier:
                     good.append((i, load_image(sources[i], max_pixels=self.config.max_pixels)))
                 except ImageLoadError as exc:
                     results[i].error = str(exc)
-            probs = self.probabilities([image for _, image in good])
-            for (i, _), p in zip(good, probs):
+            outputs = self.outputs([image for _, image in good])
+            for j, (i, _) in enumerate(good):
+                p = outputs.probs[j]
                 results[i].probabilities = {c: float(v) for c, v in zip(CLASSES, p)}
                 results[i].label = CLASSES[int(np.argmax(p))]
+                if outputs.votes is not None:
+                    results[i].votes = {a: float(v) for a, v in zip(ANSWERS, outputs.votes[j])}
         return results
 
     def grad_cam(self, image: Image.Image, class_index: int | None = None) -> np.ndarray:

@@ -28,6 +28,7 @@ from .config import CLASSES, ConfigError, TrainConfig
 from .dataset import TrainingPlan, plan_training
 from .distributed import Distributed, pick_device, setup_distributed
 from .evaluate import calibrate, held_out_metrics
+from .catalogue import rule_labels
 from .folder import DatasetFolder
 from .geometry import InputGeometry
 from .inference import predict_probs
@@ -75,9 +76,10 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: f
 
 def training_loss(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
                   config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Soft cross-entropy on the classes, plus (with ``aux_weight``) binary cross-entropy on the
-    smooth and features vote fractions: the fractions say how far a galaxy is from the 0.8
-    threshold, which the class label alone does not."""
+    """Soft cross-entropy on the classes, plus (with ``aux_weight``) the vote-fraction head's
+    cross-entropy against the volunteers' answers as a distribution over smooth, features and
+    artifact (the multinomial likelihood of the votes, per vote): the fractions say how far a
+    galaxy is from the 0.8 threshold, which the class label alone does not."""
     with autocast(x.device, config.precision):
         outputs = model(x)
     if config.aux_weight <= 0:
@@ -85,7 +87,7 @@ def training_loss(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
     logits, aux = outputs
     k = len(CLASSES)
     loss = soft_cross_entropy(logits, targets[:, :k], config.label_smoothing)
-    aux_loss = F.binary_cross_entropy_with_logits(aux.float(), targets[:, k:])
+    aux_loss = soft_cross_entropy(aux, targets[:, k:], 0.0)
     return loss + config.aux_weight * aux_loss, logits
 
 
@@ -161,9 +163,9 @@ def open_training_data(config: TrainConfig, world: int) -> tuple[PackedDataset, 
     build lock makes the processes sharing one cache folder decode the images only once.
     """
     frame = DatasetFolder(config.data_dir).read_catalogue()
-    labels = frame["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(np.int64)
-    plan = plan_training(frame["id"].to_numpy(str), labels, config, world)
-    dataset = PackedDataset.open(config.data_dir, cache_root=config.cache_dir, catalogue=frame)
+    plan = plan_training(frame["id"].to_numpy(str), rule_labels(frame, config.labels), config, world)
+    dataset = PackedDataset.open(config.data_dir, labels=config.labels, cache_root=config.cache_dir,
+                                 catalogue=frame)
     if len(dataset) != len(frame):  # images that could not be decoded are not in the cache
         plan = plan_training(dataset.ids, dataset.labels, config, world)
     if config.crop > dataset.source_size:
@@ -293,10 +295,12 @@ def finish(bundle: ModelBundle, dataset: PackedDataset, plan: TrainingPlan) -> M
     """
     split, ids = plan.split, dataset.ids
     bundle.model.eval()
-    bundle = calibrate(bundle, ImageRows(dataset, split.val), dataset.labels[split.val])
+    bundle = calibrate(bundle, ImageRows(dataset, split.val), dataset.labels[split.val],
+                       dataset.fractions(split.val))
     labels = dataset.labels[split.test]
-    metrics, probs = held_out_metrics(bundle, ImageRows(dataset, split.test), labels)
-    metrics = replace(metrics, split="test")
+    metrics, probs = held_out_metrics(bundle, ImageRows(dataset, split.test), labels,
+                                      fractions=dataset.fractions(split.test))
+    metrics = replace(metrics, split="test", labels=dataset.rule)
     card = replace(bundle.card, metrics=metrics.without_reliability())
     evaluation = Evaluation(metrics, {name: ids[getattr(split, name)].tolist() for name in ("train", "val", "test")},
                             misclassified(ids[split.test], dataset.index["image"].to_numpy()[split.test],

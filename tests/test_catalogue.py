@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from galaxy_core.catalogue import (CatalogueError, class_counts, label_from_fractions, parse_sexagesimal,
-                                   read_catalogue, write_catalogue)
+                                   read_catalogue, rule_fractions, rule_labels, write_catalogue)
 
 GZ1_HEADER = ("OBJID,RA,DEC,NVOTE,P_EL,P_CW,P_ACW,P_EDGE,P_DK,P_MG,P_CS,P_EL_DEBIASED,P_CS_DEBIASED,"
               "SPIRAL,ELLIPTICAL,UNCERTAIN\n")
@@ -36,10 +36,13 @@ def test_gz1_flags_define_labels(tmp_path: Path) -> None:
         "3,01:00:00.00,+09:13:20.2,18,0.9,0,0,0,0,0,0.1,0.9,0.1,0,1,0",
     ])
     frame = read_catalogue(path)
-    assert frame["label"].tolist() == ["Uncertain", "Spiral", "Elliptical"]
+    assert frame["label_debiased"].tolist() == ["Uncertain", "Spiral", "Elliptical"]
     assert frame["id"].tolist() == ["1", "2", "3"]
     assert frame.loc[2, "ra"] == pytest.approx(15.0)
-    assert frame.loc[1, "frac_features"] == pytest.approx(0.80)
+    assert frame.loc[1, "debiased_features"] == pytest.approx(0.80)
+    # The volunteers' own fractions: P_EL for smooth, P_CS for features, the same 0.8 rule.
+    assert frame["label_votes"].tolist() == ["Uncertain", "Uncertain", "Elliptical"]
+    assert frame.loc[1, "votes_features"] == pytest.approx(0.39) and frame.loc[0, "votes_smooth"] == 0.61
 
 
 def test_gz1_gzip_and_format_flag(tmp_path: Path) -> None:
@@ -47,7 +50,7 @@ def test_gz1_gzip_and_format_flag(tmp_path: Path) -> None:
     path = tmp_path / "table.csv.gz"
     path.write_bytes(gzip.compress(raw.encode()))
     frame = read_catalogue(path, "gz1")
-    assert frame["label"].tolist() == ["Elliptical"]
+    assert frame["label_debiased"].tolist() == frame["label_votes"].tolist() == ["Elliptical"]
 
 
 def test_gz1_row_with_two_flags_is_rejected(tmp_path: Path) -> None:
@@ -63,13 +66,34 @@ def test_gz2_threshold_rule() -> None:
 
 def test_canonical_round_trip(tmp_path: Path) -> None:
     frame = pd.DataFrame({"id": ["a", "b"], "ra": [1.0, 2.0], "dec": [0.5, -0.5],
-                          "frac_smooth": [0.9, 0.1], "frac_features": [0.05, 0.9],
-                          "frac_artifact": [0.05, 0.0], "label": ["Elliptical", "Spiral"],
-                          "image": ["images/a.jpg", "images/b.jpg"]})
+                          "votes_smooth": [0.9, 0.5], "votes_features": [0.05, 0.45], "votes_artifact": [0.05, 0.05],
+                          "debiased_smooth": [0.9, 0.1], "debiased_features": [0.05, 0.9],
+                          "debiased_artifact": [0.05, 0.0], "label_votes": ["Elliptical", "Uncertain"],
+                          "label_debiased": ["Elliptical", "Spiral"], "image": ["images/a.jpg", "images/b.jpg"]})
     write_catalogue(frame, tmp_path / "catalogue.csv")
     again = read_catalogue(tmp_path / "catalogue.csv")
     pd.testing.assert_frame_equal(again, frame)
     assert not list(tmp_path.glob(".*"))
+    assert rule_labels(again, "votes").tolist() == [1, 2] and rule_labels(again, "debiased").tolist() == [1, 0]
+
+
+def test_catalogues_of_one_fraction_set_serve_both_rules(tmp_path: Path) -> None:
+    """Our catalogues from before the label rule was a choice hold one set of fractions and a label."""
+    (tmp_path / "old.csv").write_text("id,ra,dec,frac_smooth,frac_features,frac_artifact,label\n"
+                                      "a,1,2,0.1,0.9,0,Spiral\n")
+    frame = read_catalogue(tmp_path / "old.csv")
+    for rule in ("votes", "debiased"):
+        assert rule_labels(frame, rule).tolist() == [0]
+        np.testing.assert_allclose(rule_fractions(frame, rule), [[0.1, 0.9, 0.0]])
+
+
+def test_a_rule_the_source_cannot_give_is_refused_clearly(tmp_path: Path) -> None:
+    (tmp_path / "gz1.csv").write_text("OBJID,RA,DEC,P_EL_DEBIASED,P_CS_DEBIASED,P_DK,SPIRAL,ELLIPTICAL,UNCERTAIN\n"
+                                      "1,00:00:01.0,+01:00:00,0.1,0.9,0,1,0,0\n")
+    frame = read_catalogue(tmp_path / "gz1.csv")
+    assert rule_labels(frame, "debiased").tolist() == [0]
+    with pytest.raises(CatalogueError, match="no votes labels.*use --labels debiased"):
+        rule_labels(frame, "votes")
 
 
 @pytest.mark.parametrize("body, message", [
@@ -97,11 +121,15 @@ def test_missing_file() -> None:
 
 def test_shared_gz1_sample_counts(shared_gz1: Path) -> None:
     frame = read_catalogue(shared_gz1)
-    assert class_counts(frame["label"]) == {"Spiral": 1662, "Elliptical": 651, "Uncertain": 3872}
+    assert class_counts(frame["label_debiased"]) == {"Spiral": 1662, "Elliptical": 651, "Uncertain": 3872}
+    assert class_counts(frame["label_votes"]) == {"Spiral": 723, "Elliptical": 1451, "Uncertain": 4011}
     assert frame["ra"].between(0, 16.0).all()  # the sample covers RA 00h-01h
 
 
 def test_shared_gz2_counts(shared_gz2: Path) -> None:
     frame = read_catalogue(shared_gz2 / "catalogue.csv")
-    assert class_counts(frame["label"]) == {"Spiral": 3027, "Elliptical": 1124, "Uncertain": 2291}
+    assert class_counts(frame["label_debiased"]) == {"Spiral": 3027, "Elliptical": 1124, "Uncertain": 2291}
+    # The volunteers' own (weighted) fractions, same 0.8 rule: the two labels differ for 48%.
+    assert class_counts(frame["label_votes"]) == {"Spiral": 903, "Elliptical": 2336, "Uncertain": 3203}
+    assert (frame["label_votes"] != frame["label_debiased"]).mean() == pytest.approx(0.48, abs=0.01)
     assert frame["id"].is_unique and "image" in frame

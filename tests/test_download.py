@@ -83,7 +83,9 @@ def test_gz1_rows_download_through_synthesising_server(shared_gz1: Path, tmp_pat
     with CutoutServer(CutoutIndex([]), ServerOptions(synthesize_missing=True)) as server:
         report = download_cutouts(catalogue, DownloadConfig(out_dir=tmp_path, cutout_url=server.url, limit=25))
     assert report.downloaded == 25 and not report.failed
-    assert pd.read_csv(tmp_path / "catalogue.csv")["label"].isin(["Spiral", "Elliptical", "Uncertain"]).all()
+    written = pd.read_csv(tmp_path / "catalogue.csv")
+    for rule in ("votes", "debiased"):
+        assert written[f"label_{rule}"].isin(["Spiral", "Elliptical", "Uncertain"]).all()
 
 
 def test_written_files_get_ordinary_permissions(tmp_path: Path) -> None:

@@ -179,7 +179,7 @@ def test_gz1_table_round_trip(scratch: Path, rows: list) -> None:
     assert len(frame) == len(rows)
     for (ra, dec, label), row in zip(expected, frame.itertuples()):
         assert row.ra == pytest.approx(ra, abs=1e-9) and row.dec == pytest.approx(dec, abs=1e-9)
-        assert row.label == label
+        assert row.label_debiased == label
 
 
 @FAST

@@ -157,7 +157,8 @@ def test_predict_images_and_csv(trained) -> None:
     for r in results[:4]:
         assert sum(r.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     lines = predictions_csv(results).splitlines()
-    assert lines[0] == "path,label,p_spiral,p_elliptical,p_uncertain,error" and len(lines) == 7
+    assert lines[0] == ("path,label,p_spiral,p_elliptical,p_uncertain,error,"
+                        "vote_smooth,vote_features,vote_artifact,warning") and len(lines) == 7
 
 
 def test_grad_cam_highlights_the_galaxy(trained) -> None:
