@@ -8,7 +8,8 @@ from galaxy_core.examples import CREDIT, list_examples
 from app_pages.common import EXAMPLE_PARAM, PAGES, active_dataset, active_model, dataset_fingerprint, samples, thumbnail
 from app_pages.tables import format_duration
 
-CARD_HEIGHT = 470
+CARD_HEIGHT = 570
+IMAGE_PX = 160
 CLASS_TEXT = {
     "Spiral": "A disk with arms or other features: more than 80% of Galaxy Zoo volunteers "
               "said *features or disk*.",
@@ -40,15 +41,16 @@ columns = st.columns(3)
 for column, (name, text) in zip(columns, CLASS_TEXT.items()):
     with column.container(border=True, height=CARD_HEIGHT):  # one height, whatever the text
         st.subheader(name)
+        st.markdown(text)
         if shipped.get(name):
             example = shipped[name][0]
-            st.image(thumbnail(str(example.path), 192), caption=example.caption)
+            st.image(thumbnail(str(example.path), IMAGE_PX), caption=example.caption, width="stretch")
             st.page_link(PAGES["classify"], label="Classify this galaxy", icon=":material/search:",
                          query_params={EXAMPLE_PARAM: example.id})
         elif samples_of.get(name):
             row = samples_of[name][0]
-            st.image(thumbnail(str(row["path"]), 192), caption=f"{row['id']} ({dataset.name})")
-        st.markdown(text)
+            st.image(thumbnail(str(row["path"]), IMAGE_PX), caption=f"{row['id']} ({dataset.name})",
+                     width="stretch")
 if any(shipped.values()):
     st.caption(f"{sum(map(len, shipped.values()))} example galaxies ship with the app: try them all on the "
                f"Classify page. {CREDIT}")
