@@ -87,3 +87,10 @@ def test_training_time_sums_every_session_and_the_final_evaluation_reports_progr
     evaluating = [e for e in events if e.phase == "evaluate"]
     assert evaluating and evaluating[-1].batch == evaluating[-1].batches > 0
     assert np.all(np.diff([e.batch for e in evaluating]) >= 0)
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_model_help_says_the_shipped_model_is_the_default(command: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert "(default: the shipped model," in " ".join(capsys.readouterr().out.split())
