@@ -60,6 +60,9 @@ class TrainingDisplay:
 
     def __call__(self, event: TrainProgress) -> None:
         if event.phase == "evaluate":
+            if self.bar is not None:  # the last epoch's bar goes first, so the two never nest
+                self.bar.close()
+                self.bar = None
             self.evaluating.update(event.batch, event.batches)
             return
         self.evaluating.close()
