@@ -105,6 +105,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     for flag, attr, text in TRAIN_SWITCHES:
         p.add_argument(f"--{flag}", dest=attr, action=argparse.BooleanOptionalAction,
                        default=getattr(d, attr), help=text)
+    p.add_argument("--framing", type=float, default=d.framing, metavar="R90_FRACTION",
+                   help="frame each cutout (and later each upload) so the galaxy's r90 is this fraction "
+                        "of the side")
+    p.add_argument("--no-framing", dest="framing", action="store_const", const=None,
+                   help="train on the cutouts as downloaded")
     p.add_argument("--restart", action="store_true", help="discard an existing checkpoint in --out")
     _add_labels(p, d.labels)
     _add_cache_dir(p)
