@@ -4,7 +4,7 @@ import streamlit as st
 
 from galaxy_core.config import GalaxyError
 
-from app_pages.common import PAGES, active_dataset, active_model, dataset_fingerprint, samples, thumbnail
+from app_pages.common import PAGES, active_dataset, active_model, dataset_fingerprint, label_rule, samples, thumbnail
 from app_pages.tables import format_duration
 
 CLASS_TEXT = {
@@ -25,7 +25,7 @@ dataset = active_dataset()
 examples: dict = {}
 if dataset is not None:
     try:
-        examples = samples(str(dataset), dataset_fingerprint(dataset), 1, 0)
+        examples = samples(str(dataset), dataset_fingerprint(dataset), 1, 0, label_rule())
     except (GalaxyError, OSError) as exc:
         st.warning(f"Could not read example galaxies from {dataset}: {exc}")
 
@@ -58,7 +58,8 @@ else:
     st.caption(f"Trained {prov.trained_at if prov is not None else 'at an unknown time'} · "
                f"{card.architecture.name} at {card.input.input_size} px · balanced accuracy "
                + (f"{metrics.balanced_accuracy:.1%} on {metrics.n:,} held-out test galaxies"
-                  if metrics is not None else "–"))
+                  if metrics is not None else "–")
+               + f" · answers {card.question}")
 
 st.header("Where to go")
 links = [

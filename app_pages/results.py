@@ -34,6 +34,9 @@ choice = st.selectbox("Model", names, index=names.index(str(current.path)),
 model = next(m for m in models if str(m.path) == choice)
 card = model.card
 metrics, prov = card.metrics, card.provenance
+st.caption(f"This model answers **{card.question}** (labels `{card.labels}`)"
+           + (f", with galaxies framed so their r90 is {card.framing.radius_fraction:.0%} of the side."
+              if card.framing else ", on cutouts as downloaded."))
 
 rows = {row.key: row for row in metric_rows(metrics)} if metrics is not None else {}
 cols = st.columns(5)

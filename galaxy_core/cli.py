@@ -231,12 +231,15 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .atomic import write_text_atomic
+    from .bundle import read_card
     from .evaluate import evaluate_bundle
     from .terminal import metrics_text
 
     config = EvaluateConfig(data_dir=args.data, model_dir=args.model or PredictConfig().model_dir,
                             tta=False if args.no_tta else None, labels=args.labels, cache_dir=args.cache_dir)
     result = evaluate_bundle(config)
+    print(f"{config.model_dir} answers {read_card(config.model_dir).question}; scored against the "
+          f"{result.metrics.labels} labels")
     print(metrics_text(result.metrics))
     if args.json:
         write_text_atomic(args.json, json.dumps(result.to_dict(), indent=1))
@@ -257,8 +260,9 @@ def _predict(args: argparse.Namespace) -> int:
     for p in failed:
         print(f"error: {p.name}: {p.error}", file=sys.stderr)
     if args.out:
-        print(f"{len(predictions) - len(failed)} classified, {len(failed)} failed -> {args.out}",
-              file=sys.stderr)
+        warned = sum(p.warning is not None for p in predictions)
+        print(f"{len(predictions) - len(failed)} classified, {len(failed)} failed -> {args.out} ({warned} with "
+              f"a warning; the model answers {classifier.card.question})", file=sys.stderr)
     return EXIT_PARTIAL_FAILURE if failed else 0
 
 
