@@ -10,7 +10,7 @@ from galaxy_core.config import CLASSES, DEFAULT_CUTOUT_URL, GalaxyError
 from galaxy_core.cutouts import fetch_cutout
 from galaxy_core.examples import CREDIT, example_by_id, list_examples
 from galaxy_core.gradcam import CAPTION, COLOUR_MAP, colour_scale
-from galaxy_core.predict import IMAGE_SUFFIXES, classify_uploads, predictions_csv
+from galaxy_core.predict import IMAGE_SUFFIXES, classify_uploads, outline_framing, predictions_csv, vote_sentence
 
 from app_pages import charts
 from app_pages.common import EXAMPLE_PARAM, active_model, load_classifier, point_to, thumbnail
@@ -81,17 +81,22 @@ except GalaxyError as exc:
     st.error(f"The model {model.name} cannot be loaded: {exc}")
     st.stop()
 size = classifier.bundle.geometry
-st.caption(f"Model **{model.name}** answers {classifier.card.question}: the central {size.crop}×{size.crop} "
-           f"of a {size.source_size}-px cutout ({size.pixel_scale:g}″/pixel) at {size.input_size} px"
-           + (", averaged over 8 rotations and flips" if classifier.tta else ""))
+framing = classifier.card.framing
+st.caption(f"Model **{model.name}** answers {classifier.card.question}. "
+           + (f"Each image is framed as in training: the galaxy nearest the centre is found against the sky "
+              f"and cut out so that the radius holding 90% of its light is {framing.radius_fraction:.0%} of "
+              f"the side; " if framing else "Each image is cropped to a centred square; ")
+           + f"the network reads the central {size.crop}×{size.crop} of that {size.source_size}-px cutout at "
+           f"{size.input_size} px" + (", averaged over 8 rotations and flips" if classifier.tta else "")
+           + f". An answer below {classifier.card.confidence_floor:.0%} probability is flagged as low confidence.")
 
 example_tab, upload_tab, sky_tab = st.tabs(["Try an example", "Upload images", "Sky coordinates (SDSS)"])
 with example_tab:
     example_picker()
 with upload_tab:
     uploads = st.file_uploader("Galaxy images", type=UPLOAD_TYPES, accept_multiple_files=True,
-                               key="uploads", help="Any size or colour mode; the image is cropped "
-                                                   "to a centred square like an SDSS cutout.")
+                               key="uploads", help="Any size, framing or colour mode: the galaxy "
+                                                   "is found and framed like an SDSS cutout.")
 sky: list[tuple[str, str, bytes]] = st.session_state.setdefault(SKY_KEY, [])
 with sky_tab:
     with st.form("sky"):
@@ -160,9 +165,16 @@ for i in range(start, stop):
         probs = prediction.probabilities or {}
         st.markdown(f"### Predicted: {prediction.label}")
         st.caption(f"{probs[prediction.label]:.0%} probability")
+        if prediction.warning:
+            st.warning(prediction.warning, icon=":material/warning:")
+        if prediction.votes:
+            st.markdown(vote_sentence(prediction.votes, classifier.card.labels))
         left, right = st.columns(2)
         width, height = item.size
-        left.image(item.preview, caption=f"uploaded ({width}×{height})", width="stretch")
+        left.image(outline_framing(item.preview, item.framing, item.size), width="stretch",
+                   caption=f"uploaded ({width}×{height}); the box is what the model reads")
+        if not show_cam:
+            right.image(item.framed, caption="framed as in training", width="stretch")
         if show_cam:
             if i not in cams:
                 with model_lock:

@@ -12,6 +12,7 @@ from PIL import Image
 
 from galaxy_core.bundle import CARD_NAME, BundleError, ModelInfo, list_models
 from galaxy_core.cache import PackedDataset, build_cache
+from galaxy_core.card import LABEL_QUESTIONS
 from galaxy_core.config import PredictConfig, SplitConfig, TrainConfig
 from galaxy_core.dataset import dataset_summary, sample_galaxies
 from galaxy_core.folder import DatasetFolder, list_datasets
@@ -26,6 +27,8 @@ from app_pages.tables import job_fraction
 
 REPO = Path(__file__).resolve().parents[1]
 BALANCE_KEY = "balance_choice"
+LABELS_KEY = "label_rule"
+LABEL_WORDS = {rule: f"{rule}: {question}" for rule, question in LABEL_QUESTIONS.items()}
 BALANCE_WORDS = {"off": "off: the natural class mix", "median": "towards the median class (culls the largest)",
                  "max": "towards the largest class (culls nothing)"}
 MODEL_KEY = "model_dir"
@@ -185,8 +188,10 @@ def ensure_cache(data_dir: Path) -> None:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def summary(data_dir: str, fingerprint: tuple[int, int], cache_root: str, balance: str, seed: int = 0) -> dict:
-    return dataset_summary(Path(data_dir), SplitConfig(seed=seed), balance, cache_root=Path(cache_root))
+def summary(data_dir: str, fingerprint: tuple[int, int], cache_root: str, balance: str, labels: str,
+            seed: int = 0) -> dict:
+    return dataset_summary(Path(data_dir), SplitConfig(seed=seed), balance, cache_root=Path(cache_root),
+                           labels=labels)
 
 
 @st.cache_data(show_spinner="Computing pixel statistics…", max_entries=16)
@@ -195,8 +200,8 @@ def pixel_stats(cache_dir: str) -> PixelStatistics:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def samples(data_dir: str, fingerprint: tuple[int, int], per_class: int, seed: int) -> dict:
-    return sample_galaxies(Path(data_dir), per_class, seed)
+def samples(data_dir: str, fingerprint: tuple[int, int], per_class: int, seed: int, labels: str) -> dict:
+    return sample_galaxies(Path(data_dir), per_class, seed, labels=labels)
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
@@ -215,6 +220,11 @@ def dataset_selectbox(label: str, current: Path) -> Path:
     if choice != str(current):
         set_active_dataset(choice)
     return Path(choice)
+
+
+def label_rule() -> str:
+    """The label rule the Dataset page shows and the next training run uses."""
+    return st.session_state.get(LABELS_KEY, TrainConfig.labels)
 
 
 def balance_choice() -> str:

@@ -7,14 +7,15 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from galaxy_core.config import BALANCE_CHOICES, DEFAULT_CATALOGUE_URL, DEFAULT_CUTOUT_URL, DownloadConfig, GalaxyError
+from galaxy_core.config import BALANCE_CHOICES, DEFAULT_CATALOGUE_URL, LABEL_RULES, DEFAULT_CUTOUT_URL, DownloadConfig, GalaxyError
 from galaxy_core.download import DownloadProgress, DownloadReport
 from galaxy_core.folder import CATALOGUE_NAME, IMAGES_DIR, DatasetFolder
 
 from app_pages import charts
-from app_pages.common import (BALANCE_KEY, BALANCE_WORDS, PAGES, active_dataset, add_extra_dataset, balance_choice,
-                              dataset_fingerprint, dataset_selectbox, ensure_cache, folders, job_registry,
-                              known_datasets, pixel_stats, samples, set_active_dataset, summary, thumbnail)
+from app_pages.common import (BALANCE_KEY, BALANCE_WORDS, LABEL_WORDS, LABELS_KEY, PAGES, active_dataset,
+                              add_extra_dataset, balance_choice, dataset_fingerprint, dataset_selectbox, ensure_cache,
+                              folders, job_registry, known_datasets, label_rule, pixel_stats, samples,
+                              set_active_dataset, summary, thumbnail)
 from app_pages.folders import new_dataset_dir
 from app_pages.jobs import JobSnapshot
 from app_pages.tables import format_duration, histogram_frame
@@ -155,12 +156,19 @@ def overview(data_dir: Path) -> None:
     if download is not None and download.running and paths.data_root / download.label == data_dir:
         st.info("This dataset is still downloading; its statistics appear when the download ends.")
         return
-    st.session_state[BALANCE_KEY] = st.selectbox(
+    left, right = st.columns(2)
+    st.session_state[LABELS_KEY] = left.selectbox(
+        "Labels", LABEL_RULES, index=LABEL_RULES.index(label_rule()), format_func=LABEL_WORDS.get,
+        help="Which vote fractions make the class (either way a class needs more than 0.8): what the "
+             "volunteers saw in the image, or Galaxy Zoo's correction for distance. The Train page starts "
+             "with the same choice.")
+    st.session_state[BALANCE_KEY] = right.selectbox(
         "Class balancing for training", BALANCE_CHOICES, index=BALANCE_CHOICES.index(balance_choice()),
         format_func=BALANCE_WORDS.get, help="The Train page starts with the same choice.")
     try:
         ensure_cache(data_dir)
-        facts = summary(str(data_dir), dataset_fingerprint(data_dir), str(paths.cache_root), balance_choice())
+        facts = summary(str(data_dir), dataset_fingerprint(data_dir), str(paths.cache_root), balance_choice(),
+                        label_rule())
     except GalaxyError as exc:
         st.error(str(exc))
         return
@@ -183,12 +191,13 @@ def overview(data_dir: Path) -> None:
                "culls common ones.")
 
     st.subheader("Sample galaxies")
-    st.caption("Captions give the debiased Galaxy Zoo vote fractions for *smooth* and *features or "
+    kind = "volunteers' (weighted)" if label_rule() == "votes" else "debiased (distance-corrected)"
+    st.caption(f"Captions give the {kind} Galaxy Zoo vote fractions for *smooth* and *features or "
                "disk*; a class needs more than 0.8.")
     seed = st.session_state.setdefault("_sample_seed", 0)
     if st.button("Show other galaxies", icon=":material/shuffle:"):
         st.session_state["_sample_seed"] = seed = seed + 1
-    shown = samples(str(data_dir), dataset_fingerprint(data_dir), 6, seed)
+    shown = samples(str(data_dir), dataset_fingerprint(data_dir), 6, seed, label_rule())
     for name, rows in shown.items():
         st.markdown(f"**{name}** ({facts['class_counts'][name]:,})")
         if not rows:

@@ -14,6 +14,7 @@ from galaxy_core.config import GalaxyError
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SHIPPED_MODEL = "default"
+SHIPPED_MODELS = (SHIPPED_MODEL, "debiased")  # in git; never overwritten by training
 
 
 class InvalidNameError(GalaxyError):
@@ -57,8 +58,8 @@ def model_dir_for_training(models_root: Path, name: str) -> Path:
     bundle (like the shipped model) would be overwritten by a fresh run, so it is refused.
     """
     name = validate_name(name, "model")
-    if name == SHIPPED_MODEL:
-        raise InvalidNameError(f"'{SHIPPED_MODEL}' is the shipped model; choose another name")
+    if name in SHIPPED_MODELS:
+        raise InvalidNameError(f"'{name}' is a shipped model; choose another name")
     out_dir = Path(models_root) / name
     if (out_dir / CARD_NAME).is_file() and not (out_dir / CHECKPOINT_NAME).is_file():
         raise InvalidNameError(f"a finished model named {name!r} already exists in {models_root}; "

@@ -5,7 +5,8 @@ import streamlit as st
 from galaxy_core.config import GalaxyError
 from galaxy_core.examples import CREDIT, list_examples
 
-from app_pages.common import EXAMPLE_PARAM, PAGES, active_dataset, active_model, dataset_fingerprint, samples, thumbnail
+from app_pages.common import (EXAMPLE_PARAM, PAGES, active_dataset, active_model, dataset_fingerprint, label_rule,
+                              samples, thumbnail)
 from app_pages.tables import format_duration
 
 CARD_HEIGHT = 570
@@ -33,7 +34,7 @@ except GalaxyError as exc:
 samples_of: dict = {}
 if dataset is not None and not any(shipped.values()):
     try:
-        samples_of = samples(str(dataset), dataset_fingerprint(dataset), 1, 0)
+        samples_of = samples(str(dataset), dataset_fingerprint(dataset), 1, 0, label_rule())
     except (GalaxyError, OSError) as exc:
         st.warning(f"Could not read example galaxies from {dataset}: {exc}")
 
@@ -77,7 +78,8 @@ else:
                + f"trained {prov.trained_at if prov is not None else 'at an unknown time'} · "
                f"{card.architecture.name} at {card.input.input_size} px · balanced accuracy "
                + (f"{metrics.balanced_accuracy:.1%} on {metrics.n:,} held-out test galaxies"
-                  if metrics is not None else "–"))
+                  if metrics is not None else "–")
+               + f" · answers {card.question}")
 
 st.header("Where to go")
 links = [

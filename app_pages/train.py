@@ -6,12 +6,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from galaxy_core.config import BALANCE_CHOICES, CUTOUT_SIZE, PRECISIONS, GalaxyError, TrainConfig
+from galaxy_core.config import BALANCE_CHOICES, CUTOUT_SIZE, LABEL_RULES, PRECISIONS, GalaxyError, TrainConfig
 from galaxy_core.train import TrainProgress, TrainResult
 
 from app_pages import charts
-from app_pages.common import (BALANCE_KEY, BALANCE_WORDS, MODEL_PARAM, PAGES, active_dataset, balance_choice, dataset_selectbox, folders,
-                              job_registry, point_to, set_active_model)
+from app_pages.common import (BALANCE_KEY, BALANCE_WORDS, LABEL_WORDS, LABELS_KEY, MODEL_PARAM, PAGES, active_dataset,
+                              balance_choice, dataset_selectbox, folders, job_registry, label_rule, point_to,
+                              set_active_model)
 from app_pages.folders import model_dir_for_training
 from app_pages.jobs import JobSnapshot
 from app_pages.tables import format_duration, history_frame
@@ -45,6 +46,8 @@ def training_form(data_dir: Path) -> None:
         balance = c3.selectbox("Class balancing", BALANCE_CHOICES, BALANCE_CHOICES.index(balance_choice()),
                                format_func=BALANCE_WORDS.get,
                                help="Rotate copies of rare classes (and, towards the median, cull common ones)")
+        labels = st.selectbox("Labels", LABEL_RULES, LABEL_RULES.index(label_rule()), format_func=LABEL_WORDS.get,
+                              help="Which vote fractions make the class; the model card records the choice")
         with st.expander("More settings"):
             c1, c2, c3 = st.columns(3)
             crop = c1.number_input(f"Centre crop of the {CUTOUT_SIZE}-px cutout", 16, CUTOUT_SIZE, DEFAULTS.crop)
@@ -63,11 +66,15 @@ def training_form(data_dir: Path) -> None:
             c1, c2, c3 = st.columns(3)
             precision = c1.selectbox("Arithmetic", PRECISIONS, PRECISIONS.index(DEFAULTS.precision),
                                      help="bf16: about twice as fast on processors with native bfloat16")
+            framing = c2.toggle("Frame each galaxy as uploads are framed", value=DEFAULTS.framing is not None,
+                                help=f"Scale every cutout so the galaxy's r90 is {DEFAULTS.framing:.0%} of the side "
+                                     "(off: the cutouts as downloaded)")
             restart = st.checkbox("Start over (discard this model's checkpoint)")
         submitted = st.form_submit_button("Start training", type="primary", disabled=running)
     if not submitted:
         return
     st.session_state[BALANCE_KEY] = balance
+    st.session_state[LABELS_KEY] = labels
     try:
         out_dir = model_dir_for_training(paths.models_root, name)
         config = TrainConfig(data_dir=data_dir, out_dir=out_dir, epochs=int(epochs),
@@ -76,7 +83,8 @@ def training_form(data_dir: Path) -> None:
                              balance=str(balance), augment=bool(augment), tta=bool(tta),
                              jitter=bool(jitter), aux_weight=float(aux_weight),
                              weight_decay=float(weight_decay), precision=str(precision),
-                             max_galaxies=int(max_galaxies) or None, cache_dir=paths.cache_root)
+                             max_galaxies=int(max_galaxies) or None, cache_dir=paths.cache_root,
+                             labels=str(labels), framing=DEFAULTS.framing if framing else None)
         registry.start("train", out_dir.name, training_task(config, restart=restart),
                        stopped=lambda result: result.stopped)
     except GalaxyError as exc:

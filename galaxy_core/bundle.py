@@ -24,6 +24,7 @@ from . import fields
 from .atomic import atomic_path, write_text_atomic
 from .card import DataSummary, Machine, ModelCard, Provenance
 from .config import CLASSES, GalaxyError, TrainConfig
+from .framing import framing_spec
 from .geometry import InputGeometry
 from .metrics import Metrics
 from .model import Architecture, build_model
@@ -78,7 +79,8 @@ def new_card(config: TrainConfig, geometry: InputGeometry, stats: ChannelStats, 
                             training_seconds=round(seconds, 1), command=command, machine=machine, data=data)
     return ModelCard(architecture=Architecture(config.arch, config.width, config.depth, config.aux_outputs),
                      input=geometry, normalisation=stats, labels=config.labels, tta=config.tta,
-                     precision=config.precision, provenance=provenance)
+                     precision=config.precision, provenance=provenance,
+                     framing=framing_spec(config.framing))
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

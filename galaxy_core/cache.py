@@ -28,6 +28,7 @@ from .atomic import file_lock
 from .catalogue import fraction_columns, label_column, rule_fractions, rule_labels
 from .config import CUTOUT_SIZE, LABEL_RULES, TrainConfig, default_cache_root
 from .folder import DatasetError, DatasetFolder
+from .framing import FRAMER_VERSION, FramingSpec, frame_image
 from .images import ImageLoadError, load_image, resize_square
 
 CACHE_FORMAT = 1
@@ -54,25 +55,28 @@ class BuildReport:
     reused: bool
 
 
-def cache_key(frame: pd.DataFrame, data_dir: Path, source_size: int, shard_size: int) -> str:
+def cache_key(table: pd.DataFrame, data_dir: Path, source_size: int, shard_size: int,
+              framing: FramingSpec | None = None) -> str:
     """Keyed by what made the cache: catalogue rows, image files (name, size, mtime), settings."""
-    digest = hashlib.sha256(f"v{CACHE_FORMAT}:{source_size}:{shard_size}".encode())
-    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
-    for rel in frame["image"]:
+    framed = "" if framing is None else f":framed{FRAMER_VERSION}:{framing.radius_fraction!r}"
+    digest = hashlib.sha256(f"v{CACHE_FORMAT}:{source_size}:{shard_size}{framed}".encode())
+    digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+    for rel in table["image"]:
         stat = (Path(data_dir) / rel).stat()
         digest.update(f"{rel}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
 
-def _decode(path: Path, source_size: int) -> np.ndarray | str:
+def _decode(path: Path, source_size: int, framing: FramingSpec | None = None) -> np.ndarray | str:
     try:
-        return resize_square(load_image(path), source_size)
+        image = load_image(path)
+        return resize_square(image, source_size) if framing is None else frame_image(image, framing, source_size).image
     except ImageLoadError as exc:
         return str(exc)
 
 
-def _decode_in_order(paths: Iterable[Path], source_size: int, workers: int,
-                     window: int | None = None) -> Iterator[np.ndarray | str]:
+def _decode_in_order(paths: Iterable[Path], source_size: int, workers: int, window: int | None = None,
+                     framing: FramingSpec | None = None) -> Iterator[np.ndarray | str]:
     """Decoded images (or failure reasons) in catalogue order, with at most ``window`` decoded or
     in flight at once, so memory stays flat however far writing lags behind decoding."""
     window = window or 16 * workers
@@ -80,7 +84,7 @@ def _decode_in_order(paths: Iterable[Path], source_size: int, workers: int,
     with ThreadPoolExecutor(max_workers=workers) as pool:
         try:
             for path in paths:
-                pending.append(pool.submit(_decode, path, source_size))
+                pending.append(pool.submit(_decode, path, source_size, framing))
                 if len(pending) >= window:
                     yield pending.popleft().result()
             while pending:
@@ -93,26 +97,27 @@ def _decode_in_order(paths: Iterable[Path], source_size: int, workers: int,
 def build_cache(data_dir: Path, *, source_size: int = CUTOUT_SIZE, shard_size: int = DEFAULT_SHARD_SIZE,
                 workers: int | None = None, cache_root: Path | None = None,
                 progress: Callable[[BuildProgress], None] | None = None,
-                catalogue: pd.DataFrame | None = None) -> BuildReport:
+                catalogue: pd.DataFrame | None = None, framing: FramingSpec | None = None) -> BuildReport:
     """Decode every image once into shards under ``cache_root``; reuse a cache with the same key.
 
     ``catalogue``, the folder's catalogue already read by the caller, saves reading it again.
+    With ``framing`` each image is stored framed as the model that asks for it was trained.
     Processes sharing a cache folder take turns through a lock on it (one that no collective
     call times out), so N processes starting together decode the images once.
     """
     cache_root = Path(cache_root) if cache_root is not None else default_cache_root()
     folder = DatasetFolder(data_dir)
-    frame = folder.read_catalogue() if catalogue is None else catalogue
+    table = folder.read_catalogue() if catalogue is None else catalogue
     with file_lock(cache_root / BUILD_LOCK_NAME) as sole_builder:
-        return _build_cache(folder, frame, source_size=source_size, shard_size=shard_size, workers=workers,
-                            cache_root=cache_root, progress=progress, sole_builder=sole_builder)
+        return _build_cache(folder, table, source_size=source_size, shard_size=shard_size, workers=workers,
+                            cache_root=cache_root, progress=progress, sole_builder=sole_builder, framing=framing)
 
 
 def _build_cache(folder: DatasetFolder, frame: pd.DataFrame, *, source_size: int, shard_size: int,
                  workers: int | None, cache_root: Path, progress: Callable[[BuildProgress], None] | None,
-                 sole_builder: bool) -> BuildReport:
+                 sole_builder: bool, framing: FramingSpec | None) -> BuildReport:
     data_dir = folder.root
-    key = cache_key(frame, data_dir, source_size, shard_size)
+    key = cache_key(frame, data_dir, source_size, shard_size, framing)
     final = cache_root / key
     if (final / META_NAME).is_file():
         meta = json.loads((final / META_NAME).read_text())
@@ -131,7 +136,7 @@ def _build_cache(folder: DatasetFolder, frame: pd.DataFrame, *, source_size: int
     try:
         shard, shard_fill, shard_no, shards = None, 0, 0, []
         paths = (data_dir / rel for rel in frame["image"])
-        decoded = _decode_in_order(paths, source_size, workers or min(4, os.cpu_count() or 1))
+        decoded = _decode_in_order(paths, source_size, workers or min(4, os.cpu_count() or 1), framing=framing)
         with closing(decoded):
             for i, result in enumerate(decoded):
                 if isinstance(result, str):
@@ -164,6 +169,7 @@ def _build_cache(folder: DatasetFolder, frame: pd.DataFrame, *, source_size: int
         index["offset"] = np.concatenate([np.arange(n) for _, n in shards])
         index.to_csv(tmp / INDEX_NAME, index=False)
         meta = {"format": CACHE_FORMAT, "key": key, "image_size": source_size,
+                "framing": None if framing is None else framing.to_dict(),
                 "galaxies": len(index), "shards": [name for name, _ in shards],
                 "shard_size": shard_size, "failed": failed,
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from . import fields
 from .config import CLASSES, LABEL_RULES, PIXEL_SCALE, PRECISIONS, ConfigError, GalaxyError, TrainConfig
+from .framing import FramingSpec
 from .geometry import InputGeometry
 from .metrics import Metrics
 from .model import Architecture
@@ -159,6 +160,9 @@ class ModelCard:
     metrics: Metrics | None = None
     history: tuple[EpochRecord, ...] = ()
     classes: tuple[str, ...] = CLASSES
+    framing: FramingSpec | None = None  # None: images are centre-cropped, not framed
+    # An answer whose calibrated top probability is below this is flagged "low confidence".
+    confidence_floor: float = 0.5
 
     @property
     def question(self) -> str:
@@ -171,6 +175,8 @@ class ModelCard:
             "normalisation": self.normalisation.to_dict(), "tta": self.tta,
             "temperature": self.temperature, "vote_temperature": self.vote_temperature,
             "precision": self.precision,
+            "framing": None if self.framing is None else self.framing.to_dict(),
+            "confidence_floor": self.confidence_floor,
             "provenance": None if self.provenance is None else self.provenance.to_dict(),
             "metrics": None if self.metrics is None else self.metrics.to_dict(reliability=False),
             "history": [h.to_dict() for h in self.history],
@@ -198,6 +204,8 @@ class ModelCard:
             temperature=fields.number(values, "temperature", low=0.05, high=20, default=1.0),
             vote_temperature=fields.number(values, "vote_temperature", low=0.05, high=20, default=1.0),
             precision=fields.choice(values, "precision", options=PRECISIONS, default="fp32"),
+            framing=None if values.get("framing") is None else FramingSpec.from_dict(values["framing"]),
+            confidence_floor=fields.number(values, "confidence_floor", low=0, high=1, default=0.5),
             provenance=None if values.get("provenance") is None else Provenance.from_dict(values["provenance"]),
             metrics=None if values.get("metrics") is None else Metrics.from_dict(values["metrics"]),
             history=tuple(EpochRecord.from_dict(h, f"history[{i}].") for i, h in enumerate(history)))

@@ -106,6 +106,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     for flag, attr, text in TRAIN_SWITCHES:
         p.add_argument(f"--{flag}", dest=attr, action=argparse.BooleanOptionalAction,
                        default=getattr(d, attr), help=text)
+    p.add_argument("--framing", type=float, default=d.framing, metavar="R90_FRACTION",
+                   help="frame each cutout (and later each upload) so the galaxy's r90 is this fraction "
+                        "of the side")
+    p.add_argument("--no-framing", dest="framing", action="store_const", const=None,
+                   help="train on the cutouts as downloaded")
     p.add_argument("--restart", action="store_true", help="discard an existing checkpoint in --out")
     _add_labels(p, d.labels)
     _add_cache_dir(p)
@@ -228,6 +233,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .atomic import write_text_atomic
+    from .bundle import read_card
     from .evaluate import evaluate_bundle
     from .terminal import CountBar, metrics_text
 
@@ -238,6 +244,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         result = evaluate_bundle(config, bar.evaluate)
     finally:
         bar.close()
+    print(f"{config.model_dir} answers {read_card(config.model_dir).question}; scored against the "
+          f"{result.metrics.labels} labels")
     print(metrics_text(result.metrics))
     if args.json:
         write_text_atomic(args.json, json.dumps(result.to_dict(), indent=1))
@@ -263,8 +271,9 @@ def _predict(args: argparse.Namespace) -> int:
     for p in failed:
         print(f"error: {p.name}: {p.error}", file=sys.stderr)
     if args.out:
-        print(f"{len(predictions) - len(failed)} classified, {len(failed)} failed -> {args.out}",
-              file=sys.stderr)
+        warned = sum(p.warning is not None for p in predictions)
+        print(f"{len(predictions) - len(failed)} classified, {len(failed)} failed -> {args.out} ({warned} with "
+              f"a warning; the model answers {classifier.card.question})", file=sys.stderr)
     return EXIT_PARTIAL_FAILURE if failed else 0
 
 

@@ -160,9 +160,14 @@ class TrainConfig:
     cache_dir: Path | None = None
     precision: str = "fp32"
     labels: str = "votes"
+    # Frame every cutout so the galaxy's r90 is this fraction of its side, as uploads are framed
+    # (None: cutouts as downloaded). 0.3 is about the median of the SDSS cutouts at 0.2"/pixel.
+    framing: float | None = 0.3
 
     def __post_init__(self) -> None:
         _paths(self, "data_dir", "out_dir", "cache_dir")
+        _require(self.framing is None or 0.02 <= self.framing <= 0.5,
+                 f"framing must be between 0.02 and 0.5 (the galaxy's r90 over the side), got {self.framing}")
         _require(self.labels in LABEL_RULES, f"labels must be {' or '.join(LABEL_RULES)}, got {self.labels!r}")
         _require(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
         _require(self.epochs <= 10_000, f"epochs must be at most 10000, got {self.epochs}")
@@ -215,6 +220,7 @@ class TrainConfig:
         renamed (``image_size``; ``balance`` with ``balance_target``) or added (its default)."""
         values = dict(values)
         values.setdefault("labels", "debiased")  # the only rule before it was a setting
+        values.setdefault("framing", None)  # nor were cutouts framed
         if "image_size" in values:
             values.setdefault("input_size", values.pop("image_size"))
         if isinstance(values.get("balance"), bool):

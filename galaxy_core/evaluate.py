@@ -178,7 +178,8 @@ def evaluate_bundle(config: EvaluateConfig,
     ``progress`` hears how many images of the passes are done."""
     bundle = load_bundle(config.model_dir, device=config.device)
     dataset = PackedDataset.open(config.data_dir, source_size=bundle.geometry.source_size,
-                                 labels=config.labels or bundle.card.labels, cache_root=config.cache_dir)
+                                 labels=config.labels or bundle.card.labels, cache_root=config.cache_dir,
+                                 framing=bundle.card.framing)
     rows, which = held_out_rows(dataset, bundle)
     if len(rows) == 0:
         raise DatasetError(f"every galaxy in {config.data_dir} was used to train {config.model_dir}: "

@@ -24,11 +24,19 @@ def render_model_card(card: ModelCard, metrics: Metrics) -> str:
     cfg, data = prov.config, prov.data
     lines = [
         "# Galaxy morphology model card", "",
-        f"Answers: {card.question}. Classes: {', '.join(card.classes)}. Input: the central {g.crop} of a "
+        f"Answers: {card.question}. Classes: {', '.join(card.classes)}. Input: "
+        + (f"the galaxy found in the image and framed so that the radius holding 90% of its light is "
+           f"{card.framing.radius_fraction:.0%} of the side, as every training cutout was; then "
+           if card.framing else "")
+        + f"the central {g.crop} of a "
         f"{g.source_size}-pixel SDSS cutout ({g.pixel_scale:g} arcsec/pixel), resized to "
         f"{g.input_size}x{g.input_size}. Architecture: `{arch.name}` (width {arch.width}, depth {arch.depth}). "
         f"Test-time augmentation over the 8 symmetries of the square: {'on' if card.tta else 'off'}. "
-        f"Temperature: {card.temperature:.3f}. Arithmetic: {PRECISION_WORDS[card.precision]}.",
+        f"Temperature: {card.temperature:.3f}. Arithmetic: {PRECISION_WORDS[card.precision]}. "
+        + ("It also predicts the vote fractions for smooth / features or disk / star or artifact "
+           f"(temperature {card.vote_temperature:.3f}). " if arch.aux_outputs == 3 else "")
+        + f"An answer whose top probability is below {card.confidence_floor:.0%} carries a low-confidence "
+        "warning, as does an image in which no galaxy is found or the galaxy is cut by the edge.",
         "",
         f"Trained {prov.trained_at} in {prov.training_seconds / 60:.1f} min on {prov.machine.device} "
         f"({prov.machine.processes} process(es), {prov.machine.threads} threads), torch {prov.machine.torch}, "

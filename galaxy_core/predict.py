@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .atomic import write_text_atomic
 from .bundle import ModelBundle, load_bundle
 from .config import ANSWERS, CLASSES, PredictConfig
-from .geometry import cutout_array, model_view
+from .framing import Framing, frame_image
+from .geometry import model_view
 from .gradcam import grad_cam, grad_cam_overlay
 from .images import ImageLoadError, ImageSource, load_image
 from .inference import Outputs, iter_chunks, predict_outputs
@@ -25,6 +26,39 @@ from .inference import Outputs, iter_chunks, predict_outputs
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
 CSV_COLUMNS = ["path", "label", *[f"p_{c.lower()}" for c in CLASSES], "error",
                *[f"vote_{a}" for a in ANSWERS], "warning"]
+
+
+def answer_warning(framing: Framing | None, probabilities: np.ndarray, floor: float) -> str | None:
+    """Why not to trust an answer: what the framer saw, else a top class below the card's floor."""
+    if framing is not None and framing.warning:
+        return framing.warning
+    top = int(np.argmax(probabilities))
+    if float(probabilities[top]) < floor:
+        return (f"low confidence: no class reaches {floor:.0%} "
+                f"(most likely {CLASSES[top]}, {float(probabilities[top]):.0%})")
+    return None
+
+
+ANSWER_WORDS = {"smooth": "smooth", "features": "features or a disk", "artifact": "a star or artifact"}
+
+
+def vote_sentence(votes: dict[str, float], labels: str) -> str:
+    """The predicted vote fractions in words, most popular answer first."""
+    order = sorted(votes, key=votes.get, reverse=True)  # type: ignore[arg-type]
+    first, rest = order[0], order[1:]
+    others = ", ".join(f"{votes[a]:.0%} {ANSWER_WORDS[a]}" for a in rest)
+    text = f"bout {votes[first]:.0%} of volunteers would call it {ANSWER_WORDS[first]} ({others})."
+    return f"A{text}" if labels == "votes" else f"Corrected for distance, a{text}"
+
+
+def outline_framing(preview: Image.Image, framing: Framing, size: tuple[int, int]) -> Image.Image:
+    """``preview`` (a thumbnail of an image of ``size``) with the square the framer cut outlined."""
+    out = preview.copy()
+    scale = preview.size[0] / size[0]
+    left, top, side = (v * scale for v in framing.box)
+    ImageDraw.Draw(out).rectangle((left, top, left + side - 1, top + side - 1), outline=(80, 220, 255),
+                                  width=max(1, round(preview.size[0] / 128)))
+    return out
 
 
 @dataclass
@@ -71,14 +105,35 @@ class Classifier:
     def precision(self) -> str:
         return self.bundle.precision
 
+    def frame(self, image: Image.Image) -> Framing:
+        """The cutout the network reads: the galaxy found and framed as in training (or the centre
+        square, for a model trained on cutouts as downloaded), with the framer's warning."""
+        return frame_image(image, self.card.framing, self.bundle.geometry.source_size)
+
     def arrays(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return np.stack([cutout_array(im, self.bundle.geometry) for im in images])
+        return np.stack([self.frame(im).image for im in images])
 
     def outputs(self, images: Sequence[Image.Image]) -> Outputs:
         """Calibrated class probabilities (n, 3) and vote fractions for PIL images of any size."""
         if not images:
             return Outputs(np.zeros((0, len(CLASSES)), dtype=np.float32))
-        return predict_outputs(self.bundle, self.arrays(images), tta=self.tta, batch_size=self.config.batch_size)
+        return self._outputs(self.arrays(images))
+
+    def _outputs(self, cutouts: np.ndarray) -> Outputs:
+        return predict_outputs(self.bundle, cutouts, tta=self.tta, batch_size=self.config.batch_size)
+
+    def classify_framed(self, framings: Sequence[Framing], results: Sequence[Prediction]) -> None:
+        """Fill ``results`` with the answers for these framed cutouts, warnings included."""
+        if not framings:
+            return
+        outputs = self._outputs(np.stack([f.image for f in framings]))
+        for j, (framing, result) in enumerate(zip(framings, results)):
+            p = outputs.probs[j]
+            result.probabilities = {c: float(v) for c, v in zip(CLASSES, p)}
+            result.label = CLASSES[int(np.argmax(p))]
+            result.warning = answer_warning(framing, p, self.card.confidence_floor)
+            if outputs.votes is not None:
+                result.votes = {a: float(v) for a, v in zip(ANSWERS, outputs.votes[j])}
 
     def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(n, 3) calibrated probabilities for PIL images of any size, in CLASSES order."""
@@ -93,19 +148,13 @@ class Classifier:
         results = [Prediction(name) for name in names]
         # One batch of decoded images at a time: a folder of large photos never sits in memory whole.
         for part in iter_chunks(len(sources), self.config.batch_size):
-            good: list[tuple[int, Image.Image]] = []
+            good: list[tuple[int, Framing]] = []
             for i in range(part.start, part.stop):
                 try:
-                    good.append((i, load_image(sources[i], max_pixels=self.config.max_pixels)))
+                    good.append((i, self.frame(load_image(sources[i], max_pixels=self.config.max_pixels))))
                 except ImageLoadError as exc:
                     results[i].error = str(exc)
-            outputs = self.outputs([image for _, image in good])
-            for j, (i, _) in enumerate(good):
-                p = outputs.probs[j]
-                results[i].probabilities = {c: float(v) for c, v in zip(CLASSES, p)}
-                results[i].label = CLASSES[int(np.argmax(p))]
-                if outputs.votes is not None:
-                    results[i].votes = {a: float(v) for a, v in zip(ANSWERS, outputs.votes[j])}
+            self.classify_framed([f for _, f in good], [results[i] for i, _ in good])
             if progress is not None:
                 progress(part.stop, len(sources))
         return results
@@ -129,13 +178,14 @@ class Classified:
     preview: Image.Image | None = None
     framed: Image.Image | None = None
     size: tuple[int, int] | None = None
+    framing: Framing | None = None
 
 
 def classify_uploads(classifier: Classifier, items: Sequence[tuple[str, bytes]],
                      preview_size: int = 256) -> list[Classified]:
     """Classify uploads (name, bytes), decoding one at a time and keeping only a preview and the
-    square cutout frame the network reads: many large photos then fit in memory, and the
-    predictions equal those for the full images. A bad file gets an error; the rest carry on."""
+    framed cutout the network reads: many large photos then fit in memory, and the predictions
+    equal those for the full images. A bad file gets an error; the rest carry on."""
     out: list[Classified] = []
     for name, data in items:
         try:
@@ -145,12 +195,12 @@ def classify_uploads(classifier: Classifier, items: Sequence[tuple[str, bytes]],
             continue
         preview = image.copy()
         preview.thumbnail((preview_size, preview_size))
-        framed = Image.fromarray(classifier.arrays([image])[0])
-        out.append(Classified(Prediction(name), preview, framed, image.size))
-    good = [c for c in out if c.framed is not None]
-    for item, prediction in zip(good, classifier.predict([c.framed for c in good],
-                                                         [c.prediction.name for c in good])):
-        item.prediction = prediction
+        framing = classifier.frame(image)
+        out.append(Classified(Prediction(name), preview, Image.fromarray(framing.image), image.size, framing))
+    good = [c for c in out if c.framing is not None]
+    for part in iter_chunks(len(good), classifier.config.batch_size):
+        chunk = good[part]
+        classifier.classify_framed([c.framing for c in chunk], [c.prediction for c in chunk])
     return out
 
 

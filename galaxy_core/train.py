@@ -30,6 +30,7 @@ from .distributed import Distributed, pick_device, setup_distributed
 from .evaluate import HELD_OUT_PASSES, EvaluateProgress, ProgressTally, calibrate, held_out_metrics
 from .catalogue import rule_labels
 from .folder import DatasetFolder
+from .framing import framing_spec
 from .geometry import InputGeometry
 from .inference import predict_probs
 from .metrics import Metrics, misclassified
@@ -165,7 +166,7 @@ def open_training_data(config: TrainConfig, world: int) -> tuple[PackedDataset, 
     frame = DatasetFolder(config.data_dir).read_catalogue()
     plan = plan_training(frame["id"].to_numpy(str), rule_labels(frame, config.labels), config, world)
     dataset = PackedDataset.open(config.data_dir, labels=config.labels, cache_root=config.cache_dir,
-                                 catalogue=frame)
+                                 catalogue=frame, framing=framing_spec(config.framing))
     if len(dataset) != len(frame):  # images that could not be decoded are not in the cache
         plan = plan_training(dataset.ids, dataset.labels, config, world)
     if config.crop > dataset.source_size:
