@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 from PIL import Image
 
 from galaxy_core.config import CLASSES
+from galaxy_core.examples import list_examples
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("GALAXY_CHROMIUM", "/usr/bin/chromium"))
@@ -196,6 +198,10 @@ def test_the_first_hour_in_chromium(app_url: str, tmp_path: Path):
             batch = page.get_by_role("spinbutton", name="Batch size")
             batch.fill("8")
             batch.press("Tab")
+            page.get_by_text("More settings").click()
+            votes = page.get_by_role("spinbutton", name="Vote-fraction head weight")
+            votes.fill("1")
+            votes.press("Tab")
             page.get_by_role("button", name="Start training").click()
             link = page.get_by_role("link", name="See its results")
             done = link.or_(page.locator('[data-testid="stAlertContentError"]'))
@@ -211,5 +217,15 @@ def test_the_first_hour_in_chromium(app_url: str, tmp_path: Path):
             assert "model=first-hour" in page.url
             settle(page)
             page.screenshot(path=str(ARTIFACTS / "first-hour-results.png"), full_page=True)
+
+            # 4. The new model (the newest, with a vote-fraction head) on a linked example: class,
+            # the volunteers' vote fractions it predicts, and the overlay.
+            example = list_examples()[-1]
+            page.goto(f"{app_url}/classify?example={urllib.parse.quote(example.id)}")
+            page.get_by_text(f"{example.id} (example").first.wait_for(timeout=60_000)
+            assert page.get_by_role("heading", name="Predicted:").count() == 1
+            page.get_by_text("of volunteers would call it").first.wait_for(timeout=60_000)
+            page.get_by_text("bright yellow drove").first.wait_for(timeout=60_000)
+            assert page.get_by_role("combobox", name="Active model").input_value() == "first-hour"
         finally:
             browser.close()
