@@ -11,7 +11,7 @@ folder as a page and skip this script's sidebar.
 
 import streamlit as st
 
-from app_pages.common import PAGE_ICONS, PAGES, folders, job_registry, model_sidebar
+from app_pages.common import PAGE_ICONS, PAGES, folders, job_sidebar, model_sidebar
 
 st.set_page_config(page_title="Galaxy Zoo classifier", page_icon=":material/blur_on:", layout="wide")
 
@@ -24,11 +24,8 @@ navigation = st.navigation([
 ])
 
 model_sidebar()
+job_sidebar()
 with st.sidebar:
-    for kind, verb in (("train", "Training"), ("download", "Downloading")):
-        snapshot = job_registry().snapshot(kind)
-        if snapshot is not None and snapshot.running:
-            st.caption(f":material/hourglass_top: {verb} **{snapshot.label}**")
     paths = folders()
     st.caption(f"Data: `{paths.data_root}`  \nModels: `{paths.models_root}`")
 

@@ -13,6 +13,10 @@ from galaxy_core.config import CLASSES
 
 CLASS_COLOURS = {"Spiral": "#5b8def", "Elliptical": "#f2a541", "Uncertain": "#9aa0a6"}
 CHANNEL_COLOURS = {"red": "#e5534b", "green": "#57ab5a", "blue": "#539bf5"}
+SPLIT_COLOURS = {"train": "#7aa2f7", "validation": "#f2a541"}  # blue and orange: told apart by anyone
+# From the theme's panel colour (.streamlit/config.toml) to a saturated blue: an empty cell
+# melts into the dark page and light text reads on every cell.
+CONFUSION_SCALE = [[0.0, "#151b2e"], [0.5, "#2c4a8a"], [1.0, "#4f7fe0"]]
 
 
 def _compact(fig: go.Figure, height: int = 300) -> go.Figure:
@@ -42,7 +46,8 @@ def probabilities(probs: Mapping[str, float], height: int = 170) -> go.Figure:
 def curves(history: pd.DataFrame, metric: str) -> go.Figure:
     """Train and validation curves of one metric against epoch."""
     part = history[history["metric"] == metric]
-    fig = px.line(part, x="epoch", y="value", color="split", markers=True, title=metric.capitalize())
+    fig = px.line(part, x="epoch", y="value", color="split", line_dash="split", markers=True,
+                  color_discrete_map=SPLIT_COLOURS, title=metric.capitalize())
     fig.update_layout(yaxis_title=metric, xaxis=dict(dtick=max(1, len(part) // 20)))
     if metric == "accuracy":
         fig.update_yaxes(range=[0, 1])
@@ -53,7 +58,9 @@ def confusion(matrix: np.ndarray, normalised: bool) -> go.Figure:
     """Rows true class, columns predicted class, as on the model card."""
     text = [[f"{v:.0%}" if normalised else f"{int(v)}" for v in row] for row in matrix]
     fig = go.Figure(go.Heatmap(z=matrix, x=list(CLASSES), y=list(CLASSES), text=text,
-                               texttemplate="%{text}", colorscale="Blues", showscale=False,
+                               texttemplate="%{text}", textfont=dict(color="#e6e9f2"),
+                               colorscale=CONFUSION_SCALE, showscale=True, xgap=2, ygap=2,
+                               colorbar=dict(title="share" if normalised else "galaxies", thickness=12),
                                zmin=0, zmax=1 if normalised else None))
     fig.update_layout(xaxis_title="predicted", yaxis_title="true",
                       title="Fraction of each true class" if normalised else "Galaxies")

@@ -8,10 +8,12 @@ import streamlit as st
 
 from galaxy_core.config import CLASSES, DEFAULT_CUTOUT_URL, GalaxyError
 from galaxy_core.cutouts import fetch_cutout
+from galaxy_core.examples import CREDIT, example_by_id, list_examples
+from galaxy_core.gradcam import CAPTION, COLOUR_MAP, colour_scale
 from galaxy_core.predict import IMAGE_SUFFIXES, classify_uploads, outline_framing, predictions_csv, vote_sentence
 
 from app_pages import charts
-from app_pages.common import active_model, load_classifier, point_to
+from app_pages.common import EXAMPLE_PARAM, active_model, load_classifier, point_to, thumbnail
 from app_pages.tables import page_bounds
 
 UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
@@ -19,6 +21,52 @@ SKY_KEY = "_sky_cutouts"
 RESULT_KEY = "_classified"
 PER_PAGE = 12
 MAX_SKY = 24
+EXAMPLE_KEY = "_example"
+EXAMPLE_COLUMNS = 8
+
+
+def example_picker() -> None:
+    """Real SDSS galaxies shipped with the app: one click classifies one (also from Home's link)."""
+    examples = list_examples()
+    if not examples:
+        st.caption("No example galaxies here (the examples/ folder of the repository is absent).")
+        return
+    st.caption(f"{len(examples)} Galaxy Zoo 2 galaxies the shipped model never trained on, with the class "
+               f"the volunteers gave. {CREDIT}")
+    columns = st.columns(EXAMPLE_COLUMNS)
+    for i, example in enumerate(examples):
+        with columns[i % EXAMPLE_COLUMNS]:
+            st.image(thumbnail(str(example.path), 128), width="stretch")
+            if st.button("Classify", key=f"example-{example.id}", width="stretch",
+                         help=f"{example.id}; Galaxy Zoo volunteers said {example.label}"):
+                st.session_state[EXAMPLE_KEY] = example.id
+                st.query_params[EXAMPLE_PARAM] = example.id
+    if st.session_state.get(EXAMPLE_KEY) and st.button("Clear the example"):
+        st.session_state[EXAMPLE_KEY] = ""
+        st.query_params.pop(EXAMPLE_PARAM, None)
+
+
+def chosen_example() -> list[tuple[str, str, bytes]]:
+    """The example picked here or named by the link (?example=ID), as an input to classify."""
+    linked = st.query_params.get(EXAMPLE_PARAM)
+    if linked and st.session_state.get(EXAMPLE_KEY) is None:  # "" once cleared
+        st.session_state[EXAMPLE_KEY] = linked
+    example = example_by_id(st.session_state.get(EXAMPLE_KEY) or "")
+    if example is None:
+        return []
+    return [(f"example:{example.id}", f"{example.id} (example; volunteers: {example.label})",
+             example.path.read_bytes())]
+
+
+def cam_legend() -> None:
+    """The Grad-CAM colour scale, drawn once above the results."""
+    left, right = st.columns([1, 3], vertical_alignment="center")
+    left.image(colour_scale(256, 14), width="stretch")
+    right.caption(f"Grad-CAM ({COLOUR_MAP} colours): {CAPTION}.")
+
+
+def cam_caption(label: str) -> str:
+    return f"what the model sees; bright yellow drove '{label}'"
 
 started = time.perf_counter()
 st.title("Classify galaxies")
@@ -42,7 +90,9 @@ st.caption(f"Model **{model.name}** answers {classifier.card.question}. "
            f"{size.input_size} px" + (", averaged over 8 rotations and flips" if classifier.tta else "")
            + f". An answer below {classifier.card.confidence_floor:.0%} probability is flagged as low confidence.")
 
-upload_tab, sky_tab = st.tabs(["Upload images", "Sky coordinates (SDSS)"])
+example_tab, upload_tab, sky_tab = st.tabs(["Try an example", "Upload images", "Sky coordinates (SDSS)"])
+with example_tab:
+    example_picker()
 with upload_tab:
     uploads = st.file_uploader("Galaxy images", type=UPLOAD_TYPES, accept_multiple_files=True,
                                key="uploads", help="Any size, framing or colour mode: the galaxy "
@@ -70,10 +120,11 @@ with sky_tab:
     if sky and st.button("Clear fetched cutouts"):
         sky.clear()
 
-inputs = [(f"upload:{f.file_id}", f.name, f.getvalue()) for f in uploads or []] + list(sky)
+inputs = [(f"upload:{f.file_id}", f.name, f.getvalue()) for f in uploads or []] + list(sky) + chosen_example()
 if not inputs:
-    st.info("Upload one or more galaxy images, or fetch an SDSS cutout by its coordinates. Any "
-            "JPEG or PNG works; for the best results use a colour SDSS-like cutout of one galaxy.")
+    st.info("Try one of the example galaxies, upload one or more galaxy images, or fetch an SDSS cutout "
+            "by its coordinates. Any JPEG or PNG works; for the best results use a colour SDSS-like "
+            "cutout of one galaxy.")
     st.stop()
 
 
@@ -98,9 +149,11 @@ st.download_button("Download results (CSV)", predictions_csv(predictions), "gala
                    "text/csv", icon=":material/download:")
 
 pages = page_bounds(len(predictions), 1, PER_PAGE)[2]
-page = st.number_input("Page", 1, pages, 1) if pages > 1 else 1
+page = st.number_input(f"Page (of {pages})", 1, pages, 1) if pages > 1 else 1
 start, stop, _ = page_bounds(len(predictions), int(page), PER_PAGE)
 show_cam = st.toggle("Show where the model looked (Grad-CAM)", value=True)
+if show_cam:
+    cam_legend()
 columns = st.columns(3)
 for i in range(start, stop):
     prediction, item = predictions[i], results[i]
@@ -122,12 +175,11 @@ for i in range(start, stop):
                    caption=f"uploaded ({width}×{height}); the box is what the model reads")
         if not show_cam:
             right.image(item.framed, caption="framed as in training", width="stretch")
-        if show_cam:
+        else:
             if i not in cams:
                 with model_lock:
                     cams[i] = classifier.grad_cam_overlay(item.framed)
-            right.image(cams[i], caption=f"what the model sees; red drove '{prediction.label}'",
-                        width="stretch")
+            right.image(cams[i], caption=cam_caption(prediction.label), width="stretch")
         st.plotly_chart(charts.probabilities(probs), key=f"probs-{i}")
 
 if fresh or stored["seconds"] is None:

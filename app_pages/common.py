@@ -22,6 +22,8 @@ from galaxy_core.predict import Classifier
 
 from app_pages.folders import SHIPPED_MODEL, AppFolders
 from app_pages.jobs import JobRegistry
+from app_pages.recent import read_recent, remember
+from app_pages.tables import job_fraction
 
 REPO = Path(__file__).resolve().parents[1]
 BALANCE_KEY = "balance_choice"
@@ -30,7 +32,10 @@ LABEL_WORDS = {rule: f"{rule}: {question}" for rule, question in LABEL_QUESTIONS
 BALANCE_WORDS = {"off": "off: the natural class mix", "median": "towards the median class (culls the largest)",
                  "max": "towards the largest class (culls nothing)"}
 MODEL_KEY = "model_dir"
+MODEL_PARAM = "model"
+EXAMPLE_PARAM = "example"
 DATASET_KEY = "dataset_dir"
+DATASET_PARAM = "dataset"
 EXTRA_DATASETS_KEY = "extra_datasets"
 PAGES = {
     "home": "app_pages/home.py",
@@ -115,30 +120,42 @@ def model_sidebar() -> None:
 
 
 # --- active dataset --------------------------------------------------------------------------
+# The choice lives in the session, in the URL (?dataset=...) so a reload or a shared link keeps
+# it, and in a remembered list of folders used (app_pages/recent.py) so a new tab finds it too.
+# A URL may only name a folder the app already knows: one under the data root or one a user
+# typed in before; a new folder has to be typed on the Dataset page.
 
 def known_datasets() -> list[Path]:
-    """Datasets under the data root plus folders the user typed in this session."""
-    found = list_datasets(folders().data_root)
-    for extra in st.session_state.get(EXTRA_DATASETS_KEY, []):
-        path = Path(extra)
+    """Datasets under the data root, then remembered folders and those typed in this session."""
+    paths = folders()
+    found = list_datasets(paths.data_root)
+    for path in [*read_recent(paths.data_root), *map(Path, st.session_state.get(EXTRA_DATASETS_KEY, []))]:
         if path not in found and DatasetFolder(path).exists():
             found.append(path)
     return found
 
 
 def active_dataset() -> Path | None:
+    """The session's choice, else the URL's, else the folder used last, else the first one."""
     datasets = known_datasets()
-    chosen = st.session_state.get(DATASET_KEY)
-    if chosen and Path(chosen) in datasets:
-        return Path(chosen)
-    if datasets:
-        st.session_state[DATASET_KEY] = str(datasets[0])
-        return datasets[0]
-    return None
+    recent = [p for p in read_recent(folders().data_root) if p in datasets]
+    wanted = [st.session_state.get(DATASET_KEY), st.query_params.get(DATASET_PARAM)]
+    for chosen in wanted:
+        if chosen and Path(chosen) in datasets:
+            pick = Path(chosen)
+            break
+    else:
+        pick = recent[0] if recent else (datasets[0] if datasets else None)
+    if pick is not None:
+        st.session_state[DATASET_KEY] = str(pick)
+        st.query_params[DATASET_PARAM] = str(pick)
+    return pick
 
 
 def set_active_dataset(path: Path | str) -> None:
     st.session_state[DATASET_KEY] = str(path)
+    st.query_params[DATASET_PARAM] = str(path)
+    remember(folders().data_root, Path(path))
 
 
 def add_extra_dataset(path: Path) -> None:
@@ -213,6 +230,29 @@ def label_rule() -> str:
 def balance_choice() -> str:
     """The class balancing the next training run will use: chosen on the Dataset or Train page."""
     return st.session_state.get(BALANCE_KEY, TrainConfig.balance)
+
+
+JOB_PAGES = (("train", "Training", "train"), ("download", "Downloading", "dataset"))
+
+
+def job_sidebar(poll_s: float = 2.0) -> None:
+    """A running training or download job, with its progress, on every page and after a reload
+    (the jobs belong to the server, not to the browser tab that started them)."""
+    registry = job_registry()
+
+    def running() -> list[tuple]:
+        return [(snap, verb, page) for kind, verb, page in JOB_PAGES
+                if (snap := registry.snapshot(kind)) is not None and snap.running]
+
+    @st.fragment(run_every=poll_s if running() else None)
+    def status() -> None:
+        for snap, verb, page in running():
+            st.progress(job_fraction(snap.progress), text=f"{verb} **{snap.label}**")
+            st.page_link(PAGES[page], label=f"Follow it on the {page.capitalize()} page",
+                         icon=":material/hourglass_top:")
+
+    with st.sidebar:
+        status()
 
 
 def point_to(page: str, message: str) -> None:

@@ -55,14 +55,18 @@ def choose_dataset() -> Path | None:
 def download_form() -> None:
     """Start (or resume) a download into a named folder under the data root."""
     running = (snap := registry.snapshot("download")) is not None and snap.running
+    # Outside the form, so that changing it shows the one input it needs at once.
+    source = st.radio("Catalogue", ["From a URL", "Upload a file"], horizontal=True)
+    url, upload = "", None
     with st.form("download"):
         name = st.text_input("Dataset name", value="gz1-sample",
                              help="A new folder under the data root; the same name resumes a download.")
-        source = st.radio("Catalogue", ["From a URL", "Upload a file"], horizontal=True)
-        url = st.text_input("Catalogue URL", value=DEFAULT_CATALOGUE_URL,
-                            help="Galaxy Zoo 1 table 2 or Galaxy Zoo 2 (Hart et al. 2016), CSV or .csv.gz")
-        upload = st.file_uploader("Catalogue file", type=["csv", "gz"], max_upload_size=CATALOGUE_MB,
-                                  help=f"Up to {CATALOGUE_MB} MB; for the full GZ1 table give its URL")
+        if source == "From a URL":
+            url = st.text_input("Catalogue URL", value=DEFAULT_CATALOGUE_URL,
+                                help="Galaxy Zoo 1 table 2 or Galaxy Zoo 2 (Hart et al. 2016), CSV or .csv.gz")
+        else:
+            upload = st.file_uploader("Catalogue file", type=["csv", "gz"], max_upload_size=CATALOGUE_MB,
+                                      help=f"Up to {CATALOGUE_MB} MB; for the full GZ1 table give its URL")
         left, right = st.columns(2)
         limit = left.number_input("How many galaxies", min_value=3, max_value=1_000_000, value=500,
                                   step=100)

@@ -3,10 +3,13 @@
 import streamlit as st
 
 from galaxy_core.config import GalaxyError
+from galaxy_core.examples import CREDIT, list_examples
 
-from app_pages.common import PAGES, active_dataset, active_model, dataset_fingerprint, label_rule, samples, thumbnail
+from app_pages.common import EXAMPLE_PARAM, PAGES, active_dataset, active_model, dataset_fingerprint, label_rule, samples, thumbnail
 from app_pages.tables import format_duration
 
+CARD_HEIGHT = 570
+IMAGE_PX = 160
 CLASS_TEXT = {
     "Spiral": "A disk with arms or other features: more than 80% of Galaxy Zoo volunteers "
               "said *features or disk*.",
@@ -22,22 +25,36 @@ st.markdown(
     "it goes wrong.")
 
 dataset = active_dataset()
-examples: dict = {}
-if dataset is not None:
+try:
+    shipped = {name: [e for e in list_examples() if e.label == name] for name in CLASS_TEXT}
+except GalaxyError as exc:
+    st.warning(str(exc))
+    shipped = {}
+samples_of: dict = {}
+if dataset is not None and not any(shipped.values()):
     try:
-        examples = samples(str(dataset), dataset_fingerprint(dataset), 1, 0, label_rule())
+        samples_of = samples(str(dataset), dataset_fingerprint(dataset), 1, 0, label_rule())
     except (GalaxyError, OSError) as exc:
         st.warning(f"Could not read example galaxies from {dataset}: {exc}")
 
 columns = st.columns(3)
 for column, (name, text) in zip(columns, CLASS_TEXT.items()):
-    with column.container(border=True):
+    with column.container(border=True, height=CARD_HEIGHT):  # one height, whatever the text
         st.subheader(name)
-        shown = examples.get(name) or []
-        if shown:
-            st.image(thumbnail(str(shown[0]["path"]), 192), caption=f"{shown[0]['id']} ({dataset.name})")
         st.markdown(text)
-if dataset is None:
+        if shipped.get(name):
+            example = shipped[name][0]
+            st.image(thumbnail(str(example.path), IMAGE_PX), caption=example.caption, width="stretch")
+            st.page_link(PAGES["classify"], label="Classify this galaxy", icon=":material/search:",
+                         query_params={EXAMPLE_PARAM: example.id})
+        elif samples_of.get(name):
+            row = samples_of[name][0]
+            st.image(thumbnail(str(row["path"]), IMAGE_PX), caption=f"{row['id']} ({dataset.name})",
+                     width="stretch")
+if any(shipped.values()):
+    st.caption(f"{sum(map(len, shipped.values()))} example galaxies ship with the app: try them all on the "
+               f"Classify page. {CREDIT}")
+elif dataset is None:
     st.caption("Example images appear here once there is a dataset (see the Dataset page).")
 
 st.header("Model in use")
@@ -53,9 +70,11 @@ else:
     cols = st.columns(4)
     cols[0].metric("Model", model.name)
     cols[1].metric("Test accuracy", f"{metrics.accuracy:.1%}" if metrics is not None else "–")
-    cols[2].metric("Trained on", f"{data.galaxies:,} galaxies" if data is not None else "–")
+    cols[2].metric("Galaxies", f"{data.galaxies:,}" if data is not None else "–",
+                   help=data.split_text if data is not None else None)
     cols[3].metric("Training time", format_duration(prov.training_seconds if prov is not None else None))
-    st.caption(f"Trained {prov.trained_at if prov is not None else 'at an unknown time'} · "
+    st.caption((f"{data.split_text} · " if data is not None else "")
+               + f"trained {prov.trained_at if prov is not None else 'at an unknown time'} · "
                f"{card.architecture.name} at {card.input.input_size} px · balanced accuracy "
                + (f"{metrics.balanced_accuracy:.1%} on {metrics.n:,} held-out test galaxies"
                   if metrics is not None else "–")

@@ -8,16 +8,20 @@ import numpy as np
 import streamlit as st
 
 from galaxy_core.bundle import read_evaluation
-from galaxy_core.config import CLASSES, GalaxyError
-from galaxy_core.folder import DatasetFolder
+from galaxy_core.config import CLASSES, EvaluateConfig, GalaxyError
+from galaxy_core.evaluate import EvaluateProgress, evaluate_bundle
+from galaxy_core.examples import EXAMPLES_DIR
+from galaxy_core.folder import CATALOGUE_NAME, IMAGES_DIR, DatasetFolder
 from galaxy_core.metrics import metric_rows
 
 from app_pages import charts
-from app_pages.common import active_model, point_to, thumbnail, usable_models
+from app_pages.common import (MODEL_PARAM, active_model, folders, point_to, set_active_model, thumbnail,
+                              usable_models)
 from app_pages.tables import (format_duration, history_frame, misclassified_frame, page_bounds, per_class_frame,
                               reliability_frame, row_normalise)
 
 PER_PAGE = 12
+LINKED_KEY = "_results_linked_model"
 HEADLINE = {"accuracy": "Test accuracy", "balanced_accuracy": "Balanced accuracy", "ece": "Calibration error"}
 
 st.title("Results")
@@ -29,9 +33,18 @@ if current is None:
     st.stop()
 
 names = [str(m.path) for m in models]
+# A link such as "See its results" names the model (?model=NAME); a reload keeps the one shown.
+linked = st.query_params.get(MODEL_PARAM)
+if linked and linked != st.session_state.get(LINKED_KEY):
+    st.session_state[LINKED_KEY] = linked
+    match = [m for m in models if m.name == linked]
+    if match:
+        set_active_model(match[0].path)
+        current = match[0]
 choice = st.selectbox("Model", names, index=names.index(str(current.path)),
                       format_func=lambda p: Path(p).name)
 model = next(m for m in models if str(m.path) == choice)
+st.query_params[MODEL_PARAM] = st.session_state[LINKED_KEY] = model.name
 card = model.card
 metrics, prov = card.metrics, card.provenance
 st.caption(f"This model answers **{card.question}** (labels `{card.labels}`)"
@@ -46,7 +59,7 @@ for col, (key, label) in zip(cols, HEADLINE.items()):
 cols[3].metric("Test galaxies", f"{metrics.n:,}" if metrics is not None else "–")
 cols[4].metric("Training time", format_duration(prov.training_seconds if prov is not None else None))
 if prov is not None and prov.data is not None:
-    st.caption(f"Trained {prov.trained_at or '–'} on {prov.data.galaxies:,} galaxies · "
+    st.caption(f"Trained {prov.trained_at or '–'} on {prov.data.split_text} · "
                f"{card.architecture.name} at {card.input.input_size} px on {prov.machine.device}")
 
 try:
@@ -91,6 +104,43 @@ with right:
     else:
         st.caption("No reliability table: this model has no evaluation.json from training.")
 
+def evaluate_elsewhere(model_dir: Path) -> None:
+    """Score the model on another labelled folder: a Galaxy Zoo catalogue or a plain image,label one."""
+    with st.expander("Evaluate this model on another labelled folder"):
+        with st.form("evaluate_elsewhere", border=False):
+            typed = st.text_input("Dataset folder", value=str(EXAMPLES_DIR) if EXAMPLES_DIR.is_dir() else "",
+                                  help=f"A folder with {CATALOGUE_NAME} and {IMAGES_DIR}/: a Galaxy Zoo "
+                                       "catalogue, or a plain image,label list (Spiral, Elliptical, "
+                                       "Uncertain or Unsure, any case)")
+            go = st.form_submit_button("Evaluate", icon=":material/play_arrow:")
+        if not go:
+            return
+        bar = st.progress(0.0, text="Reading the folder…")
+
+        def progress(event: EvaluateProgress) -> None:
+            bar.progress(event.done / max(event.total, 1),
+                         text=f"Evaluating: {event.done:,} / {event.total:,} images (the 8 views, then "
+                              "turned and mirrored copies)")
+
+        try:
+            data_dir = DatasetFolder.from_user(typed).root
+            result = evaluate_bundle(EvaluateConfig(data_dir=data_dir, model_dir=model_dir,
+                                                    cache_dir=folders().cache_root), progress)
+        except GalaxyError as exc:
+            bar.empty()
+            st.error(str(exc))
+            return
+        bar.empty()
+        found = result.metrics
+        st.success(f"{found.n:,} galaxies of {data_dir.name} ({found.split}): accuracy {found.accuracy:.1%}, "
+                   f"balanced accuracy {found.balanced_accuracy:.1%}")
+        left, right = st.columns(2)
+        left.plotly_chart(charts.confusion(np.asarray(found.confusion, dtype=float), False), key="elsewhere")
+        right.dataframe(per_class_frame(found), hide_index=True)
+
+
+evaluate_elsewhere(model.path)
+
 st.header("Misclassified test galaxies")
 if evaluation is None:
     st.info("This model folder has no evaluation.json, written when training finishes, so its "
@@ -108,7 +158,8 @@ st.caption(f"{len(table):,} of {len(wrong):,} wrong predictions. The most confid
 if table.empty:
     st.stop()
 pages = page_bounds(len(table), 1, PER_PAGE)[2]
-page = st.number_input("Page", 1, pages, 1, help=f"{PER_PAGE} galaxies per page") if pages > 1 else 1
+page = (st.number_input(f"Page (of {pages})", 1, pages, 1, help=f"{PER_PAGE} galaxies per page")
+        if pages > 1 else 1)
 start, stop, _ = page_bounds(len(table), int(page), PER_PAGE)
 if not data_dir.is_dir():
     st.warning(f"The training images are not at {data_dir} on this machine; showing the table only.")
@@ -120,6 +171,6 @@ for i, row in enumerate(table.iloc[start:stop].itertuples()):
             st.image(thumbnail(str(path), 160), width="stretch")
         st.markdown(f"true **{row.true}** → predicted **{row.predicted}**")
         st.caption(" · ".join(f"{c} {getattr(row, 'p_' + c.lower()):.0%}" for c in CLASSES))
-        st.caption(f"`{row.id}`")
+        st.caption(row.id)  # plain caption text (14 px): an inline-code id drew at 10.5 px
 with st.expander("All listed galaxies as a table"):
     st.dataframe(table, hide_index=True)

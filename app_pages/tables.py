@@ -91,3 +91,19 @@ def format_duration(seconds: float | None) -> str:
     if minutes:
         return f"{minutes} min {secs:02d} s"
     return f"{secs} s"
+
+
+def job_fraction(progress: Any) -> float:
+    """How far a background job's latest progress event is, in [0, 1] (0 when it cannot tell):
+    training events count batches over all epochs, then the final evaluation's images; a
+    download counts galaxies."""
+    phase = getattr(progress, "phase", None)
+    if phase is None:  # a download
+        done, total = getattr(progress, "done", 0), getattr(progress, "total", 0)
+        return min(done / total, 1.0) if total else 0.0
+    epochs, batches = getattr(progress, "epochs", 0), getattr(progress, "batches", 0)
+    if phase == "evaluate":
+        return min(progress.batch / batches, 1.0) if batches else 1.0
+    if phase == "train" and epochs and batches:
+        return min(((progress.epoch - 1) * batches + progress.batch) / (epochs * batches), 1.0)
+    return min(progress.epoch / epochs, 1.0) if epochs else 0.0

@@ -10,8 +10,9 @@ from galaxy_core.config import BALANCE_CHOICES, CUTOUT_SIZE, LABEL_RULES, PRECIS
 from galaxy_core.train import TrainProgress, TrainResult
 
 from app_pages import charts
-from app_pages.common import (BALANCE_KEY, BALANCE_WORDS, LABEL_WORDS, LABELS_KEY, PAGES, active_dataset, balance_choice,
-                              dataset_selectbox, folders, job_registry, label_rule, point_to, set_active_model)
+from app_pages.common import (BALANCE_KEY, BALANCE_WORDS, LABEL_WORDS, LABELS_KEY, MODEL_PARAM, PAGES, active_dataset,
+                              balance_choice, dataset_selectbox, folders, job_registry, label_rule, point_to,
+                              set_active_model)
 from app_pages.folders import model_dir_for_training
 from app_pages.jobs import JobSnapshot
 from app_pages.tables import format_duration, history_frame
@@ -96,6 +97,11 @@ def live_progress(event: TrainProgress, snap: JobSnapshot) -> None:
     if event is None or event.phase == "prepare" or not event.epochs:
         st.progress(0.0, text=(event.message.capitalize() if event else "Starting…"))
         return
+    if event.phase == "evaluate" and event.batches:
+        st.progress(min(event.batch / event.batches, 1.0),
+                    text=f"**{snap.label}**: {event.message}: {event.batch:,} / {event.batches:,} images · "
+                         f"{format_duration(event.elapsed_s)} elapsed")
+        return
     if event.phase == "train" and event.batches:
         done = ((event.epoch - 1) * event.batches + event.batch) / (event.epochs * event.batches)
         where = f"epoch {event.epoch}/{event.epochs} · batch {event.batch}/{event.batches}"
@@ -145,7 +151,8 @@ def show_job(snap: JobSnapshot) -> None:
         left.button("Use it as the active model", type="primary", on_click=set_active_model,
                     args=(str(result.out_dir),))
         with right:
-            st.page_link(PAGES["results"], label="See its results", icon=":material/analytics:")
+            st.page_link(PAGES["results"], label="See its results", icon=":material/analytics:",
+                         query_params={MODEL_PARAM: Path(result.out_dir).name})
     curves(result.history)
 
 

@@ -1,4 +1,5 @@
-"""Galaxy Zoo tables (GZ1 table 2, GZ2 Hart et al. 2016, or our own) -> one canonical frame.
+"""Galaxy Zoo tables (GZ1 table 2, GZ2 Hart et al. 2016, our own, or a plain ``image,label``
+list) -> one canonical frame.
 
 The canonical frame keeps both kinds of vote fraction for the first question (smooth, features
 or disk, star or artifact): ``votes_*``, what the volunteers said about the image (GZ2
@@ -23,7 +24,7 @@ from .atomic import atomic_path
 from .catalogue_io import CatalogueError, read_raw_table
 from .config import ANSWERS, CLASSES, LABEL_RULES
 
-CatalogueFormat = Literal["auto", "gz1", "gz2", "canonical"]
+CatalogueFormat = Literal["auto", "gz1", "gz2", "canonical", "plain"]
 
 LABEL_THRESHOLD = 0.8
 
@@ -44,6 +45,9 @@ LEGACY_COLUMNS = ["id", "ra", "dec", "frac_smooth", "frac_features", "frac_artif
 GZ1_COLUMNS = ["OBJID", "RA", "DEC", "P_EL_DEBIASED", "P_CS_DEBIASED", "P_DK",
                "SPIRAL", "ELLIPTICAL", "UNCERTAIN"]
 GZ1_VOTES = {"votes": ("P_EL", "P_CS", "P_DK"), "debiased": ("P_EL_DEBIASED", "P_CS_DEBIASED", "P_DK")}
+PLAIN_COLUMNS = ["image", "label"]
+"""A plain labelled folder: one class per image, no vote fractions (the original project's format)."""
+PLAIN_NAMES = {**{c.lower(): c for c in CLASSES}, "unsure": "Uncertain"}
 GZ2_PREFIX = "t01_smooth_or_features_"
 GZ2_ANSWERS = ("a01_smooth", "a02_features_or_disk", "a03_star_or_artifact")
 GZ2_SUFFIX = {"votes": "weighted_fraction", "debiased": "debiased"}
@@ -196,8 +200,42 @@ def _from_canonical(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _from_plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """``image,label`` rows -> the canonical frame: the one label serves both label rules, the
+    vote fractions are unknown (NaN), the id is the image's file name and RA/Dec may be absent."""
+    _require_columns(frame, PLAIN_COLUMNS, "plain")
+    images = frame["image"].astype(str).str.strip()
+    missing = frame["image"].isna() | (images == "")
+    if missing.any():
+        raise CatalogueError(f"line {int(np.flatnonzero(missing.to_numpy())[0]) + 2}, column image: value is empty")
+    raw = frame["label"].astype(str).str.strip()
+    labels = raw.str.lower().map(PLAIN_NAMES)
+    bad = labels.isna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise CatalogueError(f"line {row + 2}, column label: {raw.iloc[row]!r} is not one of "
+                             f"{', '.join(CLASSES)} (any case; 'Unsure' means Uncertain)")
+    ids = frame["id"].astype(str).str.strip() if "id" in frame.columns else images.map(lambda p: Path(p).stem)
+    out = pd.DataFrame({"id": ids.to_numpy()})
+    for column in ("ra", "dec"):
+        out[column] = _numeric(frame, column) if column in frame.columns else np.nan
+    for rule in LABEL_RULES:
+        for column in fraction_columns(rule):
+            out[column] = np.nan
+        out[label_column(rule)] = labels.to_numpy(dtype=object)
+    out["image"] = images.to_numpy()
+    return out
+
+
+def _is_plain(cols: set[str]) -> bool:
+    fractions = set(LEGACY_COLUMNS[3:6]) | {c for rule in LABEL_RULES for c in fraction_columns(rule)}
+    return set(PLAIN_COLUMNS) <= cols and not cols & fractions
+
+
 def detect_format(columns: list[str]) -> CatalogueFormat:
     cols = set(columns)
+    if _is_plain(cols):
+        return "plain"
     if {"OBJID", "SPIRAL", "ELLIPTICAL", "UNCERTAIN"} <= cols:
         return "gz1"
     if any(c.startswith(GZ2_PREFIX) for c in cols):
@@ -212,8 +250,8 @@ def detect_format(columns: list[str]) -> CatalogueFormat:
         nearest = f"; as GZ1 it lacks {', '.join(c for c in GZ1_COLUMNS if c not in cols)}"
     raise CatalogueError(
         "cannot tell the catalogue format: expected Galaxy Zoo 1 table 2 columns (OBJID, RA, DEC, "
-        "SPIRAL, ELLIPTICAL, UNCERTAIN, ...) or Galaxy Zoo 2 columns (ra, dec, "
-        f"{GZ2_PREFIX}..._debiased); found {', '.join(sorted(cols)[:8]) or 'no columns'}{nearest}")
+        "SPIRAL, ELLIPTICAL, UNCERTAIN, ...), Galaxy Zoo 2 columns (ra, dec, "
+        f"{GZ2_PREFIX}..._debiased) or a plain image,label table; found {', '.join(sorted(cols)[:8]) or 'no columns'}{nearest}")
 
 
 def validate_canonical(frame: pd.DataFrame) -> pd.DataFrame:
@@ -259,9 +297,9 @@ def read_catalogue(source: str | os.PathLike[str], fmt: CatalogueFormat = "auto"
         raise CatalogueError(f"{text}: line {int(np.flatnonzero(empty)[0]) + 2} is empty")
     if fmt == "auto":
         fmt = detect_format(list(frame.columns))
-    readers = {"gz1": _from_gz1, "gz2": _from_gz2, "canonical": _from_canonical}
+    readers = {"gz1": _from_gz1, "gz2": _from_gz2, "canonical": _from_canonical, "plain": _from_plain}
     if fmt not in readers:
-        raise CatalogueError(f"unknown catalogue format {fmt!r}: use gz1, gz2 or auto")
+        raise CatalogueError(f"unknown catalogue format {fmt!r}: use gz1, gz2, plain or auto")
     frame = validate_canonical(readers[fmt](frame))
     return frame[[*CANONICAL_COLUMNS, *(["image"] if "image" in frame.columns else [])]]
 

@@ -32,6 +32,7 @@ from .config import (
 )
 
 EXIT_USER_ERROR = 2
+MODEL_HELP = f"model folder (default: the shipped model, {PredictConfig().model_dir})"
 EXIT_PARTIAL_FAILURE = 1
 LABELS_HELP = ("which vote fractions make the class: votes, what volunteers saw in the image; debiased, "
                "Galaxy Zoo's distance-corrected morphology (either way a class needs more than 0.8)")
@@ -133,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_labels(p, TrainConfig.labels)
     _add_cache_dir(p)
     _add_train(sub)
-    p = sub.add_parser("evaluate", help="metrics of a model on a labelled dataset folder")
-    p.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
+    p = sub.add_parser("evaluate", help="metrics of a model on a labelled dataset folder (a Galaxy Zoo "
+                                        "catalogue or a plain image,label one)")
+    p.add_argument("--model", type=Path, default=None, help=MODEL_HELP)
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--json", type=Path, help="also write all metrics to this JSON file")
     p.add_argument("--no-tta", action="store_true", help="single view instead of the card's setting")
@@ -142,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_dir(p)
     p = sub.add_parser("predict", help="classify image files or folders of images")
     p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
+    p.add_argument("--model", type=Path, default=None, help=MODEL_HELP)
     p.add_argument("--out", type=Path, help="CSV file (default: standard output)")
     p = sub.add_parser("serve-cutouts", help="serve a folder of cutouts like SkyServer ImgCutout")
     p.add_argument("--data", required=True, type=Path, help="dataset folder (catalogue and images)")
@@ -233,11 +235,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .atomic import write_text_atomic
     from .bundle import read_card
     from .evaluate import evaluate_bundle
-    from .terminal import metrics_text
+    from .terminal import CountBar, metrics_text
 
     config = EvaluateConfig(data_dir=args.data, model_dir=args.model or PredictConfig().model_dir,
                             tta=False if args.no_tta else None, labels=args.labels, cache_dir=args.cache_dir)
-    result = evaluate_bundle(config)
+    bar = CountBar("evaluate")
+    try:
+        result = evaluate_bundle(config, bar.evaluate)
+    finally:
+        bar.close()
     print(f"{config.model_dir} answers {read_card(config.model_dir).question}; scored against the "
           f"{result.metrics.labels} labels")
     print(metrics_text(result.metrics))
@@ -248,13 +254,18 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from .predict import Classifier, expand_inputs, write_predictions_csv
+    from .terminal import CountBar
 
     config = PredictConfig() if args.model is None else PredictConfig(model_dir=args.model)
     classifier = Classifier.load(config)
     paths = expand_inputs(args.inputs)
     if not paths:
         raise GalaxyError("no image files found in the given inputs")
-    predictions = classifier.predict(paths, names=[str(p) for p in paths])
+    bar = CountBar("predict")
+    try:
+        predictions = classifier.predict(paths, names=[str(p) for p in paths], progress=bar.count)
+    finally:
+        bar.close()
     write_predictions_csv(predictions, args.out)
     failed = [p for p in predictions if p.error]
     for p in failed:

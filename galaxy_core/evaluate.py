@@ -4,7 +4,7 @@ checks, and the evaluation of a saved bundle on a labelled dataset folder."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -17,6 +17,59 @@ from .folder import DatasetError
 from .dataset import vote_targets
 from .inference import Cutouts, TurnedImages, calibrated, calibrated_votes, predict_probs, view_log_probs
 from .metrics import Metrics, TurnedAgreement, ViewAgreement, classification_metrics, misclassified, vote_rmse
+
+
+@dataclass(frozen=True)
+class EvaluateProgress:
+    """Images put through the network so far, of all the passes an evaluation makes."""
+
+    done: int
+    total: int
+
+
+class ProgressTally:
+    """Counts the images that passes over ``wrap``-ped cutouts have finished, for a progress bar.
+
+    Each pass reads its images a batch at a time; when the next batch is asked for, the one
+    before it has gone through the network, so the count never runs ahead of the work.
+    """
+
+    def __init__(self, total: int, report: Callable[[EvaluateProgress], None] | None):
+        self.total, self.report, self.done = total, report, 0
+        self._pending = 0
+
+    def wrap(self, images: Cutouts) -> CountedImages:
+        return CountedImages(images, self)
+
+    def read(self, n: int) -> None:
+        self.done += self._pending
+        self._pending = n
+        if self.report is not None:
+            self.report(EvaluateProgress(min(self.done, self.total), self.total))
+
+    def finish(self) -> None:
+        self.done, self._pending = self.done + self._pending, 0
+        if self.report is not None:
+            self.report(EvaluateProgress(min(self.done, self.total), self.total))
+
+
+class CountedImages:
+    """Cutouts whose reads are counted by a ``ProgressTally``."""
+
+    def __init__(self, images: Cutouts, tally: ProgressTally):
+        self.images, self.tally = images, tally
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, part: slice) -> np.ndarray:
+        batch = self.images[part]
+        self.tally.read(len(batch))
+        return batch
+
+
+HELD_OUT_PASSES = 3
+"""Passes ``held_out_metrics`` makes over its images: the 8 views, then the turned and the mirrored copies."""
 
 
 def fit_temperature(log_probs: torch.Tensor, targets: np.ndarray) -> float:
@@ -69,10 +122,14 @@ def prediction_agreement(bundle: ModelBundle, images: Cutouts, probs: np.ndarray
 
 
 def held_out_metrics(bundle: ModelBundle, images: Cutouts, labels: np.ndarray, tta: bool | None = None,
-                     fractions: np.ndarray | None = None) -> tuple[Metrics, np.ndarray]:
+                     fractions: np.ndarray | None = None,
+                     tally: ProgressTally | None = None) -> tuple[Metrics, np.ndarray]:
     """Metrics and calibrated probabilities of held-out galaxies, with the symmetry checks (one
     8-view pass for the answers and single-view agreement, then the turned cutouts) and, for a
-    model with a vote head, the error of its vote fractions against ``fractions``."""
+    model with a vote head, the error of its vote fractions against ``fractions``. ``tally``
+    counts the images of the HELD_OUT_PASSES passes as they are done."""
+    if tally is not None:
+        images = tally.wrap(images)
     use_tta = bundle.card.tta if tta is None else tta
     views = view_log_probs(bundle, images)
     classes, votes = views.combined(use_tta)
@@ -115,8 +172,10 @@ class EvaluationResult:
         return {**self.metrics.to_dict(), "misclassified": self.misclassified}
 
 
-def evaluate_bundle(config: EvaluateConfig) -> EvaluationResult:
-    """Metrics, symmetry agreement and misclassified galaxies for one model on one dataset."""
+def evaluate_bundle(config: EvaluateConfig,
+                    progress: Callable[[EvaluateProgress], None] | None = None) -> EvaluationResult:
+    """Metrics, symmetry agreement and misclassified galaxies for one model on one dataset;
+    ``progress`` hears how many images of the passes are done."""
     bundle = load_bundle(config.model_dir, device=config.device)
     dataset = PackedDataset.open(config.data_dir, source_size=bundle.geometry.source_size,
                                  labels=config.labels or bundle.card.labels, cache_root=config.cache_dir,
@@ -126,7 +185,9 @@ def evaluate_bundle(config: EvaluateConfig) -> EvaluationResult:
         raise DatasetError(f"every galaxy in {config.data_dir} was used to train {config.model_dir}: "
                            "there is nothing held out to evaluate on")
     labels = dataset.labels[rows]
+    tally = ProgressTally(HELD_OUT_PASSES * len(rows), progress)
     metrics, probs = held_out_metrics(bundle, ImageRows(dataset, rows), labels, tta=config.tta,
-                                      fractions=dataset.fractions(rows))
+                                      fractions=dataset.fractions(rows), tally=tally)
+    tally.finish()
     wrong = misclassified(dataset.ids[rows], dataset.index["image"].to_numpy()[rows], labels, probs)
     return EvaluationResult(replace(metrics, split=which, labels=dataset.rule), wrong)

@@ -82,6 +82,9 @@ class DatasetFolder:
         if "image" not in frame.columns:
             raise DatasetError(f"{self.catalogue} has no 'image' column: it does not describe "
                                "downloaded images")
+        # A plain image,label list may name files by themselves: they are looked for in images/.
+        frame["image"] = [rel if self.image(rel) is not None or self.image(f"{IMAGES_DIR}/{rel}") is None
+                          else f"{IMAGES_DIR}/{rel}" for rel in frame["image"]]
         present = np.fromiter((self.image(rel) is not None for rel in frame["image"]), bool, len(frame))
         frame = frame[present].reset_index(drop=True)
         if frame.empty:

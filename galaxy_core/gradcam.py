@@ -43,17 +43,42 @@ def grad_cam(bundle: ModelBundle, image: Image.Image, class_index: int | None = 
     return (cam / peak if peak > 0 else cam).cpu().numpy()
 
 
-def overlay_heatmap(image: Image.Image, heat: np.ndarray, alpha: float = 0.45) -> Image.Image:
-    """Blend a [0, 1] heat map (red = high) over an image of the same size."""
+COLOUR_MAP = "inferno"
+"""The one colour map of every Grad-CAM picture and its scale: black, purple, red, orange, then
+bright yellow for the pixels that drove the prediction most (perceptually uniform, so brightness
+alone reads as heat, also for colour-blind readers)."""
+INFERNO = np.array([  # matplotlib's inferno at 0, 1/8, ..., 1
+    (0, 0, 4), (31, 12, 72), (85, 15, 109), (136, 34, 106), (186, 54, 85),
+    (227, 89, 51), (249, 140, 10), (249, 201, 50), (252, 255, 164)], dtype=np.float32) / 255.0
+CAPTION = "bright yellow = drove the prediction most; dark purple = little; clear = not at all"
+
+
+def colourise(heat: np.ndarray) -> np.ndarray:
+    """[0, 1] values -> RGB in [0, 1] through the inferno colour map."""
+    h = np.clip(np.asarray(heat, dtype=np.float32), 0, 1) * (len(INFERNO) - 1)
+    low = np.minimum(h.astype(int), len(INFERNO) - 2)
+    t = (h - low)[..., None]
+    return INFERNO[low] * (1 - t) + INFERNO[low + 1] * t
+
+
+def colour_scale(width: int = 256, height: int = 16) -> Image.Image:
+    """The legend: the colour map from no influence (left) to the most (right)."""
+    row = colourise(np.linspace(0, 1, width))
+    return Image.fromarray((np.repeat(row[None], height, axis=0) * 255).astype(np.uint8))
+
+
+def overlay_heatmap(image: Image.Image, heat: np.ndarray, alpha: float = 0.7) -> Image.Image:
+    """Blend a [0, 1] heat map in the inferno colours over an image of the same size; each pixel's
+    opacity follows its heat, so where the network did not look the galaxy shows as it is."""
     base = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    heat_img = Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).resize(image.size)
-    h = np.asarray(heat_img, dtype=np.float32)[..., None] / 255.0
-    colour = np.concatenate([h, np.clip(1.5 * h - 0.5, 0, 1) * 0.8, np.zeros_like(h)], axis=2)
-    mixed = (1 - alpha * h) * base + alpha * h * colour
+    heat_img = Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).resize(image.size, Image.BILINEAR)
+    h = np.asarray(heat_img, dtype=np.float32) / 255.0
+    weight = alpha * h[..., None]
+    mixed = (1 - weight) * base + weight * colourise(h)
     return Image.fromarray((np.clip(mixed, 0, 1) * 255).astype(np.uint8))
 
 
 def grad_cam_overlay(bundle: ModelBundle, image: Image.Image, class_index: int | None = None,
-                     alpha: float = 0.45) -> Image.Image:
+                     alpha: float = 0.7) -> Image.Image:
     """Where the network looked, drawn over the crop it actually sees (not the full upload)."""
     return overlay_heatmap(model_view(image, bundle.geometry), grad_cam(bundle, image, class_index), alpha)

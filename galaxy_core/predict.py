@@ -9,7 +9,7 @@ import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -139,8 +139,10 @@ class Classifier:
         """(n, 3) calibrated probabilities for PIL images of any size, in CLASSES order."""
         return self.outputs(images).probs
 
-    def predict(self, sources: Sequence[ImageSource], names: Sequence[str] | None = None) -> list[Prediction]:
-        """Classify many inputs; an unreadable one gets an error and the rest still get results."""
+    def predict(self, sources: Sequence[ImageSource], names: Sequence[str] | None = None,
+                progress: Callable[[int, int], None] | None = None) -> list[Prediction]:
+        """Classify many inputs; an unreadable one gets an error and the rest still get results.
+        ``progress(done, total)`` hears after each batch how many inputs are done."""
         names = list(names) if names is not None else [str(s) if isinstance(s, (str, os.PathLike))
                                                        else f"image {i + 1}" for i, s in enumerate(sources)]
         results = [Prediction(name) for name in names]
@@ -153,6 +155,8 @@ class Classifier:
                 except ImageLoadError as exc:
                     results[i].error = str(exc)
             self.classify_framed([f for _, f in good], [results[i] for i, _ in good])
+            if progress is not None:
+                progress(part.stop, len(sources))
         return results
 
     def grad_cam(self, image: Image.Image, class_index: int | None = None) -> np.ndarray:

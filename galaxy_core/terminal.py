@@ -11,6 +11,7 @@ from tqdm import tqdm
 from .cache import BuildProgress
 from .config import CLASSES
 from .download import DownloadProgress
+from .evaluate import EvaluateProgress
 from .metrics import Metrics, MetricRow, metric_rows
 from .train import TrainProgress
 
@@ -42,14 +43,26 @@ class CountBar:
     def build(self, event: BuildProgress) -> None:
         self.update(event.done, event.total)
 
+    def evaluate(self, event: EvaluateProgress) -> None:
+        self.update(event.done, event.total)
+
+    def count(self, done: int, total: int) -> None:
+        self.update(done, total)
+
 
 class TrainingDisplay:
-    """A bar per epoch, one line per finished epoch, and the job's own messages."""
+    """A bar per epoch, one line per finished epoch, a bar for the final evaluation, and the
+    job's own messages."""
 
     def __init__(self) -> None:
         self.bar: tqdm | None = None
+        self.evaluating = CountBar("evaluate")
 
     def __call__(self, event: TrainProgress) -> None:
+        if event.phase == "evaluate":
+            self.evaluating.update(event.batch, event.batches)
+            return
+        self.evaluating.close()
         if event.phase == "train":
             desc = f"epoch {event.epoch}/{event.epochs}"
             if self.bar is None or self.bar.total != event.batches or self.bar.desc != desc:
@@ -68,6 +81,7 @@ class TrainingDisplay:
             print(event.message, file=sys.stderr)
 
     def close(self) -> None:
+        self.evaluating.close()
         if self.bar is not None:
             self.bar.close()
             self.bar = None

@@ -27,7 +27,7 @@ from .checkpoint import CHECKPOINT_NAME, load_checkpoint, no_lock, output_lock, 
 from .config import CLASSES, ConfigError, TrainConfig
 from .dataset import TrainingPlan, plan_training
 from .distributed import Distributed, pick_device, setup_distributed
-from .evaluate import calibrate, held_out_metrics
+from .evaluate import HELD_OUT_PASSES, EvaluateProgress, ProgressTally, calibrate, held_out_metrics
 from .catalogue import rule_labels
 from .folder import DatasetFolder
 from .framing import framing_spec
@@ -226,7 +226,7 @@ def _train(config: TrainConfig, device: torch.device, dist_info: Distributed,
         steps = source.steps_per_epoch()
         scheduler = one_cycle_schedule(optimiser, config.epochs * steps)
         history: list[EpochRecord] = []
-        start_epoch = 0
+        start_epoch, earlier_s = 0, 0.0
         checkpoint = load_checkpoint(out_dir / CHECKPOINT_NAME, config) if dist_info.main else None
         checkpoint = dist_info.from_main(checkpoint)
         if checkpoint is not None:
@@ -235,6 +235,10 @@ def _train(config: TrainConfig, device: torch.device, dist_info: Distributed,
             scheduler.load_state_dict(checkpoint["scheduler"])
             history = [EpochRecord(**h) for h in checkpoint["history"]]
             start_epoch = checkpoint["epoch"]
+            # Earlier sessions' time; checkpoints from before it was kept: their epochs' time.
+            saved = checkpoint.get("training_seconds")
+            earlier_s = (float(saved) if isinstance(saved, (int, float)) and 0 <= saved < 1e9
+                         else sum(h.seconds for h in history))
             report(f"resuming from epoch {start_epoch}")
         net = model
         if dist_info.world > 1:
@@ -269,7 +273,8 @@ def _train(config: TrainConfig, device: torch.device, dist_info: Distributed,
                 save_checkpoint(out_dir / CHECKPOINT_NAME, {
                     "model": model.state_dict(), "optimiser": optimiser.state_dict(),
                     "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
-                    "config": config.to_dict(), "history": [h.to_dict() for h in history]})
+                    "config": config.to_dict(), "history": [h.to_dict() for h in history],
+                    "training_seconds": earlier_s + time.monotonic() - start})
             emit(TrainProgress("epoch", epoch + 1, config.epochs, steps, steps, loss, acc,
                                time.monotonic() - start, history=list(history),
                                message=f"val accuracy {val_acc:.3f}"))
@@ -279,8 +284,14 @@ def _train(config: TrainConfig, device: torch.device, dist_info: Distributed,
         if dist_info.main:
             report("evaluating on the test galaxies")
             card = replace(card, history=tuple(history), provenance=replace(
-                card.provenance, training_seconds=round(time.monotonic() - start, 1)))
-            metrics = finish(ModelBundle(model, card, config.precision), dataset, plan)
+                card.provenance, training_seconds=round(earlier_s + time.monotonic() - start, 1)))
+
+            def evaluating(event: EvaluateProgress) -> None:
+                emit(TrainProgress("evaluate", config.epochs, config.epochs, event.done, event.total,
+                                   elapsed_s=time.monotonic() - start, history=history,
+                                   message="evaluating on the validation and test galaxies"))
+
+            metrics = finish(ModelBundle(model, card, config.precision), dataset, plan, evaluating)
             emit(TrainProgress("done", config.epochs, config.epochs, elapsed_s=time.monotonic() - start,
                                history=history, message=f"test accuracy {metrics.accuracy:.3f}"))
         # No barrier here: the other ranks have nothing left to do, and waiting for rank 0's
@@ -289,18 +300,22 @@ def _train(config: TrainConfig, device: torch.device, dist_info: Distributed,
                        views.counts_after, split.sizes())
 
 
-def finish(bundle: ModelBundle, dataset: PackedDataset, plan: TrainingPlan) -> Metrics:
+def finish(bundle: ModelBundle, dataset: PackedDataset, plan: TrainingPlan,
+           progress: Callable[[EvaluateProgress], None] | None = None) -> Metrics:
     """Calibrate on the validation galaxies, measure on the test galaxies, save the bundle.
 
-    Images are read a batch at a time, so memory does not grow with the size of the splits.
+    Images are read a batch at a time, so memory does not grow with the size of the splits;
+    ``progress`` hears how many images of those passes are done.
     """
     split, ids = plan.split, dataset.ids
     bundle.model.eval()
-    bundle = calibrate(bundle, ImageRows(dataset, split.val), dataset.labels[split.val],
+    tally = ProgressTally(len(split.val) + HELD_OUT_PASSES * len(split.test), progress)
+    bundle = calibrate(bundle, tally.wrap(ImageRows(dataset, split.val)), dataset.labels[split.val],
                        dataset.fractions(split.val))
     labels = dataset.labels[split.test]
     metrics, probs = held_out_metrics(bundle, ImageRows(dataset, split.test), labels,
-                                      fractions=dataset.fractions(split.test))
+                                      fractions=dataset.fractions(split.test), tally=tally)
+    tally.finish()
     metrics = replace(metrics, split="test", labels=dataset.rule)
     card = replace(bundle.card, metrics=metrics.without_reliability())
     evaluation = Evaluation(metrics, {name: ids[getattr(split, name)].tolist() for name in ("train", "val", "test")},

@@ -16,6 +16,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from galaxy_core.config import CLASSES
+from galaxy_core.examples import list_examples
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -84,7 +85,8 @@ def test_home_links_to_the_pages_and_the_sidebar_picks_the_model(stocked):
     at = open_page()
     assert at.title[0].value == "Galaxy Zoo morphology classifier"
     links = [link.proto.page for link in at.get("page_link")]
-    assert sorted(links) == ["classify", "dataset", "results", "train"]
+    assert sorted(set(links)) == ["classify", "dataset", "results", "train"]
+    assert links.count("classify") == 4  # "Classify a galaxy" and one shipped example per class
     picker = at.sidebar.selectbox[0]
     assert picker.label == "Active model" and picker.value == str(stocked["models"] / "tiny")
 
@@ -110,10 +112,12 @@ def test_every_page_opens_with_a_dataset_and_a_model(stocked, page):
 
 def test_home_shows_an_example_of_each_class_and_the_model_card(stocked):
     at = open_page()
-    assert len(at.image) >= 3  # one real example per class from the local dataset
+    assert len(at.image) >= 3  # one shipped SDSS example per class
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Model"] == "tiny"
-    assert metrics["Trained on"] == "36 galaxies"
+    assert metrics["Galaxies"] == "36"
+    split = json.loads((stocked["models"] / "tiny" / "card.json").read_text())["provenance"]["data"]["split"]
+    assert f"36 galaxies: {split['train']} train / {split['val']} validation / {split['test']} test" in texts(at)
     assert metrics["Test accuracy"].endswith("%")
 
 
@@ -182,7 +186,9 @@ def test_classify_uploads_returns_a_class_and_keeps_going_after_a_bad_file(stock
     assert any("broken.png" not in e.value and "not an image" in e.value for e in at.error)
     assert "ms from receiving the images to the result" in said
     assert len(at.get("download_button")) == 1
-    assert len(at.image) == 4  # each good upload and its Grad-CAM view
+    # each good upload and its Grad-CAM view, the colour scale, and the examples one could try
+    assert len(at.image) == 4 + 1 + len(list_examples())
+    assert any("bright yellow = drove the prediction" in c.value for c in at.caption)
 
 
 def test_classify_by_coordinates_uses_the_cutout_server(stocked, tiny_dataset, cutout_server_for):
@@ -254,8 +260,9 @@ def test_train_page_refuses_unsafe_names_and_the_shipped_model(stocked):
 def test_dataset_page_downloads_through_a_background_job(folders, tiny_dataset, cutout_server_for):
     at = open_page("app_pages/dataset.py")
     with cutout_server_for(tiny_dataset) as server:
+        by_label(at.radio, "Catalogue").set_value("Upload a file").run()
+        assert not [t for t in at.text_input if t.label == "Catalogue URL"]  # only the chosen source's input
         by_label(at.text_input, "Dataset name").input("fetched")
-        by_label(at.radio, "Catalogue").set_value("Upload a file")
         at.file_uploader[0].set_value(("catalogue.csv", (tiny_dataset / "catalogue.csv").read_bytes(),
                                        "text/csv"))
         by_label(at.number_input, "How many galaxies").set_value(30)

@@ -4,6 +4,7 @@ a galaxy on the Classify page and time how long the predicted class takes to app
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -145,5 +146,70 @@ def test_pages_render_and_an_upload_is_classified_in_chromium(app_url: str, tmp_
             page.screenshot(path=str(shot), full_page=True)
             print(f"\n{image.name}: {label}; upload to result {seconds * 1000:.0f} ms in chromium; "
                   f"screenshot {shot}")
+        finally:
+            browser.close()
+
+
+def test_the_first_hour_in_chromium(app_url: str, tmp_path: Path):
+    """What a newcomer does first: try an example, pick a dataset and reload, train briefly and
+    follow the link to that model's results."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from conftest import make_dataset
+
+    typed = make_dataset(tmp_path / "typed-folder", n_per_class=8, seed=4)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                             headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2400})
+            # 1. An example, in one click: its class and the Grad-CAM overlay with its colour scale.
+            page.goto(f"{app_url}/classify")
+            page.get_by_role("tab", name="Try an example").click()
+            page.get_by_role("button", name="Classify").first.click()
+            result = page.get_by_role("heading", name="Predicted:").first
+            result.wait_for(timeout=60_000)
+            assert result.inner_text().removeprefix("Predicted:").strip() in CLASSES
+            page.get_by_text("bright yellow drove").first.wait_for(timeout=60_000)
+            page.get_by_text("Grad-CAM (inferno colours)").first.wait_for()
+            settle(page)
+            assert page.locator('[data-testid="stException"]').count() == 0
+            page.screenshot(path=str(ARTIFACTS / "first-hour-example.png"), full_page=True)
+
+            # 2. A typed dataset folder is still the chosen one after a reload.
+            page.goto(f"{app_url}/dataset")
+            field = page.get_by_role("textbox", name="Or read another folder (read-only)")
+            field.fill(str(typed))
+            page.get_by_role("button", name="Use this folder").click()
+            picker = page.get_by_role("combobox", name="Dataset folder")
+            sync_api.expect(picker).to_have_value(re.compile("typed-folder"), timeout=60_000)
+            assert "dataset=" in page.url
+            page.reload()
+            picker = page.get_by_role("combobox", name="Dataset folder")
+            sync_api.expect(picker).to_have_value(re.compile("typed-folder"), timeout=60_000)
+
+            # 3. Train briefly on it, then follow the link to this model's results.
+            page.goto(f"{app_url}/train")
+            page.get_by_role("textbox", name="Model name").fill("first-hour")
+            epochs = page.get_by_role("spinbutton", name="Epochs")
+            epochs.fill("1")
+            epochs.press("Tab")
+            batch = page.get_by_role("spinbutton", name="Batch size")
+            batch.fill("8")
+            batch.press("Tab")
+            page.get_by_role("button", name="Start training").click()
+            link = page.get_by_role("link", name="See its results")
+            done = link.or_(page.locator('[data-testid="stAlertContentError"]'))
+            try:
+                done.first.wait_for(timeout=300_000)
+            finally:
+                page.screenshot(path=str(ARTIFACTS / "first-hour-trained.png"), full_page=True)
+            assert link.count() == 1, page.locator('[data-testid="stMain"]').inner_text()
+            link.click()
+            page.get_by_role("heading", name="Results").first.wait_for(timeout=60_000)
+            picker = page.get_by_role("combobox", name="Model", exact=True)
+            sync_api.expect(picker).to_have_value("first-hour", timeout=60_000)
+            assert "model=first-hour" in page.url
+            settle(page)
+            page.screenshot(path=str(ARTIFACTS / "first-hour-results.png"), full_page=True)
         finally:
             browser.close()

@@ -1,0 +1,96 @@
+"""What a new user meets on the command line: plain image,label catalogues, progress on stderr
+for evaluate and predict (stdout stays clean), and training time summed over resumed sessions."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_dataset
+
+from galaxy_core.bundle import load_bundle
+from galaxy_core.catalogue import CatalogueError, read_catalogue, rule_labels
+from galaxy_core.cli import main
+from galaxy_core.config import TrainConfig
+from galaxy_core.train import train
+
+
+def plain_folder(root: Path, labels: list[str] | None = None) -> Path:
+    """A synthetic dataset rewritten as a plain image,label catalogue (file names only)."""
+    data = make_dataset(root, n_per_class=4, seed=5)
+    frame = pd.read_csv(data / "catalogue.csv")
+    for rel in frame["image"]:  # galaxies the tiny model never saw, under new names
+        (data / rel).rename(data / "images" / f"new_{Path(rel).name}")
+    frame["image"] = "images/new_" + frame["image"].str.replace("images/", "", regex=False)
+    words = labels or ["spiral", "ELLIPTICAL", "Unsure"]
+    names = {"Spiral": words[0], "Elliptical": words[1], "Uncertain": words[2]}
+    pd.DataFrame({"image": frame["image"].str.replace("images/", "", regex=False),
+                  "label": frame["label"].map(names)}).to_csv(data / "catalogue.csv", index=False)
+    return data
+
+
+def test_a_plain_catalogue_reads_in_any_case_with_unsure_as_uncertain(tmp_path: Path) -> None:
+    path = tmp_path / "plain.csv"
+    path.write_text("image,label\na/g1.jpg,spiral\nb/g2.png,ELLIPTICAL\nc/g3.jpg,Unsure\nd/g4.jpg, uncertain \n")
+    frame = read_catalogue(path)
+    assert list(frame["id"]) == ["g1", "g2", "g3", "g4"]
+    for rule in ("votes", "debiased"):
+        assert list(rule_labels(frame, rule)) == [0, 1, 2, 2]
+    assert frame[["ra", "dec", "votes_smooth", "debiased_features"]].isna().all().all()
+    path.write_text("image,label\ng1.jpg,Lenticular\n")
+    with pytest.raises(CatalogueError, match="line 2, column label: 'Lenticular'"):
+        read_catalogue(path)
+
+
+def test_evaluate_scores_a_plain_folder_with_a_bar_on_stderr(
+        trained_tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = plain_folder(tmp_path / "plain")
+    out = tmp_path / "metrics.json"
+    code = main(["evaluate", "--model", str(trained_tiny_model), "--data", str(data), "--json", str(out),
+                 "--cache-dir", str(tmp_path / "cache")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "evaluate" in captured.err and "36/36" in captured.err  # 3 passes over 12 galaxies
+    assert "36/36" not in captured.out and "accuracy" in captured.out
+    assert json.loads(out.read_text())["n"] == 12
+
+
+def test_predict_shows_a_bar_on_stderr_and_keeps_the_csv_clean(
+        trained_tiny_model: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["predict", str(tiny_dataset / "images"), "--model", str(trained_tiny_model)])
+    captured = capsys.readouterr()
+    assert code == 0
+    n = len(list((tiny_dataset / "images").glob("*.jpg")))
+    assert f"{n}/{n}" in captured.err and "predict" in captured.err
+    rows = captured.out.strip().splitlines()
+    assert rows[0].startswith("path,label") and len(rows) == n + 1
+
+
+def test_training_time_sums_every_session_and_the_final_evaluation_reports_progress(
+        tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", n_per_class=6)
+    config = TrainConfig(data_dir=data, out_dir=tmp_path / "model", epochs=2, batch_size=8, input_size=32,
+                         crop=96, width=4, depth=1, tta=False, cache_dir=tmp_path / "cache")
+    stop = threading.Event()
+    stop_in_epoch_2 = lambda e: stop.set() if e.phase == "train" and e.epoch == 2 else None
+    assert train(config, stop_in_epoch_2, stop).stopped
+    events = []
+    result = train(config, events.append)
+    card = load_bundle(tmp_path / "model").card
+    first_epoch = result.history[0].seconds
+    session_2 = [e for e in events if e.phase == "epoch"][-1].elapsed_s  # to its last epoch
+    assert card.provenance.training_seconds >= round(first_epoch + session_2, 1) - 0.1
+    evaluating = [e for e in events if e.phase == "evaluate"]
+    assert evaluating and evaluating[-1].batch == evaluating[-1].batches > 0
+    assert np.all(np.diff([e.batch for e in evaluating]) >= 0)
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_model_help_says_the_shipped_model_is_the_default(command: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert "(default: the shipped model," in " ".join(capsys.readouterr().out.split())
