@@ -25,6 +25,10 @@ class ImageLoadError(GalaxyError):
     """The file is not an image we can read safely."""
 
 
+class WrongImageError(ImageLoadError):
+    """A whole, decodable image, but not the one asked for (wrong size): asking again won't help."""
+
+
 def _open(source: ImageSource) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
@@ -117,15 +121,19 @@ def _one_line(exc: BaseException) -> str:
     return text[:200] or exc.__class__.__name__
 
 
-def check_jpeg(data: bytes) -> None:
-    """Raise ImageLoadError unless ``data`` is a complete, decodable JPEG."""
+def check_jpeg(data: bytes, size: int | None = None) -> None:
+    """Raise ImageLoadError unless ``data`` is a complete, decodable JPEG (of ``size`` x ``size``
+    pixels when given: WrongImageError otherwise)."""
     if not data.startswith(b"\xff\xd8"):
         head = data[:64].lstrip().lower()
         kind = "HTML" if head.startswith((b"<", b"<!doctype")) else "not JPEG"
         raise ImageLoadError(f"answer is {kind} ({len(data)} bytes), not a JPEG")
     if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
         raise ImageLoadError(f"JPEG is truncated ({len(data)} bytes, no end marker)")
-    load_image(data)
+    image = load_image(data)
+    if size is not None and image.size != (size, size):
+        raise WrongImageError(f"answer is a {image.width}x{image.height} image, not the {size}x{size} "
+                              "cutout asked for")
 
 
 def resize_square(image: Image.Image, size: int) -> np.ndarray:
