@@ -21,10 +21,13 @@ from .url_policy import HostNotAllowed
 
 # The full GZ1 table 2 (667,944 rows) is about 90 MB of text, GZ2 a few hundred MB; a file, an
 # answer or a gzip that expands beyond these is refused as it is read, before it is all held.
-MAX_CATALOGUE_BYTES = 640 * 1024**2
+MAX_CATALOGUE_BYTES = 512 * 1024**2
 MAX_TEXT_BYTES = MAX_CATALOGUE_BYTES
-MAX_ROWS = 2_000_000
-CHUNK_ROWS = 100_000
+MAX_ROWS = 1_000_000
+MAX_COLUMNS = 1_000
+# Values held at once: GZ1 is 10.7 million (16 columns), GZ2's full table about 55 million.
+MAX_CELLS = 60_000_000
+CHUNK_CELLS = 2_000_000
 READ_BYTES = 1 << 20
 # The whole catalogue answer must arrive within this (about 30 MB for GZ1; a slow link takes minutes).
 CATALOGUE_DEADLINE_S = 600.0
@@ -38,22 +41,41 @@ class _TextStream(io.RawIOBase):
     """A catalogue's text as it is read: gzip (every member) inflated on the way, and refused
     with a CatalogueError as soon as it passes ``limit`` bytes, so a gzip bomb costs nothing."""
 
-    def __init__(self, handle: BinaryIO, source: str, limit: int = MAX_TEXT_BYTES):
-        self.handle, self.source, self.limit, self.size = handle, source, limit, 0
+    def __init__(self, handle: BinaryIO, source: str, limit: int | None = None):
+        self.handle, self.source, self.limit, self.size = handle, source, limit or MAX_TEXT_BYTES, 0
         self.pending = handle.read(2)
         self.inflater = zlib.decompressobj(wbits=31) if self.pending == b"\x1f\x8b" else None
+        self.front, self.offset = b"", 0
 
     def readable(self) -> bool:
         return True
 
+    def head(self, n: int) -> bytes:
+        """The first ``n`` bytes of text (fewer if it is shorter), still to be read after."""
+        while len(self.front) < n:
+            data = self._next(READ_BYTES)
+            if not data:
+                break
+            self.front += data
+        return self.front[:n]
+
     def readinto(self, buffer) -> int:  # type: ignore[override]
-        data = self._inflate(len(buffer)) if self.inflater is not None else self._plain(len(buffer))
+        # Text is made a megabyte at a time and handed out from there: inflating to the size of
+        # each small read would copy the pending input once per read.
+        if self.offset >= len(self.front):
+            self.front, self.offset = self._next(max(len(buffer), READ_BYTES)), 0
+        n = min(len(buffer), len(self.front) - self.offset)
+        buffer[:n] = memoryview(self.front)[self.offset:self.offset + n]
+        self.offset += n
+        return n
+
+    def _next(self, n: int) -> bytes:
+        data = self._inflate(n) if self.inflater is not None else self._plain(n)
         self.size += len(data)
         if self.size > self.limit:
-            what = "gzip expands" if self.inflater is not None else "the catalogue is larger"
-            raise CatalogueError(f"{self.source}: {what} beyond {self.limit:,} bytes")
-        buffer[:len(data)] = data
-        return len(data)
+            what = "gzip expands beyond" if self.inflater is not None else "the catalogue is larger than"
+            raise CatalogueError(f"{self.source}: {what} {self.limit:,} bytes")
+        return data
 
     def _plain(self, n: int) -> bytes:
         if self.pending:
@@ -113,8 +135,13 @@ def read_table(opener: Callable[[], BinaryIO], source: str) -> pd.DataFrame:
     """The CSV table ``opener()`` yields (plain or gzip), read in chunks of rows so that neither
     the text nor the rows beyond ``MAX_TEXT_BYTES`` / ``MAX_ROWS`` are ever held."""
     with opener() as handle:
-        text = io.BufferedReader(_TextStream(handle, source), buffer_size=READ_BYTES)
-        _check_head(text.peek(4096)[:4096], source)
+        stream = _TextStream(handle, source)
+        head = stream.head(65536)
+        text = io.BufferedReader(stream, buffer_size=READ_BYTES)
+        _check_head(head[:4096], source)
+        columns = head.split(b"\n", 1)[0].count(b",") + 1
+        if columns > MAX_COLUMNS:
+            raise CatalogueError(f"{source}: more than {MAX_COLUMNS:,} columns; not a Galaxy Zoo catalogue")
         parts, rows = [], 0
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -123,15 +150,20 @@ def read_table(opener: Callable[[], BinaryIO], source: str) -> pd.DataFrame:
                 # an index and shift every value into the wrong column.
                 reader = pd.read_csv(text, skipinitialspace=True, dtype=str, index_col=False,
                                      keep_default_na=False, na_values=[""], skip_blank_lines=False,
-                                     chunksize=CHUNK_ROWS)
+                                     chunksize=max(1000, CHUNK_CELLS // columns))
                 for part in reader:
                     rows += len(part)
-                    if rows > MAX_ROWS:
-                        raise CatalogueError(f"{source}: more than {MAX_ROWS:,} rows; split the catalogue")
+                    if rows > MAX_ROWS or rows * columns > MAX_CELLS:
+                        raise CatalogueError(f"{source}: more than {min(MAX_ROWS, MAX_CELLS // columns):,} rows "
+                                             f"of {columns} columns; split the catalogue or drop columns")
                     parts.append(part)
         except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
             reason = fields.clip(str(exc).strip().splitlines()[0])
             raise CatalogueError(f"{source}: not a readable CSV ({reason})") from None
+        except MemoryError:  # pyarrow's ArrowMemoryError too: the bounds above were not enough here
+            parts.clear()
+            raise CatalogueError(f"{source}: too large to read in this machine's memory (after {rows:,} rows); "
+                                 "split the catalogue or drop columns") from None
     if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
         with opener() as handle:
             raise CatalogueError(f"{source}: not a consistent CSV table ({_ragged_line(_TextStream(handle, source))})")

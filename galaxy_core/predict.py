@@ -19,10 +19,12 @@ from .bundle import ModelBundle, load_bundle
 from .config import ANSWERS, CLASSES, PredictConfig
 from .geometry import cutout_array, model_view
 from .gradcam import grad_cam, grad_cam_overlay
-from .images import ImageLoadError, ImageSource, load_image
-from .inference import Outputs, iter_chunks, predict_outputs
+from .images import MAX_DECODED_SIDE, ImageLoadError, ImageSource, load_image
+from .inference import Outputs, predict_outputs
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
+MAX_BATCH_BYTES = 256 * 1024**2
+"""Decoded pixels held for one batch, whatever the batch size."""
 CSV_COLUMNS = ["path", "label", *[f"p_{c.lower()}" for c in CLASSES], "error",
                *[f"vote_{a}" for a in ANSWERS], "warning"]
 
@@ -89,22 +91,31 @@ class Classifier:
         names = list(names) if names is not None else [str(s) if isinstance(s, (str, os.PathLike))
                                                        else f"image {i + 1}" for i, s in enumerate(sources)]
         results = [Prediction(name) for name in names]
-        # One batch of decoded images at a time: a folder of large photos never sits in memory whole.
-        for part in iter_chunks(len(sources), self.config.batch_size):
-            good: list[tuple[int, Image.Image]] = []
-            for i in range(part.start, part.stop):
-                try:
-                    good.append((i, load_image(sources[i], max_pixels=self.config.max_pixels)))
-                except ImageLoadError as exc:
-                    results[i].error = str(exc)
-            outputs = self.outputs([image for _, image in good])
-            for j, (i, _) in enumerate(good):
-                p = outputs.probs[j]
-                results[i].probabilities = {c: float(v) for c, v in zip(CLASSES, p)}
-                results[i].label = CLASSES[int(np.argmax(p))]
-                if outputs.votes is not None:
-                    results[i].votes = {a: float(v) for a, v in zip(ANSWERS, outputs.votes[j])}
+        # Each image is reduced as it is decoded and a batch holds at most batch_size images and
+        # MAX_BATCH_BYTES of pixels: a folder of large photos never sits in memory whole.
+        good: list[tuple[int, Image.Image]] = []
+        held = 0
+        for i, source in enumerate(sources):
+            try:
+                image = load_image(source, max_pixels=self.config.max_pixels, max_side=MAX_DECODED_SIDE)
+            except ImageLoadError as exc:
+                results[i].error = str(exc)
+            else:
+                good.append((i, image))
+                held += image.width * image.height * 3
+            if good and (len(good) >= self.config.batch_size or held >= MAX_BATCH_BYTES or i == len(sources) - 1):
+                self._fill(results, good)
+                good, held = [], 0
         return results
+
+    def _fill(self, results: list[Prediction], good: list[tuple[int, Image.Image]]) -> None:
+        outputs = self.outputs([image for _, image in good])
+        for j, (i, _) in enumerate(good):
+            p = outputs.probs[j]
+            results[i].probabilities = {c: float(v) for c, v in zip(CLASSES, p)}
+            results[i].label = CLASSES[int(np.argmax(p))]
+            if outputs.votes is not None:
+                results[i].votes = {a: float(v) for a, v in zip(ANSWERS, outputs.votes[j])}
 
     def grad_cam(self, image: Image.Image, class_index: int | None = None) -> np.ndarray:
         return grad_cam(self.bundle, image, class_index)
@@ -135,7 +146,7 @@ def classify_uploads(classifier: Classifier, items: Sequence[tuple[str, bytes]],
     out: list[Classified] = []
     for name, data in items:
         try:
-            image = load_image(data, max_pixels=classifier.config.max_pixels)
+            image = load_image(data, max_pixels=classifier.config.max_pixels, max_side=MAX_DECODED_SIDE)
         except ImageLoadError as exc:
             out.append(Classified(Prediction(name, error=str(exc))))
             continue
