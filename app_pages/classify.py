@@ -13,7 +13,7 @@ from galaxy_core.gradcam import CAPTION, COLOUR_MAP, colour_scale
 from galaxy_core.predict import IMAGE_SUFFIXES, classify_uploads, outline_framing, predictions_csv, vote_sentence
 
 from app_pages import charts
-from app_pages.common import EXAMPLE_PARAM, active_model, load_classifier, point_to, thumbnail
+from app_pages.common import EXAMPLE_PARAM, active_model, fetch_policy, load_classifier, point_to, thumbnail
 from app_pages.tables import page_bounds
 
 UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
@@ -110,7 +110,8 @@ with sky_tab:
     if fetch:
         try:
             with st.spinner("Fetching the cutout…"):
-                data = fetch_cutout(ra, dec, cutout_url, size=size.source_size, scale=size.pixel_scale)
+                data = fetch_cutout(ra, dec, cutout_url, size=size.source_size, scale=size.pixel_scale,
+                                    policy=fetch_policy())
         except GalaxyError as exc:
             st.error(str(exc))
         else:
@@ -175,7 +176,7 @@ for i in range(start, stop):
                    caption=f"uploaded ({width}×{height}); the box is what the model reads")
         if not show_cam:
             right.image(item.framed, caption="framed as in training", width="stretch")
-        if show_cam:
+        else:
             if i not in cams:
                 with model_lock:
                     cams[i] = classifier.grad_cam_overlay(item.framed)

@@ -19,6 +19,7 @@ from galaxy_core.folder import DatasetFolder, list_datasets
 from galaxy_core.images import load_image
 from galaxy_core.normalise import PixelStatistics, pixel_statistics
 from galaxy_core.predict import Classifier
+from galaxy_core.url_policy import HostPolicy
 
 from app_pages.folders import SHIPPED_MODEL, AppFolders
 from app_pages.jobs import JobRegistry
@@ -56,6 +57,11 @@ PAGE_ICONS = {
 def folders() -> AppFolders:
     """Read from the environment on every run, so tests and deployments can point elsewhere."""
     return AppFolders.from_env(REPO)
+
+
+def fetch_policy() -> HostPolicy:
+    """The hosts the app fetches from for its visitors (GALAXY_ALLOWED_HOSTS, read on every run)."""
+    return HostPolicy.from_env()
 
 
 @st.cache_resource

@@ -14,7 +14,7 @@ from galaxy_core.folder import CATALOGUE_NAME, IMAGES_DIR, DatasetFolder
 from app_pages import charts
 from app_pages.common import (BALANCE_KEY, BALANCE_WORDS, LABEL_WORDS, LABELS_KEY, PAGES, active_dataset,
                               add_extra_dataset, balance_choice, dataset_fingerprint, dataset_selectbox, ensure_cache,
-                              folders, job_registry, known_datasets, label_rule, pixel_stats, samples,
+                              fetch_policy, folders, job_registry, known_datasets, label_rule, pixel_stats, samples,
                               set_active_dataset, summary, thumbnail)
 from app_pages.folders import new_dataset_dir
 from app_pages.jobs import JobSnapshot
@@ -77,6 +77,7 @@ def download_form() -> None:
         submitted = st.form_submit_button("Download", type="primary", disabled=running)
     if not submitted:
         return
+    policy = fetch_policy()
     try:
         out_dir = new_dataset_dir(paths.data_root, name)
         if source == "Upload a file":
@@ -88,9 +89,11 @@ def download_form() -> None:
                 catalogue = str(previous)
         else:
             catalogue = url.strip()
+            policy.check(catalogue)  # a URL of an allowed host, never a path on this server
         config = DownloadConfig(out_dir=out_dir, cutout_url=cutout_url.strip(), limit=int(limit),
                                 workers=int(workers))
-        registry.start("download", out_dir.name, download_task(out_dir, catalogue, config))
+        policy.check(config.cutout_url)
+        registry.start("download", out_dir.name, download_task(out_dir, catalogue, config, policy=policy))
     except GalaxyError as exc:
         st.error(str(exc))
         return

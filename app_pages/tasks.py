@@ -15,6 +15,7 @@ from galaxy_core.atomic import write_bytes_atomic
 from galaxy_core.catalogue import CatalogueFormat, read_catalogue
 from galaxy_core.config import DownloadConfig, TrainConfig
 from galaxy_core.download import DownloadProgress, DownloadReport, download_cutouts
+from galaxy_core.fetch import UrlPolicy
 from galaxy_core.folder import DatasetFolder
 from galaxy_core.train import TrainProgress, TrainResult, train
 
@@ -22,8 +23,9 @@ from app_pages.jobs import Task
 
 
 def download_task(out_dir: Path, catalogue: str | bytes, config: DownloadConfig,
-                  fmt: CatalogueFormat = "auto") -> Task:
-    """A job that reads a catalogue (URL, path or uploaded bytes) and fetches its cutouts.
+                  fmt: CatalogueFormat = "auto", policy: UrlPolicy | None = None) -> Task:
+    """A job that reads a catalogue (URL, path or uploaded bytes) and fetches its cutouts; the
+    catalogue URL, the cutout URL and their redirects must pass ``policy`` (the allowed hosts).
 
     Uploaded bytes are kept in the dataset folder, so the same download can be resumed later
     without uploading the file again. Progress is a string while the catalogue is read, then
@@ -37,9 +39,9 @@ def download_task(out_dir: Path, catalogue: str | bytes, config: DownloadConfig,
         if isinstance(catalogue, bytes):
             write_bytes_atomic(folder.source_catalogue, catalogue)
         report(f"reading catalogue {source}")
-        frame = read_catalogue(source, fmt)
+        frame = read_catalogue(source, fmt, policy=policy)
         report(DownloadProgress(0, min(len(frame), config.limit or len(frame)), 0, 0, 0.0))
-        return download_cutouts(frame, config, report, stop)
+        return download_cutouts(frame, config, report, stop, policy=policy)
 
     return run
 

@@ -6,8 +6,10 @@ interrupted write leaves the previous version untouched.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +41,34 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+"""Errors that mean the disk (or the user's quota) cannot hold what is written."""
+
+
+def free_bytes(folder: Path) -> int:
+    """Free space for an unprivileged writer on the disk holding ``folder``."""
+    return shutil.disk_usage(folder).free
+
+
+def allocate(path: Path, size: int) -> None:
+    """Give the file at ``path`` ``size`` bytes of real disk blocks, so that writing through a
+    memory map of it can never fail later (a map the disk cannot back kills with SIGBUS);
+    raises OSError (ENOSPC) now if the disk cannot hold it."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            block = b"\0" * (1 << 20)  # a filesystem without fallocate: write the zeros
+            os.lseek(fd, os.fstat(fd).st_size, os.SEEK_SET)
+            for start in range(os.fstat(fd).st_size, size, len(block)):
+                os.write(fd, block[:min(len(block), size - start)])
+    finally:
+        os.close(fd)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

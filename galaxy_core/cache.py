@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from .atomic import file_lock
+from .atomic import DISK_FULL, allocate, file_lock, free_bytes
 from .catalogue import fraction_columns, label_column, rule_fractions, rule_labels
 from .config import CUTOUT_SIZE, LABEL_RULES, TrainConfig, default_cache_root
 from .folder import DatasetError, DatasetFolder
@@ -130,6 +130,7 @@ def _build_cache(folder: DatasetFolder, frame: pd.DataFrame, *, source_size: int
     if sole_builder:  # no one else is building: a temp folder left here is a killed build's
         for stale in cache_root.glob(f".{key}-*"):
             shutil.rmtree(stale, ignore_errors=True)
+    _check_free_space(cache_root, len(frame) * source_size**2 * 3)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_root))
     failed: dict[str, str] = {}
     keep: list[int] = []
@@ -145,8 +146,7 @@ def _build_cache(folder: DatasetFolder, frame: pd.DataFrame, *, source_size: int
                     if shard is None:
                         rows = min(shard_size, len(frame) - i)
                         name = f"shard-{shard_no:05d}.npy"
-                        shard = np.lib.format.open_memmap(tmp / name, mode="w+", dtype=np.uint8,
-                                                          shape=(rows, source_size, source_size, 3))
+                        shard = _new_shard(tmp / name, (rows, source_size, source_size, 3))
                         shards.append([name, 0])
                     shard[shard_fill] = result
                     shard_fill += 1
@@ -180,10 +180,33 @@ def _build_cache(folder: DatasetFolder, frame: pd.DataFrame, *, source_size: int
             if not (final / META_NAME).is_file():  # not a concurrent builder finishing first
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno in DISK_FULL:
+            raise DatasetError(f"the disk holding the image cache {cache_root} is full ({exc.strerror}); nothing "
+                               f"was kept: free some space, or give another disk with --cache-dir or "
+                               f"GALAXY_CACHE_DIR") from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return BuildReport(final, len(keep), failed, time.monotonic() - start, reused=False)
+
+
+def _check_free_space(cache_root: Path, pixels: int) -> None:
+    """Refuse before decoding anything when the cache cannot fit (pixels plus 5% for the rest)."""
+    need, free = int(pixels * 1.05) + (1 << 20), free_bytes(cache_root)
+    if free < need:
+        raise DatasetError(f"not enough free disk space for the image cache in {cache_root}: it needs about "
+                           f"{need / 1024**3:.2f} GB and {free / 1024**3:.2f} GB are free; free some space, or "
+                           f"give another disk with --cache-dir or GALAXY_CACHE_DIR")
+
+
+def _new_shard(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A shard file with every block allocated on disk before it is mapped and written."""
+    shard = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    allocate(path, shard.offset + shard.nbytes)
+    return shard
 
 
 def _finish_partial_shard(tmp: Path, shards: list[list], source_size: int) -> None:
@@ -192,8 +215,7 @@ def _finish_partial_shard(tmp: Path, shards: list[list], source_size: int) -> No
     name, filled = shards[-1]
     array = np.load(tmp / name, mmap_mode="r")
     if array.shape[0] != filled:
-        trimmed = np.lib.format.open_memmap(tmp / f"{name}.trim", mode="w+", dtype=np.uint8,
-                                            shape=(filled, source_size, source_size, 3))
+        trimmed = _new_shard(tmp / f"{name}.trim", (filled, source_size, source_size, 3))
         for start in range(0, filled, 1024):
             stop = min(start + 1024, filled)
             trimmed[start:stop] = array[start:stop]

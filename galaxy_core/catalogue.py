@@ -23,6 +23,8 @@ import pandas as pd
 from .atomic import atomic_path
 from .catalogue_io import CatalogueError, read_raw_table
 from .config import ANSWERS, CLASSES, LABEL_RULES
+from .fetch import UrlPolicy
+from .fields import shown
 
 CatalogueFormat = Literal["auto", "gz1", "gz2", "canonical", "plain"]
 
@@ -72,13 +74,13 @@ def parse_sexagesimal(values: pd.Series, *, hours: bool, column: str) -> np.ndar
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise CatalogueError(
-            f"line {row + 2}, column {column}: cannot read {values.iloc[row]!r} as "
+            f"line {row + 2}, column {column}: cannot read {shown(values.iloc[row])} as "
             f"{'HH:MM:SS' if hours else '±DD:MM:SS'}")
     minutes, seconds = parts[2].astype(float), parts[3].astype(float)
     over = ((minutes >= 60) | (seconds >= 60)).to_numpy()
     if over.any():
         row = int(np.flatnonzero(over)[0])
-        raise CatalogueError(f"line {row + 2}, column {column}: {values.iloc[row]!r} has minutes or "
+        raise CatalogueError(f"line {row + 2}, column {column}: {shown(values.iloc[row])} has minutes or "
                              "seconds of 60 or more")
     whole = parts[1].astype(float) + minutes / 60 + seconds / 3600
     sign = np.where(parts[0] == "-", -1.0, 1.0)
@@ -97,7 +99,7 @@ def _numeric(frame: pd.DataFrame, column: str) -> np.ndarray:
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raw = frame[column].iloc[row]
-        what = "is empty" if pd.isna(raw) or str(raw).strip() == "" else f"is not a number ({raw!r})"
+        what = "is empty" if pd.isna(raw) or str(raw).strip() == "" else f"is not a number ({shown(raw)})"
         raise CatalogueError(f"line {row + 2}, column {column}: value {what}")
     return values.to_numpy(dtype=float)
 
@@ -172,7 +174,7 @@ def _labels(frame: pd.DataFrame, column: str) -> np.ndarray:
     bad = ~labels.isin(CLASSES)
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise CatalogueError(f"line {row + 2}, column {column}: {labels.iloc[row]!r} is not one of "
+        raise CatalogueError(f"line {row + 2}, column {column}: {shown(labels.iloc[row])} is not one of "
                              f"{', '.join(CLASSES)}")
     return labels.to_numpy(dtype=object)
 
@@ -275,7 +277,7 @@ def validate_canonical(frame: pd.DataFrame) -> pd.DataFrame:
     for column, bad, why in checks:
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise CatalogueError(f"line {row + 2}, column {column}: {frame[column].iloc[row]} - {why}")
+            raise CatalogueError(f"line {row + 2}, column {column}: {shown(frame[column].iloc[row])} - {why}")
     empty_id = frame["id"].isin(["", "nan", "None"])
     if empty_id.any():
         raise CatalogueError(f"line {int(np.flatnonzero(empty_id.to_numpy())[0]) + 2}: empty galaxy id")
@@ -283,15 +285,17 @@ def validate_canonical(frame: pd.DataFrame) -> pd.DataFrame:
     if dup.any():
         row = int(np.flatnonzero(dup.to_numpy())[0])
         first = int(np.flatnonzero((frame["id"] == frame["id"].iloc[row]).to_numpy())[0])
-        raise CatalogueError(f"line {row + 2}: duplicate galaxy id {frame['id'].iloc[row]!r} "
+        raise CatalogueError(f"line {row + 2}: duplicate galaxy id {shown(frame['id'].iloc[row])} "
                              f"(first seen on line {first + 2})")
     return frame.reset_index(drop=True)
 
 
-def read_catalogue(source: str | os.PathLike[str], fmt: CatalogueFormat = "auto") -> pd.DataFrame:
-    """Read a GZ1, GZ2 or canonical catalogue from a path or URL into the canonical frame."""
+def read_catalogue(source: str | os.PathLike[str], fmt: CatalogueFormat = "auto", *,
+                   policy: UrlPolicy | None = None) -> pd.DataFrame:
+    """Read a GZ1, GZ2 or canonical catalogue from a path or URL into the canonical frame; a URL
+    must pass ``policy`` (the app's allowed hosts) when one is given."""
     text = str(source)
-    frame = read_raw_table(source)
+    frame = read_raw_table(source, policy=policy)
     empty = frame.isna().all(axis=1).to_numpy()
     if empty.any():
         raise CatalogueError(f"{text}: line {int(np.flatnonzero(empty)[0]) + 2} is empty")

@@ -13,7 +13,8 @@ from typing import Iterator
 
 import torch
 
-from .atomic import atomic_path, file_lock, remove_stale_parts
+from . import fields
+from .atomic import DISK_FULL, atomic_path, file_lock, remove_stale_parts
 from .config import ConfigError, GalaxyError, TrainConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -84,8 +85,15 @@ def discard_checkpoint(out_dir: Path) -> bool:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write atomically: a failed write (a full disk) leaves the previous checkpoint as it was."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as exc:  # torch reports a failed write as a RuntimeError
+        full = getattr(exc, "errno", None) in DISK_FULL or "write" in str(exc).lower()
+        reason = "the disk is full or cannot be written" if full else fields.clip(str(exc).splitlines()[0], 200)
+        raise CheckpointError(f"cannot save the checkpoint {path}: {reason}; the previous checkpoint is kept, "
+                              "free some space and run the same command again to resume") from None
 
 
 @contextmanager

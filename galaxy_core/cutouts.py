@@ -11,17 +11,19 @@ import math
 import random
 import threading
 import time
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from .config import CUTOUT_SIZE, PIXEL_SCALE, DownloadConfig, GalaxyError
-from .fetch import FetchError, read_body
-from .images import ImageLoadError, check_jpeg
+from .fetch import FetchError, FetchStopped, FetchTimeout, UrlPolicy, get
+from .images import ImageLoadError, WrongImageError, check_jpeg
 
 MAX_IMAGE_BYTES = 16 * 1024**2
 RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+MAX_RETRY_AFTER_S = 60.0
 
 
 class CutoutError(GalaxyError):
@@ -55,8 +57,9 @@ def cutout_params(ra: float, dec: float, config: DownloadConfig) -> dict[str, st
 class CutoutClient:
     """Fetches one cutout with retries; one pooled HTTP session per worker thread."""
 
-    def __init__(self, config: DownloadConfig):
+    def __init__(self, config: DownloadConfig, policy: UrlPolicy | None = None):
         self.config = config
+        self.policy = policy
         self.local = threading.local()
         self.limiter = RateLimiter(config.max_requests_per_s)
         self.slots = threading.BoundedSemaphore(config.workers)
@@ -71,50 +74,79 @@ class CutoutClient:
             self.local.session = session
         return session
 
-    def fetch(self, ra: float, dec: float) -> bytes:
-        """Return validated JPEG bytes, retrying transient faults with jittered backoff."""
+    def fetch(self, ra: float, dec: float, stop: threading.Event | None = None) -> bytes:
+        """Return validated JPEG bytes, retrying transient faults with jittered backoff.
+
+        A server's ``Retry-After`` (HTTP 429/503) is honoured up to ``MAX_RETRY_AFTER_S``; a
+        decodable image of the wrong size or kind is a permanent answer and is not asked again.
+        Raises ImageLoadError with the last reason, or FetchStopped once ``stop`` is set.
+        """
         config = self.config
-        reason = "no attempt"
-        attempts = 0
+        reason, attempts, delay = "no attempt", 0, 0.0
         for attempt in range(config.retries + 1):
             if attempt:
-                delay = config.backoff_s * 2 ** (attempt - 1)
-                time.sleep(delay * (0.5 + random.random()))
-            attempts += 1
+                delay = max(delay, config.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random()))
+                if stop is None:
+                    time.sleep(delay)
+                elif stop.wait(delay):
+                    raise FetchStopped("stopped")
+            attempts, delay = attempts + 1, 0.0
             try:
-                params = cutout_params(ra, dec, config)
                 # The rate limiter is passed inside a request slot: waiting on it first would let
                 # threads that queued for a slot start their requests in a burst.
                 with self.slots:
                     self.limiter.wait()
-                    with self.session().get(config.cutout_url, params=params,
-                                            timeout=config.timeout_s, stream=True) as response:
-                        status = response.status_code
-                        data = read_body(response, MAX_IMAGE_BYTES) if status == 200 else b""
-            except requests.RequestException as exc:
-                reason = f"{exc.__class__.__name__}"
+                    answer = get(config.cutout_url, params=cutout_params(ra, dec, config), timeout_s=config.timeout_s,
+                                 max_bytes=MAX_IMAGE_BYTES, session=self.session(), stop=stop, policy=self.policy)
+            except (requests.RequestException, FetchTimeout) as exc:
+                reason = f"Timeout: {exc}" if isinstance(exc, FetchTimeout) else exc.__class__.__name__
                 self.local.session = None
                 continue
+            except FetchStopped:
+                raise
             except FetchError as exc:
                 reason = str(exc)
                 self.local.session = None
                 break
-            if status != 200:
-                reason = f"HTTP {status}"
-                if status in RETRY_STATUSES:
+            if answer.status != 200:
+                reason = f"HTTP {answer.status}"
+                if answer.status in RETRY_STATUSES:
+                    delay = retry_after_s(answer.headers.get("Retry-After"), config.timeout_s)
                     continue
                 break
             try:
-                check_jpeg(data)
-                return data
+                check_jpeg(answer.body, size=config.cutout_size)
+                return answer.body
+            except WrongImageError as exc:
+                reason = str(exc)
+                break
             except ImageLoadError as exc:
                 reason = str(exc)
         raise ImageLoadError(f"{reason} (after {attempts} attempt{'s' if attempts > 1 else ''})")
 
 
+def retry_after_s(value: str | None, deadline_s: float) -> float:
+    """Seconds a ``Retry-After`` header asks us to wait (a number or an HTTP date), bounded by
+    ``MAX_RETRY_AFTER_S`` and by the request deadline; 0 when absent or unreadable."""
+    if not value:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return 0.0
+    if not math.isfinite(seconds):
+        return 0.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S, deadline_s)
+
+
 def fetch_cutout(ra: float, dec: float, cutout_url: str, *, size: int = CUTOUT_SIZE,
-                 scale: float = PIXEL_SCALE, timeout_s: float = 20.0, retries: int = 2) -> bytes:
-    """One validated SDSS JPEG for sky coordinates, as the download step would fetch it."""
+                 scale: float = PIXEL_SCALE, timeout_s: float = 20.0, retries: int = 2,
+                 policy: UrlPolicy | None = None) -> bytes:
+    """One validated SDSS JPEG for sky coordinates, as the download step would fetch it; with a
+    ``policy`` (the app's allowed hosts) the cutout URL and every redirect must pass it."""
     if not (math.isfinite(ra) and 0 <= ra < 360):
         raise CutoutError(f"RA must be in [0, 360) degrees, got {ra}")
     if not (math.isfinite(dec) and -90 <= dec <= 90):
@@ -123,7 +155,7 @@ def fetch_cutout(ra: float, dec: float, cutout_url: str, *, size: int = CUTOUT_S
     config = DownloadConfig(out_dir=Path("."), cutout_url=cutout_url.strip(), cutout_size=size,
                             pixel_scale=scale, retries=retries, timeout_s=timeout_s, backoff_s=0.3, workers=1)
     try:
-        return CutoutClient(config).fetch(ra, dec)
-    except ImageLoadError as exc:
+        return CutoutClient(config, policy).fetch(ra, dec)
+    except (ImageLoadError, FetchError) as exc:
         raise CutoutError(f"no cutout for RA {ra:.5f}, Dec {dec:+.5f} from {config.cutout_url}: "
                           f"{exc}") from None

@@ -22,8 +22,10 @@ from .atomic import file_lock, remove_stale_parts, write_bytes_atomic
 from .catalogue import write_catalogue
 from .config import DownloadConfig, GalaxyError
 from .cutouts import CutoutClient
+from .fetch import AnyEvent, FetchStopped, UrlPolicy
 from .folder import IMAGES_DIR, DatasetFolder
 from .images import ImageLoadError
+
 # A killed run (power cut, SIGKILL) leaves a manifest at most this old; the files are the truth.
 MANIFEST_EVERY_S = 30.0
 # Galaxies queued per pool thread: enough to keep every thread busy, few enough that the full
@@ -117,10 +119,15 @@ def is_complete_jpeg(path: Path) -> bool:
 def read_manifest(out_dir: Path) -> dict:
     """The manifest of the last run into ``out_dir``; empty for a new folder or an unreadable file."""
     try:
-        manifest = json.loads(DatasetFolder(out_dir).manifest.read_text())
-    except (OSError, ValueError):
+        manifest = json.loads(DatasetFolder(out_dir).manifest.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
         return {}
-    return manifest if isinstance(manifest, dict) else {}
+    if not isinstance(manifest, dict):
+        return {}
+    # A hand-edited manifest is a hint, never a crash: keep only the entries of the right type.
+    failed = manifest.get("failed")
+    manifest["failed"] = ({str(k): str(v)[:500] for k, v in failed.items()} if isinstance(failed, dict) else {})
+    return manifest
 
 
 def _check_resumable(out_dir: Path, previous: dict, config: DownloadConfig) -> None:
@@ -150,8 +157,11 @@ def _write_manifest(out_dir: Path, report: DownloadReport, config: DownloadConfi
 
 def download_cutouts(catalogue: pd.DataFrame, config: DownloadConfig,
                      progress: Callable[[DownloadProgress], None] | None = None,
-                     stop: threading.Event | None = None) -> DownloadReport:
-    """Fetch every galaxy's cutout into ``out_dir/images``; skip files already present."""
+                     stop: threading.Event | None = None, policy: UrlPolicy | None = None) -> DownloadReport:
+    """Fetch every galaxy's cutout into ``out_dir/images``; skip files already present.
+
+    Setting ``stop`` ends the run within about a second, even mid-answer from a slow server;
+    ``policy`` (the app's allowed hosts) is checked for the cutout URL and every redirect."""
     out_dir = Path(config.out_dir)
     try:
         DatasetFolder(out_dir).images.mkdir(parents=True, exist_ok=True)
@@ -161,12 +171,12 @@ def download_cutouts(catalogue: pd.DataFrame, config: DownloadConfig,
     with file_lock(out_dir / LOCK_NAME, busy=busy):
         remove_stale_parts(out_dir)
         remove_stale_parts(DatasetFolder(out_dir).images)
-        return _download_locked(catalogue, config, out_dir, progress, stop)
+        return _download_locked(catalogue, config, out_dir, progress, stop, policy)
 
 
 def _download_locked(catalogue: pd.DataFrame, config: DownloadConfig, out_dir: Path,
                      progress: Callable[[DownloadProgress], None] | None,
-                     stop: threading.Event | None) -> DownloadReport:
+                     stop: threading.Event | None, policy: UrlPolicy | None) -> DownloadReport:
     previous = read_manifest(out_dir)
     _check_resumable(out_dir, previous, config)
     rows = catalogue if config.limit is None else catalogue.iloc[: config.limit]
@@ -182,9 +192,10 @@ def _download_locked(catalogue: pd.DataFrame, config: DownloadConfig, out_dir: P
     report = DownloadReport(total=len(rows), downloaded=0, skipped=len(rows) - len(todo))
     # Earlier runs' failures stay on record until this run tries those galaxies again.
     missing = {ids[i] for i in todo}
-    earlier = {k: v for k, v in dict(previous.get("failed") or {}).items() if k in missing}
-    client = CutoutClient(config)
+    earlier = {k: v for k, v in previous["failed"].items() if k in missing} if previous else {}
+    client = CutoutClient(config, policy)
     halt = threading.Event()
+    either = AnyEvent(halt, stop)
 
     def stopped() -> bool:
         return halt.is_set() or (stop is not None and stop.is_set())
@@ -192,13 +203,13 @@ def _download_locked(catalogue: pd.DataFrame, config: DownloadConfig, out_dir: P
     def one(i: int) -> None:
         if stopped():
             raise InterruptedError("stopped")
-        write_bytes_atomic(out_dir / images[i], client.fetch(float(ras[i]), float(decs[i])))
+        write_bytes_atomic(out_dir / images[i], client.fetch(float(ras[i]), float(decs[i]), either))
 
     def settle(future: Future, i: int) -> None:
         try:
             future.result()
             report.downloaded += 1
-        except (InterruptedError, CancelledError):
+        except (InterruptedError, CancelledError, FetchStopped):
             return
         except (ImageLoadError, OSError) as exc:
             report.failed[ids[i]] = str(exc)

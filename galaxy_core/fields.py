@@ -13,6 +13,7 @@ from .config import GalaxyError
 
 _MISSING: Any = object()
 MAX_SHOWN = 60
+MAX_MESSAGE = 300
 
 
 class FieldError(GalaxyError):
@@ -23,10 +24,15 @@ class FieldError(GalaxyError):
         self.field = field or message.split(" ", 1)[0]
 
 
+def clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` cut to ``limit`` characters: the one rule for how much of anything untrusted (a
+    field, a parser's complaint, a URL) is repeated in a message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def shown(value: Any) -> str:
     """``repr`` cut to a readable length: a 50 MB field never lands whole in a message."""
-    text = repr(value)
-    return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN]}... ({len(text):,} characters)"
+    return clip(repr(value), MAX_SHOWN)
 
 
 def section(values: Any, path: str) -> Mapping[str, Any]:

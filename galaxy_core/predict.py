@@ -20,10 +20,11 @@ from .config import ANSWERS, CLASSES, PredictConfig
 from .framing import Framing, frame_image
 from .geometry import model_view
 from .gradcam import grad_cam, grad_cam_overlay
-from .images import ImageLoadError, ImageSource, load_image
+from .images import MAX_DECODED_SIDE, ImageLoadError, ImageSource, load_image
 from .inference import Outputs, iter_chunks, predict_outputs
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
+"""Decoded pixels held for one batch, whatever the batch size."""
 CSV_COLUMNS = ["path", "label", *[f"p_{c.lower()}" for c in CLASSES], "error",
                *[f"vote_{a}" for a in ANSWERS], "warning"]
 
@@ -146,12 +147,14 @@ class Classifier:
         names = list(names) if names is not None else [str(s) if isinstance(s, (str, os.PathLike))
                                                        else f"image {i + 1}" for i, s in enumerate(sources)]
         results = [Prediction(name) for name in names]
-        # One batch of decoded images at a time: a folder of large photos never sits in memory whole.
+        # Each image is reduced as it is decoded and framed at once, so only its framed cutout is
+        # kept: a folder of large photos never sits in memory, whatever the batch size.
         for part in iter_chunks(len(sources), self.config.batch_size):
             good: list[tuple[int, Framing]] = []
             for i in range(part.start, part.stop):
                 try:
-                    good.append((i, self.frame(load_image(sources[i], max_pixels=self.config.max_pixels))))
+                    image = load_image(sources[i], max_pixels=self.config.max_pixels, max_side=MAX_DECODED_SIDE)
+                    good.append((i, self.frame(image)))
                 except ImageLoadError as exc:
                     results[i].error = str(exc)
             self.classify_framed([f for _, f in good], [results[i] for i, _ in good])
@@ -189,7 +192,7 @@ def classify_uploads(classifier: Classifier, items: Sequence[tuple[str, bytes]],
     out: list[Classified] = []
     for name, data in items:
         try:
-            image = load_image(data, max_pixels=classifier.config.max_pixels)
+            image = load_image(data, max_pixels=classifier.config.max_pixels, max_side=MAX_DECODED_SIDE)
         except ImageLoadError as exc:
             out.append(Classified(Prediction(name, error=str(exc))))
             continue

@@ -39,6 +39,7 @@ def folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     roots = {"data": tmp_path / "data", "models": tmp_path / "models"}
     monkeypatch.setenv("GALAXY_DATA_ROOT", str(roots["data"]))
     monkeypatch.setenv("GALAXY_MODELS_ROOT", str(roots["models"]))
+    monkeypatch.setenv("GALAXY_ALLOWED_HOSTS", "+127.0.0.1")  # the tests' stand-in servers
     return roots
 
 
