@@ -154,3 +154,19 @@ def test_job_progress_reads_training_evaluation_and_downloads() -> None:
     assert job_fraction(TrainProgress("evaluate", epoch=4, epochs=4, batch=30, batches=120)) == 0.25
     assert job_fraction(TrainProgress("prepare")) == 0.0
     assert job_fraction(DownloadProgress(3, 12, 0, 0, 1.0)) == 0.25
+
+
+def test_curves_and_confusion_colours_suit_the_dark_theme() -> None:
+    import numpy as np
+
+    from app_pages import charts
+    from app_pages.tables import history_frame
+    from galaxy_core.card import EpochRecord
+
+    history = [EpochRecord(e, 1.0 / e, 0.5, 1.1 / e, 0.4, 1e-3, 1.0) for e in (1, 2, 3)]
+    fig = charts.curves(history_frame(history), "loss")
+    colours = {trace.name: trace.line.color for trace in fig.data}
+    assert colours["train"] != colours["validation"] and {trace.line.dash for trace in fig.data} != {None}
+    theme = (Path(__file__).resolve().parents[1] / ".streamlit" / "config.toml").read_text()
+    heat = charts.confusion(np.eye(3) * 10, False).data[0]
+    assert heat.colorscale[0][1] in theme and heat.showscale  # empty cells melt into the page

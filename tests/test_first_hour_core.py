@@ -94,3 +94,22 @@ def test_model_help_says_the_shipped_model_is_the_default(command: str, capsys: 
     with pytest.raises(SystemExit):
         main([command, "--help"])
     assert "(default: the shipped model," in " ".join(capsys.readouterr().out.split())
+
+
+def test_grad_cam_colours_match_the_caption_and_leave_the_galaxy_visible() -> None:
+    from PIL import Image
+
+    from galaxy_core.gradcam import CAPTION, COLOUR_MAP, colour_scale, colourise, overlay_heatmap
+
+    assert COLOUR_MAP == "inferno" and "bright yellow = drove the prediction" in CAPTION
+    hot, cold = colourise(np.array([1.0, 0.0]))
+    assert hot[0] > 0.9 and hot[1] > 0.9 and hot[2] < 0.7  # the peak is bright yellow
+    assert cold.max() < 0.05
+    scale = np.asarray(colour_scale(64, 4))
+    assert scale.shape == (4, 64, 3) and scale[0, -1].sum() > scale[0, 0].sum() + 500
+    galaxy = Image.fromarray(np.full((32, 32, 3), (40, 120, 200), np.uint8))
+    heat = np.zeros((8, 8))
+    heat[0, 0] = 1.0
+    mixed = np.asarray(overlay_heatmap(galaxy, heat))
+    assert (mixed[-1, -1] == (40, 120, 200)).all()  # no heat: the galaxy shows as it is
+    assert abs(int(mixed[0, 0, 0]) - 40) > 100  # the hot corner takes the map's colour
