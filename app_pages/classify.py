@@ -27,7 +27,11 @@ EXAMPLE_COLUMNS = 8
 
 def example_picker() -> None:
     """Real SDSS galaxies shipped with the app: one click classifies one (also from Home's link)."""
-    examples = list_examples()
+    try:
+        examples = list_examples()
+    except GalaxyError as exc:
+        st.error(str(exc))
+        return
     if not examples:
         st.caption("No example galaxies here (the examples/ folder of the repository is absent).")
         return
@@ -51,7 +55,10 @@ def chosen_example() -> list[tuple[str, str, bytes]]:
     linked = st.query_params.get(EXAMPLE_PARAM)
     if linked and st.session_state.get(EXAMPLE_KEY) is None:  # "" once cleared
         st.session_state[EXAMPLE_KEY] = linked
-    example = example_by_id(st.session_state.get(EXAMPLE_KEY) or "")
+    try:
+        example = example_by_id(st.session_state.get(EXAMPLE_KEY) or "")
+    except GalaxyError:  # already said by the picker
+        return []
     if example is None:
         return []
     return [(f"example:{example.id}", f"{example.id} (example; volunteers: {example.label})",
