@@ -113,3 +113,17 @@ def test_grad_cam_colours_match_the_caption_and_leave_the_galaxy_visible() -> No
     mixed = np.asarray(overlay_heatmap(galaxy, heat))
     assert (mixed[-1, -1] == (40, 120, 200)).all()  # no heat: the galaxy shows as it is
     assert abs(int(mixed[0, 0, 0]) - 40) > 100  # the hot corner takes the map's colour
+
+
+def test_the_examples_folder_lists_its_galaxies_and_names_what_is_wrong(tmp_path: Path) -> None:
+    from galaxy_core.examples import ExamplesError, list_examples
+
+    assert list_examples(tmp_path / "absent") == []
+    shipped = list_examples()
+    assert len(shipped) == 24 and all(e.path.is_file() and len(e.votes) == 3 for e in shipped)
+    assert {e.label: sum(x.label == e.label for x in shipped) for e in shipped} == {
+        "Spiral": 8, "Elliptical": 8, "Uncertain": 8}
+    (tmp_path / "images").mkdir()
+    (tmp_path / "catalogue.csv").write_text("image,label,ra,dec\nimages/missing.jpg,Spiral,1,2\n")
+    with pytest.raises(ExamplesError, match="missing.jpg"):
+        list_examples(tmp_path)
