@@ -13,8 +13,8 @@ from galaxy_core.folder import CATALOGUE_NAME, IMAGES_DIR, DatasetFolder
 
 from app_pages import charts
 from app_pages.common import (BALANCE_KEY, BALANCE_WORDS, PAGES, active_dataset, add_extra_dataset, balance_choice,
-                              dataset_fingerprint, dataset_selectbox, ensure_cache, fetch_policy, folders, job_registry,
-                              known_datasets, pixel_stats, samples, set_active_dataset, summary, thumbnail)
+                              dataset_fingerprint, dataset_selectbox, draw_thumbnail, ensure_cache, fetch_policy,
+                              folders, job_registry, known_datasets, pixel_stats, samples, set_active_dataset, summary)
 from app_pages.folders import new_dataset_dir
 from app_pages.jobs import JobSnapshot
 from app_pages.tables import format_duration, histogram_frame
@@ -195,8 +195,9 @@ def overview(data_dir: Path) -> None:
             continue
         cols = st.columns(6)
         for col, row in zip(cols, rows):
-            col.image(thumbnail(str(row["path"]), 128),
-                      caption=f"smooth {row['frac_smooth']:.2f} · disk {row['frac_features']:.2f}")
+            with col:
+                draw_thumbnail(row["path"], 128,
+                               caption=f"smooth {row['frac_smooth']:.2f} · disk {row['frac_features']:.2f}")
 
     st.subheader("Pixel statistics")
     stats = pixel_stats(facts["cache"])

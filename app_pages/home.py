@@ -4,7 +4,7 @@ import streamlit as st
 
 from galaxy_core.config import GalaxyError
 
-from app_pages.common import PAGES, active_dataset, active_model, dataset_fingerprint, samples, thumbnail
+from app_pages.common import PAGES, active_dataset, active_model, dataset_fingerprint, draw_thumbnail, samples
 from app_pages.tables import format_duration
 
 CLASS_TEXT = {
@@ -35,7 +35,7 @@ for column, (name, text) in zip(columns, CLASS_TEXT.items()):
         st.subheader(name)
         shown = examples.get(name) or []
         if shown:
-            st.image(thumbnail(str(shown[0]["path"]), 192), caption=f"{shown[0]['id']} ({dataset.name})")
+            draw_thumbnail(shown[0]["path"], 192, caption=f"{shown[0]['id']} ({dataset.name})")
         st.markdown(text)
 if dataset is None:
     st.caption("Example images appear here once there is a dataset (see the Dataset page).")

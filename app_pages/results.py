@@ -13,7 +13,7 @@ from galaxy_core.folder import DatasetFolder
 from galaxy_core.metrics import metric_rows
 
 from app_pages import charts
-from app_pages.common import active_model, point_to, thumbnail, usable_models
+from app_pages.common import active_model, draw_thumbnail, known_dataset_folder, point_to, usable_models
 from app_pages.tables import (format_duration, history_frame, misclassified_frame, page_bounds, per_class_frame,
                               reliability_frame, row_normalise)
 
@@ -94,7 +94,9 @@ if evaluation is None:
             "mistakes cannot be listed.")
     st.stop()
 wrong = evaluation.misclassified
-data_dir = Path(prov.config.data_dir) if prov is not None else Path("")
+trained_on = Path(prov.config.data_dir) if prov is not None else None
+# Images are shown only from a dataset folder the app knows, and only files inside it.
+data_dir = known_dataset_folder(trained_on) if trained_on is not None else None
 c1, c2, c3 = st.columns(3)
 true_pick = c1.multiselect("True class", CLASSES)
 pred_pick = c2.multiselect("Predicted class", CLASSES)
@@ -107,14 +109,15 @@ if table.empty:
 pages = page_bounds(len(table), 1, PER_PAGE)[2]
 page = st.number_input("Page", 1, pages, 1, help=f"{PER_PAGE} galaxies per page") if pages > 1 else 1
 start, stop, _ = page_bounds(len(table), int(page), PER_PAGE)
-if not data_dir.is_dir():
-    st.warning(f"The training images are not at {data_dir} on this machine; showing the table only.")
+if data_dir is None:
+    st.warning(f"The training images ({trained_on}) are not in a dataset folder this app knows (under its "
+               "data root, or chosen on the Dataset page); showing the table only.")
 cols = st.columns(4)
 for i, row in enumerate(table.iloc[start:stop].itertuples()):
     with cols[i % 4].container(border=True):
-        path = DatasetFolder(data_dir).image(row.image) if data_dir.is_dir() else None
+        path = DatasetFolder(data_dir).image(row.image) if data_dir is not None else None
         if path is not None:
-            st.image(thumbnail(str(path), 160), width="stretch")
+            draw_thumbnail(path, 160, width="stretch")
         st.markdown(f"true **{row.true}** → predicted **{row.predicted}**")
         st.caption(" · ".join(f"{c} {getattr(row, 'p_' + c.lower()):.0%}" for c in CLASSES))
         st.caption(f"`{row.id}`")
