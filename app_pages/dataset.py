@@ -84,10 +84,10 @@ def download_form() -> None:
                 catalogue = str(previous)
         else:
             catalogue = url.strip()
-            policy.check(catalogue)  # a URL of an allowed host, never a path on this server
+            policy.check(catalogue, resolve=False)  # a URL of an allowed host, never a path here
         config = DownloadConfig(out_dir=out_dir, cutout_url=cutout_url.strip(), limit=int(limit),
                                 workers=int(workers))
-        policy.check(config.cutout_url)
+        policy.check(config.cutout_url, resolve=False)  # addresses are checked as it is fetched
         registry.start("download", out_dir.name, download_task(out_dir, catalogue, config, policy=policy))
     except GalaxyError as exc:
         st.error(str(exc))

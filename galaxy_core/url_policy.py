@@ -87,8 +87,9 @@ class HostPolicy:
             return False
         return any(address in net for net in self.networks)
 
-    def check(self, url: str) -> None:
-        """Raise HostNotAllowed unless ``url`` is http(s) to an allowed host at allowed addresses.
+    def check(self, url: str, *, resolve: bool = True) -> None:
+        """Raise HostNotAllowed unless ``url`` is http(s) to an allowed host at allowed addresses
+        (``resolve=False``: the name only, for a form to check before any network is used).
 
         The message names the host, never what (if anything) answers there.
         """
@@ -103,6 +104,8 @@ class HostPolicy:
         if not self.host_allowed(host):
             raise HostNotAllowed(f"this app does not fetch from {host[:100]}: allowed hosts are {allowed} "
                                  f"(set {ENV_NAME} to change the list)")
+        if not resolve:
+            return
         for address in _resolve(host, port or (443 if parts.scheme == "https" else 80)):
             if not _public(address) and not any(address in net for net in self.networks):
                 raise HostNotAllowed(f"this app does not fetch from {host[:100]}: it is a loopback, private "

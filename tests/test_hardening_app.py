@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
-from test_app import PAGES, fresh_caches, open_page, texts  # noqa: F401 - fresh_caches is autouse
+from test_app import PAGES, by_label, fresh_caches, open_page, texts  # noqa: F401 - fresh_caches is autouse
+from test_hardening_fetch import Stand, drip
+
+from galaxy_core.config import DEFAULT_CATALOGUE_URL, DEFAULT_CUTOUT_URL
 
 pytestmark = pytest.mark.usefixtures("fresh_caches")
 
@@ -95,3 +99,45 @@ def test_a_broken_evaluation_file_is_an_error_on_the_results_page(own, body: byt
     at = open_page("app_pages/results.py")
     assert [e.value for e in at.error] and "evaluation.json" in at.error[0].value
     assert "no evaluation.json" in texts(at) or "cannot be listed" in texts(at)
+
+
+def test_the_app_refuses_internal_urls_and_paths_by_default(own, tiny_dataset, cutout_server_for) -> None:
+    at = open_page("app_pages/dataset.py")
+    with cutout_server_for(tiny_dataset) as server:
+        for catalogue, cutouts, message in [
+                (server.base_url + "/catalogue.csv", DEFAULT_CUTOUT_URL, "does not fetch from 127.0.0.1"),
+                ("/etc/passwd", DEFAULT_CUTOUT_URL, "only http(s) URLs can be fetched"),
+                (DEFAULT_CATALOGUE_URL, server.url, "does not fetch from 127.0.0.1")]:
+            by_label(at.text_input, "Dataset name").input("probe")
+            by_label(at.text_input, "Catalogue URL").input(catalogue)
+            by_label(at.text_input, "Cutout URL").input(cutouts)
+            by_label(at.button, "Download").click().run()
+            assert any(message in e.value for e in at.error), [e.value for e in at.error]
+        assert server.total_requests == 0
+        at = open_page("app_pages/classify.py")
+        by_label(at.text_input, "Cutout URL").input(server.url)
+        by_label(at.button, "Fetch and classify").click().run()
+        assert any("does not fetch from 127.0.0.1" in e.value for e in at.error), [e.value for e in at.error]
+        assert server.total_requests == 0
+    assert not (own["data"].parent / "probe").exists()
+
+
+def test_stop_download_ends_a_job_stuck_on_a_dripping_catalogue(own, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GALAXY_ALLOWED_HOSTS", "+127.0.0.1")
+    holder: list[Stand] = []
+    with Stand({"/cat.csv": drip(lambda: holder[0])}) as stand:
+        holder.append(stand)
+        at = open_page("app_pages/dataset.py")
+        by_label(at.text_input, "Dataset name").input("slow")
+        by_label(at.text_input, "Catalogue URL").input(stand.url("/cat.csv"))
+        by_label(at.button, "Download").click().run()
+        assert stand.started.wait(10) and not at.error, [e.value for e in at.error]
+        at.run()
+        by_label(at.button, "Stop download").click().run()
+        stopped_at = time.monotonic()
+        while time.monotonic() - stopped_at < 10 and not at.warning:
+            time.sleep(0.2)
+            at.run()
+        assert any("Stopped" in w.value for w in at.warning), texts(at)
+        assert time.monotonic() - stopped_at < 5
+    assert not by_label(at.button, "Download").disabled  # the next visitor can download again
