@@ -9,8 +9,9 @@ import os
 import threading
 import warnings
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import pandas as pd
 import requests

@@ -16,8 +16,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 from urllib.parse import urlsplit
 
 from .config import DEFAULT_CATALOGUE_URL, DEFAULT_CUTOUT_URL
@@ -57,7 +57,7 @@ class HostPolicy:
     networks: tuple[Network, ...] = ()
 
     @classmethod
-    def parse(cls, text: str | None) -> "HostPolicy":
+    def parse(cls, text: str | None) -> HostPolicy:
         """From the ``GALAXY_ALLOWED_HOSTS`` syntax; empty or unset gives the defaults."""
         entries = [e.strip().lower() for e in (text or "").split(",") if e.strip()]
         if not entries:
@@ -73,7 +73,7 @@ class HostPolicy:
         return cls(tuple(dict.fromkeys(hosts)), tuple(networks))
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "HostPolicy":
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> HostPolicy:
         return cls.parse(environ.get(ENV_NAME))
 
     def host_allowed(self, host: str) -> bool:

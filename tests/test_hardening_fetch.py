@@ -7,9 +7,9 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import pytest
@@ -65,7 +65,7 @@ class Stand:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
 
-    def __enter__(self) -> "Stand":
+    def __enter__(self) -> Stand:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
 
