@@ -13,7 +13,7 @@ from galaxy_core.gradcam import CAPTION, COLOUR_MAP, colour_scale
 from galaxy_core.predict import IMAGE_SUFFIXES, classify_uploads, outline_framing, predictions_csv, vote_sentence
 
 from app_pages import charts
-from app_pages.common import EXAMPLE_PARAM, active_model, fetch_policy, load_classifier, point_to, thumbnail
+from app_pages.common import EXAMPLE_PARAM, active_model, draw_thumbnail, fetch_policy, load_classifier, point_to
 from app_pages.tables import page_bounds
 
 UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
@@ -40,7 +40,7 @@ def example_picker() -> None:
     columns = st.columns(EXAMPLE_COLUMNS)
     for i, example in enumerate(examples):
         with columns[i % EXAMPLE_COLUMNS]:
-            st.image(thumbnail(str(example.path), 128), width="stretch")
+            draw_thumbnail(example.path, 128, width="stretch")
             if st.button("Classify", key=f"example-{example.id}", width="stretch",
                          help=f"{example.id}; Galaxy Zoo volunteers said {example.label}"):
                 st.session_state[EXAMPLE_KEY] = example.id

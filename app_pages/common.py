@@ -16,7 +16,8 @@ from galaxy_core.card import LABEL_QUESTIONS
 from galaxy_core.config import PredictConfig, SplitConfig, TrainConfig
 from galaxy_core.dataset import dataset_summary, sample_galaxies
 from galaxy_core.folder import DatasetFolder, list_datasets
-from galaxy_core.images import load_image
+from galaxy_core.fields import clip
+from galaxy_core.images import MAX_DECODED_SIDE, ImageLoadError, load_image
 from galaxy_core.normalise import PixelStatistics, pixel_statistics
 from galaxy_core.predict import Classifier
 from galaxy_core.url_policy import HostPolicy
@@ -90,6 +91,20 @@ def usable_models() -> list[ModelInfo]:
     return [m for m in list_models(folders().models_root) if m.card is not None]
 
 
+def unusable_models() -> list[ModelInfo]:
+    """Model folders whose card cannot be used (damaged, hand-edited, another format)."""
+    return [m for m in list_models(folders().models_root) if m.card is None]
+
+
+def unusable_models_note() -> None:
+    """List the unusable model folders and why, so one bad folder is seen, not fatal."""
+    bad = unusable_models()
+    if bad:
+        with st.expander(f":material/warning: {len(bad)} unusable model folder{'s' if len(bad) > 1 else ''}"):
+            for info in bad:
+                st.caption(f"**{info.name}**: {clip(info.error or 'unreadable', 300)}")
+
+
 def active_model() -> ModelInfo | None:
     """The model chosen in the sidebar; by default the shipped one, else the newest."""
     models = usable_models()
@@ -113,6 +128,7 @@ def model_sidebar() -> None:
     """The active-model picker every page shares."""
     models = usable_models()
     with st.sidebar:
+        unusable_models_note()
         if not models:
             st.caption("No model yet: train one on the Train page.")
             return
@@ -211,11 +227,38 @@ def samples(data_dir: str, fingerprint: tuple[int, int], per_class: int, seed: i
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def thumbnail(path: str, size: int = 160) -> np.ndarray:
-    """An RGB thumbnail as an array (cheap to cache and to send to the browser)."""
-    image = load_image(path)
+def thumbnail(path: str, size: int = 160) -> np.ndarray | str:
+    """An RGB thumbnail as an array (cheap to cache and to send to the browser), or the reason
+    the file cannot be shown (a truncated JPEG in a dataset must not take a page down)."""
+    try:
+        image = load_image(path, max_side=MAX_DECODED_SIDE)
+    except ImageLoadError as exc:
+        return str(exc)
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
     return np.asarray(image)
+
+
+def draw_thumbnail(path: Path | str, size: int, **image_options) -> bool:
+    """Show an image's thumbnail, or a note that it was skipped and why; True if shown."""
+    picture = thumbnail(str(path), size)
+    if isinstance(picture, str):
+        st.caption(f":material/broken_image: skipped {Path(path).name}: {clip(picture, 200)}")
+        return False
+    st.image(picture, **image_options)
+    return True
+
+
+def known_dataset_folder(path: Path | str) -> Path | None:
+    """``path`` if it is one of the dataset folders the app knows (under the data root, or
+    chosen on the Dataset page), else None: a model card cannot point the app anywhere else."""
+    try:
+        target = Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+    for folder in known_datasets():
+        if folder.resolve() == target:
+            return folder
+    return None
 
 
 def dataset_selectbox(label: str, current: Path) -> Path:

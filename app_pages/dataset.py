@@ -13,9 +13,9 @@ from galaxy_core.folder import CATALOGUE_NAME, IMAGES_DIR, DatasetFolder
 
 from app_pages import charts
 from app_pages.common import (BALANCE_KEY, BALANCE_WORDS, LABEL_WORDS, LABELS_KEY, PAGES, active_dataset,
-                              add_extra_dataset, balance_choice, dataset_fingerprint, dataset_selectbox, ensure_cache,
-                              fetch_policy, folders, job_registry, known_datasets, label_rule, pixel_stats, samples,
-                              set_active_dataset, summary, thumbnail)
+                              add_extra_dataset, balance_choice, dataset_fingerprint, dataset_selectbox, draw_thumbnail,
+                              ensure_cache, fetch_policy, folders, job_registry, known_datasets, label_rule, pixel_stats,
+                              samples, set_active_dataset, summary)
 from app_pages.folders import new_dataset_dir
 from app_pages.jobs import JobSnapshot
 from app_pages.tables import format_duration, histogram_frame
@@ -89,10 +89,10 @@ def download_form() -> None:
                 catalogue = str(previous)
         else:
             catalogue = url.strip()
-            policy.check(catalogue)  # a URL of an allowed host, never a path on this server
+            policy.check(catalogue, resolve=False)  # a URL of an allowed host, never a path here
         config = DownloadConfig(out_dir=out_dir, cutout_url=cutout_url.strip(), limit=int(limit),
                                 workers=int(workers))
-        policy.check(config.cutout_url)
+        policy.check(config.cutout_url, resolve=False)  # addresses are checked as it is fetched
         registry.start("download", out_dir.name, download_task(out_dir, catalogue, config, policy=policy))
     except GalaxyError as exc:
         st.error(str(exc))
@@ -208,8 +208,9 @@ def overview(data_dir: Path) -> None:
             continue
         cols = st.columns(6)
         for col, row in zip(cols, rows):
-            col.image(thumbnail(str(row["path"]), 128),
-                      caption=f"smooth {row['frac_smooth']:.2f} · disk {row['frac_features']:.2f}")
+            with col:
+                draw_thumbnail(row["path"], 128,
+                               caption=f"smooth {row['frac_smooth']:.2f} · disk {row['frac_features']:.2f}")
 
     st.subheader("Pixel statistics")
     stats = pixel_stats(facts["cache"])

@@ -5,8 +5,8 @@ import streamlit as st
 from galaxy_core.config import GalaxyError
 from galaxy_core.examples import CREDIT, list_examples
 
-from app_pages.common import (EXAMPLE_PARAM, PAGES, active_dataset, active_model, dataset_fingerprint, label_rule,
-                              samples, thumbnail)
+from app_pages.common import (EXAMPLE_PARAM, PAGES, active_dataset, active_model, dataset_fingerprint,
+                              draw_thumbnail, label_rule, samples)
 from app_pages.tables import format_duration
 
 CARD_HEIGHT = 570
@@ -45,13 +45,12 @@ for column, (name, text) in zip(columns, CLASS_TEXT.items()):
         st.markdown(text)
         if shipped.get(name):
             example = shipped[name][0]
-            st.image(thumbnail(str(example.path), IMAGE_PX), caption=example.caption, width="stretch")
+            draw_thumbnail(example.path, IMAGE_PX, caption=example.caption, width="stretch")
             st.page_link(PAGES["classify"], label="Classify this galaxy", icon=":material/search:",
                          query_params={EXAMPLE_PARAM: example.id})
         elif samples_of.get(name):
             row = samples_of[name][0]
-            st.image(thumbnail(str(row["path"]), IMAGE_PX), caption=f"{row['id']} ({dataset.name})",
-                     width="stretch")
+            draw_thumbnail(row["path"], IMAGE_PX, caption=f"{row['id']} ({dataset.name})", width="stretch")
 if any(shipped.values()):
     st.caption(f"{sum(map(len, shipped.values()))} example galaxies ship with the app: try them all on the "
                f"Classify page. {CREDIT}")

@@ -15,8 +15,8 @@ from galaxy_core.folder import CATALOGUE_NAME, IMAGES_DIR, DatasetFolder
 from galaxy_core.metrics import metric_rows
 
 from app_pages import charts
-from app_pages.common import (MODEL_PARAM, active_model, folders, point_to, set_active_model, thumbnail,
-                              usable_models)
+from app_pages.common import (MODEL_PARAM, active_model, draw_thumbnail, folders, known_dataset_folder, point_to,
+                              set_active_model, usable_models)
 from app_pages.tables import (format_duration, history_frame, misclassified_frame, page_bounds, per_class_frame,
                               reliability_frame, row_normalise)
 
@@ -147,7 +147,9 @@ if evaluation is None:
             "mistakes cannot be listed.")
     st.stop()
 wrong = evaluation.misclassified
-data_dir = Path(prov.config.data_dir) if prov is not None else Path("")
+trained_on = Path(prov.config.data_dir) if prov is not None else None
+# Images are shown only from a dataset folder the app knows, and only files inside it.
+data_dir = known_dataset_folder(trained_on) if trained_on is not None else None
 c1, c2, c3 = st.columns(3)
 true_pick = c1.multiselect("True class", CLASSES)
 pred_pick = c2.multiselect("Predicted class", CLASSES)
@@ -161,14 +163,15 @@ pages = page_bounds(len(table), 1, PER_PAGE)[2]
 page = (st.number_input(f"Page (of {pages})", 1, pages, 1, help=f"{PER_PAGE} galaxies per page")
         if pages > 1 else 1)
 start, stop, _ = page_bounds(len(table), int(page), PER_PAGE)
-if not data_dir.is_dir():
-    st.warning(f"The training images are not at {data_dir} on this machine; showing the table only.")
+if data_dir is None:
+    st.warning(f"The training images ({trained_on}) are not in a dataset folder this app knows (under its "
+               "data root, or chosen on the Dataset page); showing the table only.")
 cols = st.columns(4)
 for i, row in enumerate(table.iloc[start:stop].itertuples()):
     with cols[i % 4].container(border=True):
-        path = DatasetFolder(data_dir).image(row.image) if data_dir.is_dir() else None
+        path = DatasetFolder(data_dir).image(row.image) if data_dir is not None else None
         if path is not None:
-            st.image(thumbnail(str(path), 160), width="stretch")
+            draw_thumbnail(path, 160, width="stretch")
         st.markdown(f"true **{row.true}** → predicted **{row.predicted}**")
         st.caption(" · ".join(f"{c} {getattr(row, 'p_' + c.lower()):.0%}" for c in CLASSES))
         st.caption(row.id)  # plain caption text (14 px): an inline-code id drew at 10.5 px

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from galaxy_core.atomic import write_bytes_atomic
 from galaxy_core.catalogue import CatalogueFormat, read_catalogue
-from galaxy_core.config import DownloadConfig, TrainConfig
+from galaxy_core.config import DownloadConfig, GalaxyError, TrainConfig
 from galaxy_core.download import DownloadProgress, DownloadReport, download_cutouts
 from galaxy_core.fetch import UrlPolicy
 from galaxy_core.folder import DatasetFolder
@@ -39,7 +39,12 @@ def download_task(out_dir: Path, catalogue: str | bytes, config: DownloadConfig,
         if isinstance(catalogue, bytes):
             write_bytes_atomic(folder.source_catalogue, catalogue)
         report(f"reading catalogue {source}")
-        frame = read_catalogue(source, fmt, policy=policy)
+        try:
+            frame = read_catalogue(source, fmt, policy=policy, stop=stop)
+        except GalaxyError:
+            if stop.is_set():  # stopped while the catalogue was still arriving
+                return DownloadReport(total=0, downloaded=0, skipped=0)
+            raise
         report(DownloadProgress(0, min(len(frame), config.limit or len(frame)), 0, 0, 0.0))
         return download_cutouts(frame, config, report, stop, policy=policy)
 

@@ -112,7 +112,7 @@ def read_json_file(path: Path) -> Any:
     except UnicodeDecodeError:
         raise BundleError(f"{path} is not UTF-8 text") from None
     except (OSError, ValueError, RecursionError) as exc:
-        raise BundleError(f"{path} is not valid JSON ({fields.shown(str(exc))})") from None
+        raise BundleError(f"{path} is not valid JSON ({fields.clip(str(exc), 200)})") from None
 
 
 def read_card(model_dir: Path) -> ModelCard:
@@ -215,9 +215,11 @@ def list_models(models_root: Path) -> list[ModelInfo]:
         return []
     found = []
     for path in sorted(p for p in root.iterdir() if (p / CARD_NAME).is_file()):
-        mtime = (path / CARD_NAME).stat().st_mtime
         try:
+            mtime = (path / CARD_NAME).stat().st_mtime
             found.append(ModelInfo(path.name, path, mtime, read_card(path)))
         except BundleError as exc:
-            found.append(ModelInfo(path.name, path, mtime, None, str(exc)))
+            found.append(ModelInfo(path.name, path, 0.0, None, str(exc)))
+        except OSError as exc:  # unreadable folder or card: listed, never fatal
+            found.append(ModelInfo(path.name, path, 0.0, None, f"{path / CARD_NAME} cannot be read ({exc.strerror})"))
     return found

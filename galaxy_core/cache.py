@@ -36,6 +36,8 @@ DEFAULT_SHARD_SIZE = 10_000
 BUILD_LOCK_NAME = ".build.lock"
 META_NAME = "meta.json"
 INDEX_NAME = "index.csv"
+BLANK_RANGE = 2
+"""An image whose pixels all lie within this many grey levels carries no signal (a black cutout)."""
 
 
 @dataclass
@@ -134,6 +136,7 @@ def _build_cache(folder: DatasetFolder, frame: pd.DataFrame, *, source_size: int
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_root))
     failed: dict[str, str] = {}
     keep: list[int] = []
+    blank = 0
     try:
         shard, shard_fill, shard_no, shards = None, 0, 0, []
         paths = (data_dir / rel for rel in frame["image"])
@@ -149,6 +152,7 @@ def _build_cache(folder: DatasetFolder, frame: pd.DataFrame, *, source_size: int
                         shard = _new_shard(tmp / name, (rows, source_size, source_size, 3))
                         shards.append([name, 0])
                     shard[shard_fill] = result
+                    blank += int(result.max()) - int(result.min()) <= BLANK_RANGE
                     shard_fill += 1
                     shards[-1][1] = shard_fill
                     keep.append(i)
@@ -163,6 +167,10 @@ def _build_cache(folder: DatasetFolder, frame: pd.DataFrame, *, source_size: int
             del shard
         if not keep:
             raise DatasetError(f"no image in {data_dir} could be decoded")
+        if blank == len(keep):
+            raise DatasetError(f"no signal: every one of the {len(keep):,} images in {data_dir} is a single flat "
+                               "colour (all black?), so no model can learn from them; SDSS answers black cutouts "
+                               "outside its footprint: check the catalogue's coordinates and --cutout-url")
         _finish_partial_shard(tmp, shards, source_size)
         index = frame.iloc[keep].reset_index(drop=True)
         index["shard"] = np.repeat(np.arange(len(shards)), [n for _, n in shards])

@@ -14,6 +14,7 @@ targets of the vote-fraction head, not only the thresholded class.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Literal
 
@@ -291,11 +292,12 @@ def validate_canonical(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_catalogue(source: str | os.PathLike[str], fmt: CatalogueFormat = "auto", *,
-                   policy: UrlPolicy | None = None) -> pd.DataFrame:
+                   policy: UrlPolicy | None = None, stop: threading.Event | None = None) -> pd.DataFrame:
     """Read a GZ1, GZ2 or canonical catalogue from a path or URL into the canonical frame; a URL
-    must pass ``policy`` (the app's allowed hosts) when one is given."""
+    must pass ``policy`` (the app's allowed hosts) when one is given, and ``stop`` ends its
+    download."""
     text = str(source)
-    frame = read_raw_table(source, policy=policy)
+    frame = read_raw_table(source, policy=policy, stop=stop)
     empty = frame.isna().all(axis=1).to_numpy()
     if empty.any():
         raise CatalogueError(f"{text}: line {int(np.flatnonzero(empty)[0]) + 2} is empty")

@@ -6,17 +6,19 @@ from __future__ import annotations
 import csv
 import io
 import os
+import threading
 import warnings
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import pandas as pd
 import requests
 
 from . import fields
 from .config import GalaxyError
-from .fetch import FetchError, UrlPolicy, get
+from .fetch import FetchError, FetchStopped, UrlPolicy, get
 from .url_policy import HostNotAllowed
 
 # The full GZ1 table 2 (667,944 rows) is about 90 MB of text, GZ2 a few hundred MB; a file, an
@@ -177,16 +179,16 @@ def read_table_bytes(raw: bytes, source: str) -> pd.DataFrame:
 
 
 def fetch_bytes(url: str, *, timeout_s: float | None = None, max_bytes: int = MAX_CATALOGUE_BYTES,
-                policy: UrlPolicy | None = None) -> bytes:
+                policy: UrlPolicy | None = None, stop: threading.Event | None = None) -> bytes:
     """GET a catalogue over http(s) within ``timeout_s`` for the whole answer, refusing error
     statuses, oversized answers and (with a ``policy``) hosts it does not allow.
 
     Messages name the URL and the status, never the body: what a server says is not repeated."""
     shown = fields.clip(url, 200)
     try:
-        answer = get(url, timeout_s=timeout_s or CATALOGUE_DEADLINE_S, max_bytes=max_bytes, policy=policy)
-    except HostNotAllowed as exc:
-        raise CatalogueError(f"{shown}: {exc}") from None
+        answer = get(url, timeout_s=timeout_s or CATALOGUE_DEADLINE_S, max_bytes=max_bytes, policy=policy, stop=stop)
+    except (HostNotAllowed, FetchStopped) as exc:
+        raise CatalogueError(f"{shown}: {'download stopped' if isinstance(exc, FetchStopped) else exc}") from None
     except FetchError as exc:
         raise CatalogueError(f"{shown}: catalogue {exc}") from None
     except requests.RequestException as exc:
@@ -196,11 +198,13 @@ def fetch_bytes(url: str, *, timeout_s: float | None = None, max_bytes: int = MA
     return answer.body
 
 
-def read_raw_table(source: str | os.PathLike[str], *, policy: UrlPolicy | None = None) -> pd.DataFrame:
-    """The catalogue at a path or URL as a table of strings, headers stripped."""
+def read_raw_table(source: str | os.PathLike[str], *, policy: UrlPolicy | None = None,
+                   stop: threading.Event | None = None) -> pd.DataFrame:
+    """The catalogue at a path or URL as a table of strings, headers stripped; setting ``stop``
+    ends a download of it within about a second."""
     text = str(source)
     if text.startswith(("http://", "https://")):
-        raw = fetch_bytes(text, policy=policy)
+        raw = fetch_bytes(text, policy=policy, stop=stop)
         frame = read_table_bytes(raw, text)
     else:
         path = Path(text)

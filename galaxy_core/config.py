@@ -181,7 +181,8 @@ class TrainConfig:
         _require(16 <= self.input_size <= 512, f"image size must be between 16 and 512, got {self.input_size}")
         _require(self.crop >= 16 and self.crop >= self.input_size // 2,
                  f"crop ({self.crop}) is too small for image size {self.input_size}")
-        _require(self.crop <= 2048, f"crop must be at most 2048 pixels, got {self.crop}")
+        _require(self.crop <= CUTOUT_SIZE, f"crop must be at most the {CUTOUT_SIZE}-pixel cutout it is taken from, "
+                                           f"got {self.crop}")
         _require(self.width >= 4, f"width must be at least 4, got {self.width}")
         _require(self.width <= 128, f"width must be at most 128, got {self.width}")
         _require(1 <= self.depth <= 8, f"depth must be between 1 and 8, got {self.depth}")

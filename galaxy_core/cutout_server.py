@@ -8,6 +8,7 @@ demos point ``--cutout-url`` at it; it binds to 127.0.0.1 only.
 from __future__ import annotations
 
 import io
+import math
 import threading
 import time
 from collections import Counter
@@ -161,7 +162,9 @@ class CutoutServer:
                 try:
                     ra, dec = float(query["ra"][0]), float(query["dec"][0])
                 except (KeyError, ValueError, IndexError):
-                    self._send(400, b"ra and dec are required", "text/plain")
+                    ra = dec = math.nan
+                if not (math.isfinite(ra) and math.isfinite(dec)):  # nan, inf, 1e400
+                    self._send(400, b"ra and dec must be finite numbers", "text/plain")
                     return
                 with server.slots:
                     if server.options.latency_s:

@@ -143,10 +143,11 @@ def retry_after_s(value: str | None, deadline_s: float) -> float:
 
 
 def fetch_cutout(ra: float, dec: float, cutout_url: str, *, size: int = CUTOUT_SIZE,
-                 scale: float = PIXEL_SCALE, timeout_s: float = 20.0, retries: int = 2,
+                 scale: float = PIXEL_SCALE, timeout_s: float = 10.0, retries: int = 1,
                  policy: UrlPolicy | None = None) -> bytes:
     """One validated SDSS JPEG for sky coordinates, as the download step would fetch it; with a
-    ``policy`` (the app's allowed hosts) the cutout URL and every redirect must pass it."""
+    ``policy`` (the app's allowed hosts) the cutout URL and every redirect must pass it. Each
+    attempt has ``timeout_s`` for the whole answer, so a page waits at most about 21 s."""
     if not (math.isfinite(ra) and 0 <= ra < 360):
         raise CutoutError(f"RA must be in [0, 360) degrees, got {ra}")
     if not (math.isfinite(dec) and -90 <= dec <= 90):

@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Protocol
+from typing import Protocol
 from urllib.parse import urljoin
 
 import requests
@@ -128,8 +129,10 @@ def read_body(response: requests.Response, max_bytes: int, *, deadline: float | 
         while True:
             _check_ended(deadline, timeout_s, stop)
             try:
-                # read1: whatever one socket read brings, so a trickle is seen as it arrives.
-                chunk = raw.read1(chunk_bytes, decode_content=True)
+                # read1: whatever one socket read brings, so a trickle is seen as it arrives
+                # (urllib3 before 2 has no read1: small reads come close).
+                chunk = (raw.read1(chunk_bytes, decode_content=True) if hasattr(raw, "read1")
+                         else raw.read(min(chunk_bytes, 1024), decode_content=True))
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 _check_ended(deadline, timeout_s, stop)
                 raise requests.ConnectionError(f"answer cut short ({exc.__class__.__name__})") from None

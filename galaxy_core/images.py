@@ -135,12 +135,14 @@ def _one_line(exc: BaseException) -> str:
 
 
 def check_jpeg(data: bytes, size: int | None = None) -> None:
-    """Raise ImageLoadError unless ``data`` is a complete, decodable JPEG (of ``size`` x ``size``
-    pixels when given: WrongImageError otherwise)."""
+    """Raise ImageLoadError unless ``data`` is a complete, decodable JPEG of ``size`` x ``size``
+    pixels (when given); WrongImageError for an answer that asking again will not change (a
+    whole image of another size, or bytes that are neither JPEG nor an HTML page)."""
     if not data.startswith(b"\xff\xd8"):
         head = data[:64].lstrip().lower()
-        kind = "HTML" if head.startswith((b"<", b"<!doctype")) else "not JPEG"
-        raise ImageLoadError(f"answer is {kind} ({len(data)} bytes), not a JPEG")
+        if head.startswith((b"<", b"<!doctype")):  # a busy page: asking again may give the image
+            raise ImageLoadError(f"answer is HTML ({len(data)} bytes), not a JPEG")
+        raise WrongImageError(f"answer is not an image ({len(data)} bytes), not a JPEG")
     if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
         raise ImageLoadError(f"JPEG is truncated ({len(data)} bytes, no end marker)")
     image = load_image(data)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 from urllib.parse import urlsplit
 
 from .config import DEFAULT_CATALOGUE_URL, DEFAULT_CUTOUT_URL
@@ -57,7 +57,7 @@ class HostPolicy:
     networks: tuple[Network, ...] = ()
 
     @classmethod
-    def parse(cls, text: str | None) -> "HostPolicy":
+    def parse(cls, text: str | None) -> HostPolicy:
         """From the ``GALAXY_ALLOWED_HOSTS`` syntax; empty or unset gives the defaults."""
         entries = [e.strip().lower() for e in (text or "").split(",") if e.strip()]
         if not entries:
@@ -73,7 +73,7 @@ class HostPolicy:
         return cls(tuple(dict.fromkeys(hosts)), tuple(networks))
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "HostPolicy":
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> HostPolicy:
         return cls.parse(environ.get(ENV_NAME))
 
     def host_allowed(self, host: str) -> bool:
@@ -87,8 +87,9 @@ class HostPolicy:
             return False
         return any(address in net for net in self.networks)
 
-    def check(self, url: str) -> None:
-        """Raise HostNotAllowed unless ``url`` is http(s) to an allowed host at allowed addresses.
+    def check(self, url: str, *, resolve: bool = True) -> None:
+        """Raise HostNotAllowed unless ``url`` is http(s) to an allowed host at allowed addresses
+        (``resolve=False``: the name only, for a form to check before any network is used).
 
         The message names the host, never what (if anything) answers there.
         """
@@ -103,6 +104,8 @@ class HostPolicy:
         if not self.host_allowed(host):
             raise HostNotAllowed(f"this app does not fetch from {host[:100]}: allowed hosts are {allowed} "
                                  f"(set {ENV_NAME} to change the list)")
+        if not resolve:
+            return
         for address in _resolve(host, port or (443 if parts.scheme == "https" else 80)):
             if not _public(address) and not any(address in net for net in self.networks):
                 raise HostNotAllowed(f"this app does not fetch from {host[:100]}: it is a loopback, private "

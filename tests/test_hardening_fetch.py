@@ -7,9 +7,9 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import pytest
@@ -65,7 +65,7 @@ class Stand:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
 
-    def __enter__(self) -> "Stand":
+    def __enter__(self) -> Stand:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
 
@@ -196,6 +196,18 @@ def test_only_cutouts_of_the_requested_size_are_accepted_and_not_asked_again(tmp
         assert stand.hits == ["/getjpeg"]
     assert report.failed == {"g1": "answer is a 1x1 image, not the 128x128 cutout asked for (after 1 attempt)"}
     assert not list((tmp_path / "out" / "images").iterdir())
+
+
+def test_a_non_image_answer_is_not_asked_again_but_a_busy_page_is(tmp_path: Path) -> None:
+    routes = {"/text/getjpeg": lambda h: send(h, 200, b"error: no such coordinates", Content_Type="text/plain"),
+              "/busy/getjpeg": lambda h: send(h, 200, b"<html>Service busy</html>", Content_Type="text/html")}
+    with Stand(routes) as stand:
+        for path, attempts in (("/text/getjpeg", 1), ("/busy/getjpeg", 3)):
+            config = DownloadConfig(out_dir=tmp_path / path.strip("/").replace("/", "-"), cutout_url=stand.url(path),
+                                    retries=2, backoff_s=0.0)
+            report = download_cutouts(one_galaxy(), config)
+            assert report.failed["g1"].endswith(f"(after {attempts} attempt{'s' if attempts > 1 else ''})")
+        assert stand.hits.count("/text/getjpeg") == 1 and stand.hits.count("/busy/getjpeg") == 3
 
 
 # --- the app's allowed hosts -----------------------------------------------------------------
