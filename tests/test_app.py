@@ -11,27 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from galaxy_core.config import CLASSES
 from galaxy_core.examples import list_examples
+from app_fixtures import fresh_caches  # noqa: F401 (autouse)
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
 PAGES = [f"app_pages/{name}.py" for name in ("home", "dataset", "train", "results", "classify")]
 TIMEOUT = 60
-
-
-@pytest.fixture(autouse=True)
-def fresh_caches():
-    """Cached models, tables and the job registry live per process; each test starts clean."""
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield
-    st.cache_resource.clear()
-    st.cache_data.clear()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import streamlit as st
 from conftest import make_dataset
 from streamlit.testing.v1 import AppTest
 from test_app import APP, TIMEOUT, by_label, fill_tiny_training, open_page, texts, wait_for
@@ -20,15 +19,7 @@ from app_pages.tables import job_fraction
 from galaxy_core.download import DownloadProgress
 from galaxy_core.examples import CREDIT, list_examples
 from galaxy_core.train import TrainProgress
-
-
-@pytest.fixture(autouse=True)
-def fresh_caches():
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield
-    st.cache_resource.clear()
-    st.cache_data.clear()
+from app_fixtures import fresh_caches  # noqa: F401 (autouse)
 
 
 @pytest.fixture
