@@ -40,8 +40,8 @@ def test_shipped_bundle_is_complete_and_records_its_label_rule(name: str) -> Non
 def test_the_default_model_frames_uploads_and_predicts_vote_fractions() -> None:
     card = read_card(SHIPPED)
     assert card.framing is not None and card.architecture.aux_outputs == 3
-    # The debiased model is within a galaxy or two of the debiased model it replaced (71.3% of 644).
-    assert read_card(model_dir("debiased")).metrics.accuracy >= 0.71
+    # The debiased choice is the 71.3% model that was the default before the votes rule.
+    assert read_card(model_dir("debiased")).metrics.accuracy >= 0.712
 
 
 def test_predict_without_model_flag_uses_the_shipped_model(shared_gz2: Path, tmp_path: Path) -> None:
