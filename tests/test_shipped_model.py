@@ -92,5 +92,6 @@ def test_spiral_and_elliptical_examples(name: str, shared_gz2: Path) -> None:
     results = Classifier.load(PredictConfig(model_dir=folder)).predict([shared_gz2 / p for p in clear["image"]])
     agree = np.mean([r.label == e for r, e in zip(results, clear["expected"])])
     assert agree >= 0.85, agree
-    # Near-unanimous galaxies are not the ones a model should flag.
-    assert np.mean([r.warning is not None for r in results]) <= 0.1
+    # Near-unanimous galaxies are rarely the ones a model should flag (the debiased model, less sure
+    # of what a distant galaxy would look like nearby, flags 6 of these 58 as low confidence).
+    assert np.mean([r.warning is not None for r in results]) <= 0.15
