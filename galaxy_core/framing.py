@@ -22,6 +22,7 @@ from .images import resize_square
 
 FRAMER_VERSION = 1  # part of a framed cache's key: a changed framer frames anew
 DETECTION_SIDE = 256
+FLAT_GREY_LEVELS = 8  # an image whose grey levels all lie closer than this is blank
 ISOPHOTE = 0.1  # the galaxy ends where its light falls to this fraction of its peak
 MIN_AREA, MIN_AREA_FRACTION = 24.0, 0.0015  # smaller sources are stars or specks of noise
 STANDS_OUT = 5.0  # times the median source's area
@@ -63,7 +64,6 @@ class Sky:
     noise: float  # robust standard deviation of the background
     colour: tuple[float, float, float]
     noise_rgb: tuple[float, float, float]
-    fraction: float  # share of pixels that look like background
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,6 @@ class Source:
     x: float
     y: float
     r90: float
-    area: float
     touches_edge: float  # its brightness where the image ends, over its peak: 0 when inside
     peak_margin: float  # from its brightest point to the nearest edge, over the image's shorter side
 
@@ -127,8 +126,7 @@ def estimate_sky(rgb: np.ndarray, grey: np.ndarray) -> Sky:
     background = rgb[keep] if keep.any() else rgb.reshape(-1, 3)
     colour = np.median(background, axis=0)
     spread = 1.4826 * np.median(np.abs(background - colour), axis=0)
-    return Sky(level, noise, tuple(float(c) for c in colour), tuple(float(c) for c in spread),  # type: ignore[arg-type]
-               float(keep.mean()))
+    return Sky(level, noise, tuple(float(c) for c in colour), tuple(float(c) for c in spread))  # type: ignore[arg-type]
 
 
 def find_galaxy(grey: np.ndarray, sky: Sky) -> Source | None:
@@ -198,12 +196,11 @@ def _measure(member: np.ndarray, seed: tuple[int, int], light: np.ndarray, smoot
     h, w = member.shape
     py, px = seed
     margin = min(py, px, h - 1 - py, w - 1 - px) / min(h, w)
-    return Source(float(cx), float(cy), max(r90, 1.0), float(member.sum()), float(border / max(peak, 1e-6)),
-                  float(margin))
+    return Source(float(cx), float(cy), max(r90, 1.0), float(border / max(peak, 1e-6)), float(margin))
 
 
-def _warning(sky: Sky, source: Source | None, grey: np.ndarray) -> str | None:
-    if float(grey.max() - grey.min()) < 8 or sky.noise < 0.05 and source is None:
+def _warning(sky: Sky, source: Source | None, flat: bool) -> str | None:
+    if flat or (sky.noise < 0.05 and source is None):
         return WARNINGS["blank"]
     if sky.level > 90:
         return WARNINGS["not_sky"]
@@ -243,21 +240,21 @@ def frame_image(image: Image.Image, spec: FramingSpec | None, out_size: int) -> 
     image = image.convert("RGB")
     rgb, grey, factor = _small(image)
     sky = estimate_sky(rgb, grey)
-    found = find_galaxy(grey, sky) if float(grey.max() - grey.min()) >= 8 else None
-    warning = _warning(sky, found, grey)
+    flat = float(grey.max() - grey.min()) < FLAT_GREY_LEVELS
+    found = None if flat else find_galaxy(grey, sky)
+    warning = _warning(sky, found, flat)
     width, height = image.size
     source = None if found is None else _scaled(found, factor)
     if spec is None or source is None or warning == WARNINGS["not_sky"]:
         side = float(min(width, height))
         box = ((width - side) // 2, (height - side) // 2, side)
         return Framing(resize_square(image, out_size), box, source, sky, warning)
-    else:
-        side = max(source.r90 / spec.radius_fraction, 8.0)
-        box = (source.x + 0.5 - side / 2, source.y + 0.5 - side / 2, side)
+    side = max(source.r90 / spec.radius_fraction, 8.0)
+    box = (source.x + 0.5 - side / 2, source.y + 0.5 - side / 2, side)
     return Framing(_cut(image, box, out_size, sky), box, source, sky, warning)
 
 
 def _scaled(source: Source, factor: float) -> Source:
     """From detection-copy pixels to the input image's pixels."""
     return Source((source.x + 0.5) * factor - 0.5, (source.y + 0.5) * factor - 0.5, source.r90 * factor,
-                  source.area * factor**2, source.touches_edge, source.peak_margin)
+                  source.touches_edge, source.peak_margin)

@@ -24,7 +24,6 @@ from .images import MAX_DECODED_SIDE, ImageLoadError, ImageSource, load_image
 from .inference import Outputs, iter_chunks, predict_outputs
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
-"""Decoded pixels held for one batch, whatever the batch size."""
 CSV_COLUMNS = ["path", "label", *[f"p_{c.lower()}" for c in CLASSES], "error",
                *[f"vote_{a}" for a in ANSWERS], "warning"]
 
@@ -111,15 +110,6 @@ class Classifier:
         square, for a model trained on cutouts as downloaded), with the framer's warning."""
         return frame_image(image, self.card.framing, self.bundle.geometry.source_size)
 
-    def arrays(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return np.stack([self.frame(im).image for im in images])
-
-    def outputs(self, images: Sequence[Image.Image]) -> Outputs:
-        """Calibrated class probabilities (n, 3) and vote fractions for PIL images of any size."""
-        if not images:
-            return Outputs(np.zeros((0, len(CLASSES)), dtype=np.float32))
-        return self._outputs(self.arrays(images))
-
     def _outputs(self, cutouts: np.ndarray) -> Outputs:
         return predict_outputs(self.bundle, cutouts, tta=self.tta, batch_size=self.config.batch_size)
 
@@ -135,10 +125,6 @@ class Classifier:
             result.warning = answer_warning(framing, p, self.card.confidence_floor)
             if outputs.votes is not None:
                 result.votes = {a: float(v) for a, v in zip(ANSWERS, outputs.votes[j])}
-
-    def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """(n, 3) calibrated probabilities for PIL images of any size, in CLASSES order."""
-        return self.outputs(images).probs
 
     def predict(self, sources: Sequence[ImageSource], names: Sequence[str] | None = None,
                 progress: Callable[[int, int], None] | None = None) -> list[Prediction]:
@@ -179,9 +165,13 @@ class Classified:
 
     prediction: Prediction
     preview: Image.Image | None = None
-    framed: Image.Image | None = None
     size: tuple[int, int] | None = None
     framing: Framing | None = None
+
+    @property
+    def framed(self) -> Image.Image | None:
+        """The framed cutout the network reads, as a picture."""
+        return None if self.framing is None else Image.fromarray(self.framing.image)
 
 
 def classify_uploads(classifier: Classifier, items: Sequence[tuple[str, bytes]],
@@ -198,12 +188,9 @@ def classify_uploads(classifier: Classifier, items: Sequence[tuple[str, bytes]],
             continue
         preview = image.copy()
         preview.thumbnail((preview_size, preview_size))
-        framing = classifier.frame(image)
-        out.append(Classified(Prediction(name), preview, Image.fromarray(framing.image), image.size, framing))
-    good = [c for c in out if c.framing is not None]
-    for part in iter_chunks(len(good), classifier.config.batch_size):
-        chunk = good[part]
-        classifier.classify_framed([c.framing for c in chunk], [c.prediction for c in chunk])
+        out.append(Classified(Prediction(name), preview, image.size, classifier.frame(image)))
+    good = [c for c in out if c.framing is not None]  # batched by the forward pass itself
+    classifier.classify_framed([c.framing for c in good], [c.prediction for c in good])
     return out
 
 
