@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .config import GalaxyError
+from .fields import clip
 
 ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -130,8 +131,7 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
 
 def _one_line(exc: BaseException) -> str:
     """Exception text fit for one line of a CSV cell or a terminal."""
-    text = " ".join(str(exc).split())
-    return text[:200] or exc.__class__.__name__
+    return clip(" ".join(str(exc).split()), 200) or exc.__class__.__name__
 
 
 def check_jpeg(data: bytes, size: int | None = None) -> None:

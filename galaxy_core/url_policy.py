@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from .config import DEFAULT_CATALOGUE_URL, DEFAULT_CUTOUT_URL
 from .fetch import FetchError
+from .fields import clip
 
 ENV_NAME = "GALAXY_ALLOWED_HOSTS"
 DEFAULT_HOSTS = (
@@ -39,7 +40,7 @@ def _resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
-        raise HostNotAllowed(f"host {host[:100]} cannot be resolved") from None
+        raise HostNotAllowed(f"host {clip(host, 100)} cannot be resolved") from None
     return [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
 
 
@@ -102,11 +103,11 @@ class HostPolicy:
             raise HostNotAllowed("only http(s) URLs can be fetched")
         allowed = ", ".join(self.hosts)
         if not self.host_allowed(host):
-            raise HostNotAllowed(f"this app does not fetch from {host[:100]}: allowed hosts are {allowed} "
+            raise HostNotAllowed(f"this app does not fetch from {clip(host, 100)}: allowed hosts are {allowed} "
                                  f"(set {ENV_NAME} to change the list)")
         if not resolve:
             return
         for address in _resolve(host, port or (443 if parts.scheme == "https" else 80)):
             if not _public(address) and not any(address in net for net in self.networks):
-                raise HostNotAllowed(f"this app does not fetch from {host[:100]}: it is a loopback, private "
+                raise HostNotAllowed(f"this app does not fetch from {clip(host, 100)}: it is a loopback, private "
                                      f"or link-local address (list the address in {ENV_NAME} to allow it)")
