@@ -233,7 +233,6 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .atomic import write_text_atomic
-    from .bundle import read_card
     from .evaluate import evaluate_bundle
     from .terminal import CountBar, metrics_text
 
@@ -244,7 +243,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         result = evaluate_bundle(config, bar.evaluate)
     finally:
         bar.close()
-    print(f"{config.model_dir} answers {read_card(config.model_dir).question}; scored against the "
+    print(f"{config.model_dir} answers {result.question}; scored against the "
           f"{result.metrics.labels} labels")
     print(metrics_text(result.metrics))
     if args.json:

@@ -167,6 +167,7 @@ def held_out_rows(dataset: PackedDataset, bundle: ModelBundle) -> tuple[np.ndarr
 class EvaluationResult:
     metrics: Metrics
     misclassified: list[dict[str, Any]]
+    question: str = ""  # what the model answers (its card's label rule), for whoever shows the metrics
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.metrics.to_dict(), "misclassified": self.misclassified}
@@ -190,4 +191,4 @@ def evaluate_bundle(config: EvaluateConfig,
                                       fractions=dataset.fractions(rows), tally=tally)
     tally.finish()
     wrong = misclassified(dataset.ids[rows], dataset.index["image"].to_numpy()[rows], labels, probs)
-    return EvaluationResult(replace(metrics, split=which, labels=dataset.rule), wrong)
+    return EvaluationResult(replace(metrics, split=which, labels=dataset.rule), wrong, bundle.card.question)
