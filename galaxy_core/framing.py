@@ -220,8 +220,10 @@ def _cut(image: Image.Image, box: tuple[float, float, float], out_size: int, sky
     # Resample only the part inside the image, then place it on a sky-coloured canvas.
     x0, y0 = max(0.0, left), max(0.0, top)
     x1, y1 = min(float(width), left + side), min(float(height), top + side)
-    rng = np.random.default_rng(0)
-    canvas = rng.normal(sky.colour, sky.noise_rgb, (out_size, out_size, 3))
+    if (x0, y0, x1, y1) == (left, top, left + side, top + side):
+        canvas = np.empty((out_size, out_size, 3))  # the image covers the box: no sky to draw
+    else:
+        canvas = np.random.default_rng(0).normal(sky.colour, sky.noise_rgb, (out_size, out_size, 3))
     if x1 - x0 >= 1 and y1 - y0 >= 1:
         ox, oy = round((x0 - left) * scale), round((y0 - top) * scale)
         pw = min(out_size - ox, max(1, round((x1 - x0) * scale)))
