@@ -11,7 +11,7 @@ folder as a page and skip this script's sidebar.
 
 import streamlit as st
 
-from app_pages.common import PAGE_ICONS, PAGES, folders, job_sidebar, model_sidebar
+from app_support.common import PAGE_ICONS, PAGES, folders, job_sidebar, model_sidebar
 
 st.set_page_config(page_title="Galaxy Zoo classifier", page_icon=":material/blur_on:", layout="wide")
 

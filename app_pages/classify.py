@@ -6,15 +6,24 @@ import time
 
 import streamlit as st
 
-from galaxy_core.config import CLASSES, DEFAULT_CUTOUT_URL, GalaxyError
-from galaxy_core.cutouts import fetch_cutout
-from galaxy_core.examples import CREDIT, example_by_id, list_examples
-from galaxy_core.gradcam import CAPTION, COLOUR_MAP, colour_scale
-from galaxy_core.predict import IMAGE_SUFFIXES, classify_uploads, outline_framing, predictions_csv, vote_sentence
-
-from app_pages import charts
-from app_pages.common import EXAMPLE_PARAM, active_model, draw_thumbnail, fetch_policy, load_classifier, point_to
-from app_pages.tables import page_bounds
+from app_support import charts
+from app_support.common import EXAMPLE_PARAM, active_model, draw_thumbnail, fetch_policy, load_classifier, point_to
+from app_support.tables import page_bounds
+from galaxy_core.base import CLASSES, DEFAULT_CUTOUT_URL, GalaxyError
+from galaxy_core.serving import (
+    CAPTION,
+    COLOUR_MAP,
+    CREDIT,
+    IMAGE_SUFFIXES,
+    classify_uploads,
+    colour_scale,
+    example_by_id,
+    list_examples,
+    outline_framing,
+    predictions_csv,
+    vote_sentence,
+)
+from galaxy_core.sources import fetch_cutout
 
 UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 SKY_KEY = "_sky_cutouts"

@@ -7,19 +7,43 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from galaxy_core.config import BALANCE_CHOICES, DEFAULT_CATALOGUE_URL, LABEL_RULES, DEFAULT_CUTOUT_URL, DownloadConfig, GalaxyError
-from galaxy_core.download import DownloadProgress, DownloadReport
-from galaxy_core.folder import CATALOGUE_NAME, IMAGES_DIR, DatasetFolder
-
-from app_pages import charts
-from app_pages.common import (BALANCE_KEY, BALANCE_WORDS, LABEL_WORDS, LABELS_KEY, PAGES, active_dataset,
-                              add_extra_dataset, balance_choice, dataset_fingerprint, dataset_selectbox, draw_thumbnail,
-                              ensure_cache, fetch_policy, folders, job_registry, known_datasets, label_rule, pixel_stats,
-                              samples, set_active_dataset, summary)
-from app_pages.folders import new_dataset_dir
-from app_pages.jobs import JobSnapshot
-from app_pages.tables import format_duration, histogram_frame
-from app_pages.tasks import download_task, uploaded_catalogue
+from app_support import charts
+from app_support.common import (
+    BALANCE_KEY,
+    BALANCE_WORDS,
+    LABEL_WORDS,
+    LABELS_KEY,
+    PAGES,
+    active_dataset,
+    add_extra_dataset,
+    balance_choice,
+    dataset_fingerprint,
+    dataset_selectbox,
+    draw_thumbnail,
+    ensure_cache,
+    fetch_policy,
+    folders,
+    job_registry,
+    known_datasets,
+    label_rule,
+    pixel_stats,
+    samples,
+    set_active_dataset,
+    summary,
+)
+from app_support.folders import new_dataset_dir
+from app_support.jobs import JobSnapshot
+from app_support.tables import format_duration, histogram_frame
+from app_support.tasks import download_task, uploaded_catalogue
+from galaxy_core.base import (
+    BALANCE_CHOICES,
+    DEFAULT_CATALOGUE_URL,
+    DEFAULT_CUTOUT_URL,
+    LABEL_RULES,
+    DownloadConfig,
+    GalaxyError,
+)
+from galaxy_core.sources import CATALOGUE_NAME, IMAGES_DIR, DatasetFolder, DownloadProgress, DownloadReport
 
 POLL_S = 1.0
 CATALOGUE_MB = 200

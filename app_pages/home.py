@@ -2,12 +2,19 @@
 
 import streamlit as st
 
-from galaxy_core.config import GalaxyError
-from galaxy_core.examples import CREDIT, list_examples
-
-from app_pages.common import (EXAMPLE_PARAM, PAGES, active_dataset, active_model, dataset_fingerprint,
-                              draw_thumbnail, label_rule, samples)
-from app_pages.tables import format_duration
+from app_support.common import (
+    EXAMPLE_PARAM,
+    PAGES,
+    active_dataset,
+    active_model,
+    dataset_fingerprint,
+    draw_thumbnail,
+    label_rule,
+    samples,
+)
+from app_support.tables import format_duration
+from galaxy_core.base import GalaxyError
+from galaxy_core.serving import CREDIT, list_examples
 
 CARD_HEIGHT = 570
 IMAGE_PX = 160

@@ -7,18 +7,30 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from galaxy_core.bundle import read_evaluation
-from galaxy_core.config import CLASSES, EvaluateConfig, GalaxyError
-from galaxy_core.evaluate import EvaluateProgress, evaluate_bundle
-from galaxy_core.examples import EXAMPLES_DIR
-from galaxy_core.folder import CATALOGUE_NAME, IMAGES_DIR, DatasetFolder
-from galaxy_core.metrics import metric_rows
-
-from app_pages import charts
-from app_pages.common import (MODEL_PARAM, active_model, draw_thumbnail, folders, known_dataset_folder, point_to,
-                              set_active_model, usable_models)
-from app_pages.tables import (format_duration, history_frame, misclassified_frame, page_bounds, per_class_frame,
-                              reliability_frame, row_normalise)
+from app_support import charts
+from app_support.common import (
+    MODEL_PARAM,
+    active_model,
+    draw_thumbnail,
+    folders,
+    known_dataset_folder,
+    point_to,
+    set_active_model,
+    usable_models,
+)
+from app_support.tables import (
+    format_duration,
+    history_frame,
+    misclassified_frame,
+    page_bounds,
+    per_class_frame,
+    reliability_frame,
+    row_normalise,
+)
+from galaxy_core.base import CLASSES, EvaluateConfig, GalaxyError
+from galaxy_core.model import metric_rows, read_evaluation
+from galaxy_core.serving import EXAMPLES_DIR, EvaluateProgress, evaluate_bundle
+from galaxy_core.sources import CATALOGUE_NAME, IMAGES_DIR, DatasetFolder
 
 PER_PAGE = 12
 LINKED_KEY = "_results_linked_model"

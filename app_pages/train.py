@@ -6,17 +6,29 @@ from pathlib import Path
 
 import streamlit as st
 
-from galaxy_core.config import BALANCE_CHOICES, CUTOUT_SIZE, LABEL_RULES, PRECISIONS, GalaxyError, TrainConfig
-from galaxy_core.train import TrainProgress, TrainResult
-
-from app_pages import charts
-from app_pages.common import (BALANCE_KEY, BALANCE_WORDS, LABEL_WORDS, LABELS_KEY, MODEL_PARAM, PAGES, active_dataset,
-                              balance_choice, dataset_selectbox, folders, job_registry, label_rule, point_to,
-                              set_active_model)
-from app_pages.folders import model_dir_for_training
-from app_pages.jobs import JobSnapshot
-from app_pages.tables import format_duration, history_frame
-from app_pages.tasks import training_task
+from app_support import charts
+from app_support.common import (
+    BALANCE_KEY,
+    BALANCE_WORDS,
+    LABEL_WORDS,
+    LABELS_KEY,
+    MODEL_PARAM,
+    PAGES,
+    active_dataset,
+    balance_choice,
+    dataset_selectbox,
+    folders,
+    job_registry,
+    label_rule,
+    point_to,
+    set_active_model,
+)
+from app_support.folders import model_dir_for_training
+from app_support.jobs import JobSnapshot
+from app_support.tables import format_duration, history_frame
+from app_support.tasks import training_task
+from galaxy_core.base import BALANCE_CHOICES, CUTOUT_SIZE, LABEL_RULES, PRECISIONS, GalaxyError, TrainConfig
+from galaxy_core.training import TrainProgress, TrainResult
 
 POLL_S = 1.0
 DEFAULTS = TrainConfig(Path("."), Path("."))

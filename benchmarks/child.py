@@ -14,7 +14,7 @@ from benchmarks.common import peak_rss_mb
 
 
 def build(args: argparse.Namespace) -> dict:
-    from galaxy_core.cache import build_cache
+    from galaxy_core.data.cache import build_cache
 
     start = time.perf_counter()
     report = build_cache(args.data, cache_root=args.cache_root)
@@ -33,7 +33,7 @@ def train_epoch(args: argparse.Namespace) -> dict:
 
 def baseline(args: argparse.Namespace) -> dict:
     """The interpreter with torch and galaxy_core imported: the floor under every other figure."""
-    import galaxy_core.train  # noqa: F401
+    import galaxy_core.training.train  # noqa: F401
 
     return {}
 

@@ -16,13 +16,13 @@ from typing import Any, Iterator
 import pandas as pd
 import requests
 
-from galaxy_core.catalogue import read_catalogue
-from galaxy_core.config import DownloadConfig
-from galaxy_core.cutout_server import CutoutIndex, CutoutServer, ServerOptions
-from galaxy_core import download
-from galaxy_core.cutouts import cutout_params
-from galaxy_core.download import download_cutouts
-from galaxy_core.folder import DatasetFolder
+from galaxy_core.sources.catalogue import read_catalogue
+from galaxy_core.base.config import DownloadConfig
+from galaxy_core.sources.cutout_server import CutoutIndex, CutoutServer, ServerOptions
+from galaxy_core.sources import download
+from galaxy_core.sources.cutouts import cutout_params
+from galaxy_core.sources.download import download_cutouts
+from galaxy_core.sources.folder import DatasetFolder
 
 
 def load_rows(data_dir: Path) -> tuple[pd.DataFrame, CutoutIndex]:

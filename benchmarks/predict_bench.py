@@ -12,16 +12,16 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from galaxy_core import inference
-from galaxy_core.bundle import CARD_NAME, save_bundle
-from galaxy_core.card import ModelCard
-from galaxy_core.config import CLASSES, PredictConfig
-from galaxy_core.folder import DatasetFolder
-from galaxy_core.geometry import InputGeometry
-from galaxy_core.images import load_image
-from galaxy_core.model import Architecture, build_model
-from galaxy_core.normalise import ChannelStats
-from galaxy_core.predict import Classifier
+from galaxy_core.serving import inference
+from galaxy_core.model.bundle import CARD_NAME, save_bundle
+from galaxy_core.model.card import ModelCard
+from galaxy_core.base.config import CLASSES, PredictConfig
+from galaxy_core.sources.folder import DatasetFolder
+from galaxy_core.data.geometry import InputGeometry
+from galaxy_core.sources.images import load_image
+from galaxy_core.model.network import Architecture, build_model
+from galaxy_core.data.normalise import ChannelStats
+from galaxy_core.serving.predict import Classifier
 
 
 def timing_bundle(model_dir: Path, work_dir: Path, settings: dict[str, Any]) -> tuple[Path, bool]:

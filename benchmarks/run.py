@@ -31,8 +31,8 @@ from benchmarks.download_bench import bench_download, bench_download_scaling  # 
 from benchmarks.predict_bench import bench_predict  # noqa: E402
 from benchmarks.train_bench import (bench_step_options, bench_train, shipped_settings,  # noqa: E402
                                     train_config)
-from galaxy_core.config import default_model_dir  # noqa: E402
-from galaxy_core.folder import DatasetFolder  # noqa: E402
+from galaxy_core.base.config import default_model_dir  # noqa: E402
+from galaxy_core.sources.folder import DatasetFolder  # noqa: E402
 
 SECTIONS = ("download", "build", "train", "predict", "scaling")
 

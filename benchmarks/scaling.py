@@ -86,8 +86,8 @@ def anon_mb() -> float:
 
 def make_scaled_dataset(source: Path, factor: int, out: Path) -> Path:
     """``factor`` copies of the shared catalogue under new ids, images as symlinks."""
-    from galaxy_core.catalogue import read_catalogue, write_catalogue
-    from galaxy_core.folder import IMAGES_DIR, DatasetFolder
+    from galaxy_core.sources.catalogue import read_catalogue, write_catalogue
+    from galaxy_core.sources.folder import IMAGES_DIR, DatasetFolder
     import pandas as pd
 
     source, target = DatasetFolder(source), DatasetFolder(out)
@@ -108,7 +108,7 @@ def make_scaled_dataset(source: Path, factor: int, out: Path) -> Path:
 
 
 def child_build(data: Path, cache: Path, shard_size: int, workers: int) -> dict[str, Any]:
-    from galaxy_core.cache import INDEX_NAME, META_NAME, build_cache
+    from galaxy_core.data.cache import INDEX_NAME, META_NAME, build_cache
 
     with MemorySampler() as memory:
         start = time.perf_counter()
@@ -126,8 +126,8 @@ def child_train(data: Path, cache: Path, out: Path, model: str, threads: int,
                 max_galaxies: int | None) -> dict[str, Any]:
     import torch
 
-    from galaxy_core.config import TrainConfig
-    from galaxy_core.train import train
+    from galaxy_core.base.config import TrainConfig
+    from galaxy_core.training.train import train
 
     sizes = {"small": dict(input_size=32, width=8, depth=1, tta=False),
              "default": dict()}[model]
@@ -167,11 +167,11 @@ def run_child(*args: str) -> dict[str, Any]:
 def measure_download(source: Path, work: Path, n: int, rate: float, workers: int,
                      latency_s: float) -> dict[str, Any]:
     """The downloader at ``--max-rate`` against the stand-in server with SkyServer-like latency."""
-    from galaxy_core.catalogue import read_catalogue
-    from galaxy_core.config import DownloadConfig
-    from galaxy_core.cutout_server import CutoutIndex, CutoutServer, ServerOptions
-    from galaxy_core.download import download_cutouts
-    from galaxy_core.folder import DatasetFolder
+    from galaxy_core.sources.catalogue import read_catalogue
+    from galaxy_core.base.config import DownloadConfig
+    from galaxy_core.sources.cutout_server import CutoutIndex, CutoutServer, ServerOptions
+    from galaxy_core.sources.download import download_cutouts
+    from galaxy_core.sources.folder import DatasetFolder
 
     catalogue = read_catalogue(DatasetFolder(source).catalogue).drop(columns="image").head(n)
     out = work / "download"
@@ -190,8 +190,8 @@ def measure_download(source: Path, work: Path, n: int, rate: float, workers: int
 
 def measure_resume_scan(source: Path) -> dict[str, Any]:
     """What a resumed download spends checking the files it already has (warm page cache)."""
-    from galaxy_core.download import is_complete_jpeg
-    from galaxy_core.folder import DatasetFolder
+    from galaxy_core.sources.download import is_complete_jpeg
+    from galaxy_core.sources.folder import DatasetFolder
 
     paths = sorted(DatasetFolder(source).images.glob("*.jpg"))
     start = time.perf_counter()
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp folder)")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args = parser.parse_args(argv)
-    from galaxy_core.folder import DatasetFolder
+    from galaxy_core.sources.folder import DatasetFolder
 
     if not DatasetFolder(args.data).exists():
         print(f"no catalogue in {args.data}: point --data at the gz2-sdss-128 folder", file=sys.stderr)

@@ -23,16 +23,16 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from benchmarks.common import peak_rss_mb
-from galaxy_core.batches import BatchSource, prefetch
-from galaxy_core.bundle import CARD_NAME, read_card
-from galaxy_core.cache import PackedDataset
-from galaxy_core.config import CLASSES, TrainConfig
-from galaxy_core.dataset import training_targets
-from galaxy_core.distributed import Distributed
-from galaxy_core.folder import DatasetFolder
-from galaxy_core.geometry import InputGeometry
-from galaxy_core.normalise import ChannelStats, input_statistics
-from galaxy_core.train import new_model, open_training_data, train_one_epoch, training_loss
+from galaxy_core.training.batches import BatchSource, prefetch
+from galaxy_core.model.bundle import CARD_NAME, read_card
+from galaxy_core.data.cache import PackedDataset
+from galaxy_core.base.config import CLASSES, TrainConfig
+from galaxy_core.data.dataset import training_targets
+from galaxy_core.training.distributed import Distributed
+from galaxy_core.sources.folder import DatasetFolder
+from galaxy_core.data.geometry import InputGeometry
+from galaxy_core.data.normalise import ChannelStats, input_statistics
+from galaxy_core.training.train import new_model, open_training_data, train_one_epoch, training_loss
 
 SETTING_KEYS = ("arch", "width", "depth", "input_size", "crop", "batch_size", "lr", "weight_decay",
                 "label_smoothing", "aux_weight", "balance", "soft_labels", "augment", "jitter",

@@ -1,40 +1,20 @@
 """Galaxy Zoo morphology classification: Spiral, Elliptical or Uncertain.
 
-Data flows catalogue -> download -> cache -> dataset -> normalise -> train -> evaluate -> predict.
+The package is a house of floors; each imports only the floors below it (tests/test_layout.py
+holds that):
+
+- ``base``: settings dataclasses, error types, validated text fields, atomic writes.
+- ``sources``: what comes from outside: HTTP fetches and the host policy, Galaxy Zoo
+  catalogues, SDSS cutouts, downloads, decoding untrusted image files, the dataset folder.
+- ``data``: what a model reads: the packed image cache, splits and balancing, framing,
+  input geometry, normalisation.
+- ``model``: the network, its typed card, saved bundles, precision, the metrics a card records.
+- ``serving``: a trained model answering: inference with test-time views, evaluate, predict,
+  Grad-CAM, the shipped examples.
+- ``training``: the training loop, its batches, checkpoints and distributed set-up.
+- ``cli`` and ``terminal``: ``python -m galaxy_core`` / ``galaxy-classification``.
+
+Importing the package itself loads nothing heavy (no torch), so ``--help`` answers at once.
 """
 
-from .bundle import BundleError, ModelBundle, load_bundle, read_card
-from .cache import PackedDataset, build_cache
-from .card import ModelCard
-from .catalogue import CatalogueError, class_counts, read_catalogue
-from .checkpoint import CheckpointError, TrainingBusyError
-from .config import (
-    CLASSES,
-    ConfigError,
-    DownloadConfig,
-    EvaluateConfig,
-    GalaxyError,
-    PredictConfig,
-    SplitConfig,
-    TrainConfig,
-    default_model_dir,
-)
-from .dataset import balance, dataset_summary, split_dataset
-from .download import DownloadProgress, DownloadReport, download_cutouts
-from .evaluate import evaluate_bundle
-from .folder import DatasetError, DatasetFolder
-from .geometry import InputGeometry
-from .images import ImageLoadError, load_image
-from .normalise import ChannelStats, compute_channel_stats, image_to_tensor, tensor_to_image
-from .predict import Classifier, Prediction
-from .train import TrainProgress, TrainResult, train
-
-__all__ = [
-    "BundleError", "CLASSES", "CatalogueError", "ChannelStats", "CheckpointError", "Classifier",
-    "ConfigError", "DatasetError", "DatasetFolder", "DownloadConfig", "DownloadProgress", "DownloadReport",
-    "EvaluateConfig", "GalaxyError", "ImageLoadError", "InputGeometry", "ModelBundle", "ModelCard",
-    "PackedDataset", "PredictConfig", "Prediction", "SplitConfig", "TrainConfig", "TrainProgress",
-    "TrainResult", "TrainingBusyError", "balance", "build_cache", "class_counts", "compute_channel_stats",
-    "dataset_summary", "default_model_dir", "download_cutouts", "evaluate_bundle", "image_to_tensor",
-    "load_bundle", "load_image", "read_card", "read_catalogue", "split_dataset", "tensor_to_image", "train",
-]
+__version__ = "1.0.0"

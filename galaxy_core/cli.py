@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from .config import (
+from galaxy_core.base.config import (
     ARCHITECTURES,
     BALANCE_CHOICES,
     DEFAULT_CATALOGUE_URL,
@@ -154,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from .catalogue import class_counts, has_labels, label_column, read_catalogue
-    from .download import download_cutouts
+    from galaxy_core.sources.catalogue import class_counts, has_labels, label_column, read_catalogue
+    from galaxy_core.sources.download import download_cutouts
     from .terminal import CountBar
 
     config = DownloadConfig(out_dir=args.out, cutout_url=args.cutout_url, cutout_size=args.size,
@@ -182,8 +182,8 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from .cache import build_cache
-    from .dataset import dataset_summary
+    from galaxy_core.data.cache import build_cache
+    from galaxy_core.data.dataset import dataset_summary
     from .terminal import CountBar
 
     bar = CountBar("build cache")
@@ -207,7 +207,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .terminal import TrainingDisplay, metrics_text
-    from .train import train
+    from galaxy_core.training.train import train
 
     config = train_config_from_args(args)
     display = TrainingDisplay()
@@ -232,8 +232,8 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .atomic import write_text_atomic
-    from .evaluate import evaluate_bundle
+    from galaxy_core.base.atomic import write_text_atomic
+    from galaxy_core.serving.evaluate import evaluate_bundle
     from .terminal import CountBar, metrics_text
 
     config = EvaluateConfig(data_dir=args.data, model_dir=args.model or PredictConfig().model_dir,
@@ -252,7 +252,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .predict import Classifier, expand_inputs, write_predictions_csv
+    from galaxy_core.serving.predict import Classifier, expand_inputs, write_predictions_csv
     from .terminal import CountBar
 
     config = PredictConfig() if args.model is None else PredictConfig(model_dir=args.model)
@@ -277,7 +277,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .cutout_server import CutoutIndex, CutoutServer, ServerOptions
+    from galaxy_core.sources.cutout_server import CutoutIndex, CutoutServer, ServerOptions
 
     try:
         index = CutoutIndex.from_catalogue(args.data)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from galaxy_core.cutout_server import CutoutIndex, CutoutServer, ServerOptions
+from galaxy_core.sources.cutout_server import CutoutIndex, CutoutServer, ServerOptions
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GALAXY_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -102,8 +102,8 @@ def cutout_server_for():
 def trained_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model bundle trained once per session on synthetic galaxies (a few seconds on CPU);
     its card's config.data_dir points at those galaxies."""
-    from galaxy_core.config import TrainConfig
-    from galaxy_core.train import train
+    from galaxy_core.base.config import TrainConfig
+    from galaxy_core.training.train import train
 
     root = tmp_path_factory.mktemp("tiny-model")
     data_dir = make_dataset(root / "data", n_per_class=12)

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from galaxy_core.config import CLASSES
-from galaxy_core.examples import list_examples
+from galaxy_core.base.config import CLASSES
+from galaxy_core.serving.examples import list_examples
 from app_fixtures import fresh_caches  # noqa: F401 (autouse)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app_pages.folders import AppFolders, InvalidNameError, model_dir_for_training, new_dataset_dir, validate_name
-from app_pages.tables import (format_duration, history_frame, misclassified_frame, page_bounds, per_class_frame,
+from app_support.folders import AppFolders, InvalidNameError, model_dir_for_training, new_dataset_dir, validate_name
+from app_support.tables import (format_duration, history_frame, misclassified_frame, page_bounds, per_class_frame,
                               reliability_frame, row_normalise)
-from app_pages.tasks import download_task, uploaded_catalogue
-from galaxy_core.card import EpochRecord
-from galaxy_core.checkpoint import discard_checkpoint
-from galaxy_core.config import CLASSES, ConfigError, DownloadConfig
-from galaxy_core.download import DownloadProgress
-from galaxy_core.metrics import ClassScores, Metrics, ReliabilityBin
+from app_support.tasks import download_task, uploaded_catalogue
+from galaxy_core.model.card import EpochRecord
+from galaxy_core.training.checkpoint import discard_checkpoint
+from galaxy_core.base.config import CLASSES, ConfigError, DownloadConfig
+from galaxy_core.sources.download import DownloadProgress
+from galaxy_core.model.metrics import ClassScores, Metrics, ReliabilityBin
 
 
 def test_folders_come_from_the_environment_or_the_repo(tmp_path: Path):
@@ -130,9 +130,9 @@ def test_download_job_from_an_uploaded_catalogue_resumes(tiny_dataset: Path, tmp
 
 
 def test_pixel_histograms_become_a_long_table(tiny_dataset: Path, isolated_cache: Path):
-    from app_pages.tables import histogram_frame
-    from galaxy_core.cache import PackedDataset
-    from galaxy_core.normalise import pixel_statistics
+    from app_support.tables import histogram_frame
+    from galaxy_core.data.cache import PackedDataset
+    from galaxy_core.data.normalise import pixel_statistics
 
     stats = pixel_statistics(PackedDataset.open(tiny_dataset, cache_root=isolated_cache), bins=16)
     frame = histogram_frame(stats)

@@ -18,12 +18,12 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, make_dataset, synthetic_galaxy
-from galaxy_core.catalogue import CatalogueError, read_catalogue
+from galaxy_core.sources.catalogue import CatalogueError, read_catalogue
 from galaxy_core.cli import EXIT_PARTIAL_FAILURE, EXIT_USER_ERROR, main
-from galaxy_core.config import CLASSES, ConfigError, PredictConfig, TrainConfig
-from galaxy_core.cutout_server import CutoutIndex, CutoutServer, ServerOptions
-from galaxy_core.predict import Classifier
-from galaxy_core.train import train
+from galaxy_core.base.config import CLASSES, ConfigError, PredictConfig, TrainConfig
+from galaxy_core.sources.cutout_server import CutoutIndex, CutoutServer, ServerOptions
+from galaxy_core.serving.predict import Classifier
+from galaxy_core.training.train import train
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:
@@ -153,7 +153,7 @@ def test_cli_predict_to_stdout_and_bad_model(trained_tiny_model: Path, image_fol
 # Measures peak resident memory (VmHWM, reset to the current size first) while loading files.
 MEMORY_PROBE = r"""
 import re, sys
-from galaxy_core.images import ImageLoadError, load_image
+from galaxy_core.sources.images import ImageLoadError, load_image
 
 def status(field):
     with open("/proc/self/status") as f:

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from galaxy_core.config import CLASSES
-from galaxy_core.examples import list_examples
+from galaxy_core.base.config import CLASSES
+from galaxy_core.serving.examples import list_examples
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("GALAXY_CHROMIUM", "/usr/bin/chromium"))

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from galaxy_core.catalogue import (CatalogueError, class_counts, label_from_fractions, parse_sexagesimal,
+from galaxy_core.sources.catalogue import (CatalogueError, class_counts, label_from_fractions, parse_sexagesimal,
                                    read_catalogue, rule_fractions, rule_labels, write_catalogue)
 
 GZ1_HEADER = ("OBJID,RA,DEC,NVOTE,P_EL,P_CW,P_ACW,P_EDGE,P_DK,P_MG,P_CS,P_EL_DEBIASED,P_CS_DEBIASED,"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from galaxy_core.bundle import read_card
+from galaxy_core.model.bundle import read_card
 from galaxy_core.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def test_user_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture)
 
 def test_four_commands_on_shared_data(shared_gz2: Path, tmp_path: Path) -> None:
     """Download a few hundred real cutouts by coordinates, train briefly, evaluate, predict."""
-    from galaxy_core.cutout_server import CutoutIndex, CutoutServer
+    from galaxy_core.sources.cutout_server import CutoutIndex, CutoutServer
 
     data, model = tmp_path / "data", tmp_path / "model"
     with CutoutServer(CutoutIndex.from_catalogue(shared_gz2)) as server:

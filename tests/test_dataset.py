@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from galaxy_core.config import CLASSES, ConfigError, SplitConfig
-from galaxy_core.cache import PackedDataset, build_cache
-from galaxy_core.dataset import balance, soft_targets, split_dataset
-from galaxy_core.images import load_image
+from galaxy_core.base.config import CLASSES, ConfigError, SplitConfig
+from galaxy_core.data.cache import PackedDataset, build_cache
+from galaxy_core.data.dataset import balance, soft_targets, split_dataset
+from galaxy_core.sources.images import load_image
 
 
 def test_cache_holds_decoded_images_and_is_reused(tiny_dataset: Path, tmp_path: Path) -> None:

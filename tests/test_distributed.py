@@ -24,15 +24,15 @@ import torch
 import torch.distributed as dist
 
 from conftest import REPO, make_dataset
-from galaxy_core import model as model_module
-from galaxy_core.bundle import load_bundle, read_card
-from galaxy_core.config import TrainConfig
-from galaxy_core.geometry import InputGeometry
-from galaxy_core.normalise import ChannelStats
-from galaxy_core.checkpoint import CHECKPOINT_NAME, LOCK_NAME
-from galaxy_core.distributed import Distributed
-from galaxy_core.batches import BatchSource
-from galaxy_core.train import open_training_data, train
+from galaxy_core.model import network as model_module
+from galaxy_core.model.bundle import load_bundle, read_card
+from galaxy_core.base.config import TrainConfig
+from galaxy_core.data.geometry import InputGeometry
+from galaxy_core.data.normalise import ChannelStats
+from galaxy_core.training.checkpoint import CHECKPOINT_NAME, LOCK_NAME
+from galaxy_core.training.distributed import Distributed
+from galaxy_core.training.batches import BatchSource
+from galaxy_core.training.train import open_training_data, train
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="this PyTorch build has no torch.distributed with gloo")
@@ -45,7 +45,7 @@ TORCHRUN_TIMEOUT_S = 240
 # left between process counts is floating-point summation order.
 DETERMINISTIC_LAUNCHER = """\
 import functools, runpy
-import galaxy_core.model as m
+import galaxy_core.model.network as m
 m.NETWORKS["plain_cnn"] = functools.partial(m.PlainCNN, dropout=0.0)
 runpy.run_module("galaxy_core", run_name="__main__", alter_sys=True)
 """

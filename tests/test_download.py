@@ -8,13 +8,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from galaxy_core.catalogue import read_catalogue
-from galaxy_core.config import ConfigError, DownloadConfig
-from galaxy_core.cutout_server import ServerOptions
-from galaxy_core.cutouts import cutout_params
-from galaxy_core.download import download_cutouts, image_relpath
-from galaxy_core.folder import MANIFEST_NAME
-from galaxy_core.images import load_image
+from galaxy_core.sources.catalogue import read_catalogue
+from galaxy_core.base.config import ConfigError, DownloadConfig
+from galaxy_core.sources.cutout_server import ServerOptions
+from galaxy_core.sources.cutouts import cutout_params
+from galaxy_core.sources.download import download_cutouts, image_relpath
+from galaxy_core.sources.folder import MANIFEST_NAME
+from galaxy_core.sources.images import load_image
 
 
 def test_query_matches_skyserver_getjpeg() -> None:
@@ -77,7 +77,7 @@ def test_settings_are_validated(tmp_path: Path, field: str, value: object) -> No
 
 def test_gz1_rows_download_through_synthesising_server(shared_gz1: Path, tmp_path: Path) -> None:
     """GZ1 rows have no images here: the stand-in synthesises them, exercising catalogue -> download."""
-    from galaxy_core.cutout_server import CutoutIndex, CutoutServer
+    from galaxy_core.sources.cutout_server import CutoutIndex, CutoutServer
 
     catalogue = read_catalogue(shared_gz1)
     with CutoutServer(CutoutIndex([]), ServerOptions(synthesize_missing=True)) as server:
@@ -92,7 +92,7 @@ def test_written_files_get_ordinary_permissions(tmp_path: Path) -> None:
     """Not mkstemp's private 0600: other users and tools read datasets and models."""
     import os
 
-    from galaxy_core.atomic import write_bytes_atomic
+    from galaxy_core.base.atomic import write_bytes_atomic
 
     umask = os.umask(0)
     os.umask(umask)

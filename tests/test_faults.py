@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 
 from conftest import make_dataset
-from galaxy_core.catalogue import read_catalogue
-from galaxy_core.config import DownloadConfig
-from galaxy_core.cutout_server import CutoutServer, ServerOptions
-from galaxy_core.download import DownloadReport, download_cutouts
-from galaxy_core.folder import IMAGES_DIR, MANIFEST_NAME
-from galaxy_core.images import check_jpeg
+from galaxy_core.sources.catalogue import read_catalogue
+from galaxy_core.base.config import DownloadConfig
+from galaxy_core.sources.cutout_server import CutoutServer, ServerOptions
+from galaxy_core.sources.download import DownloadReport, download_cutouts
+from galaxy_core.sources.folder import IMAGES_DIR, MANIFEST_NAME
+from galaxy_core.sources.images import check_jpeg
 
 RETRIES = 2
 # Why each permanent fault finally failed, as the report must say it.

@@ -14,11 +14,11 @@ from conftest import make_dataset
 from streamlit.testing.v1 import AppTest
 from test_app import APP, TIMEOUT, by_label, fill_tiny_training, open_page, texts, wait_for
 
-from app_pages.recent import RECENT_NAME, read_recent, remember
-from app_pages.tables import job_fraction
-from galaxy_core.download import DownloadProgress
-from galaxy_core.examples import CREDIT, list_examples
-from galaxy_core.train import TrainProgress
+from app_support.recent import RECENT_NAME, read_recent, remember
+from app_support.tables import job_fraction
+from galaxy_core.sources.download import DownloadProgress
+from galaxy_core.serving.examples import CREDIT, list_examples
+from galaxy_core.training.train import TrainProgress
 from app_fixtures import fresh_caches  # noqa: F401 (autouse)
 
 
@@ -150,9 +150,9 @@ def test_job_progress_reads_training_evaluation_and_downloads() -> None:
 def test_curves_and_confusion_colours_suit_the_dark_theme() -> None:
     import numpy as np
 
-    from app_pages import charts
-    from app_pages.tables import history_frame
-    from galaxy_core.card import EpochRecord
+    from app_support import charts
+    from app_support.tables import history_frame
+    from galaxy_core.model.card import EpochRecord
 
     history = [EpochRecord(e, 1.0 / e, 0.5, 1.1 / e, 0.4, 1e-3, 1.0) for e in (1, 2, 3)]
     fig = charts.curves(history_frame(history), "loss")

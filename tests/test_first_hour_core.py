@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from conftest import make_dataset
 
-from galaxy_core.bundle import load_bundle
-from galaxy_core.catalogue import CatalogueError, read_catalogue, rule_labels
+from galaxy_core.model.bundle import load_bundle
+from galaxy_core.sources.catalogue import CatalogueError, read_catalogue, rule_labels
 from galaxy_core.cli import main
-from galaxy_core.config import TrainConfig
-from galaxy_core.train import train
+from galaxy_core.base.config import TrainConfig
+from galaxy_core.training.train import train
 
 
 def plain_folder(root: Path, labels: list[str] | None = None) -> Path:
@@ -99,7 +99,7 @@ def test_model_help_says_the_shipped_model_is_the_default(command: str, capsys: 
 def test_grad_cam_colours_match_the_caption_and_leave_the_galaxy_visible() -> None:
     from PIL import Image
 
-    from galaxy_core.gradcam import CAPTION, COLOUR_MAP, colour_scale, colourise, overlay_heatmap
+    from galaxy_core.serving.gradcam import CAPTION, COLOUR_MAP, colour_scale, colourise, overlay_heatmap
 
     assert COLOUR_MAP == "inferno" and "bright yellow = drove the prediction" in CAPTION
     hot, cold = colourise(np.array([1.0, 0.0]))
@@ -116,7 +116,7 @@ def test_grad_cam_colours_match_the_caption_and_leave_the_galaxy_visible() -> No
 
 
 def test_the_examples_folder_lists_its_galaxies_and_names_what_is_wrong(tmp_path: Path) -> None:
-    from galaxy_core.examples import ExamplesError, list_examples
+    from galaxy_core.serving.examples import ExamplesError, list_examples
 
     assert list_examples(tmp_path / "absent") == []
     shipped = list_examples()

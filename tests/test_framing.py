@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from galaxy_core.card import ModelCard
-from galaxy_core.fields import FieldError
-from galaxy_core.framing import NO_GALAXY, WARNINGS, FramingSpec, frame_image
-from galaxy_core.predict import answer_warning, vote_sentence
+from galaxy_core.model.card import ModelCard
+from galaxy_core.base.fields import FieldError
+from galaxy_core.data.framing import NO_GALAXY, WARNINGS, FramingSpec, frame_image
+from galaxy_core.serving.predict import answer_warning, vote_sentence
 
 SPEC = FramingSpec(0.3)
 
@@ -126,9 +126,9 @@ def test_framing_is_deterministic_and_without_a_spec_is_the_plain_centre_square(
 def test_framing_spec_is_validated_and_round_trips_through_the_card():
     with pytest.raises(FieldError, match="framing.radius_fraction"):
         FramingSpec.from_dict({"radius_fraction": 5})
-    from galaxy_core.geometry import InputGeometry
-    from galaxy_core.model import Architecture
-    from galaxy_core.normalise import ChannelStats
+    from galaxy_core.data.geometry import InputGeometry
+    from galaxy_core.model.network import Architecture
+    from galaxy_core.data.normalise import ChannelStats
 
     card = ModelCard(Architecture("resnet_small", 8, 1, 3), InputGeometry(), ChannelStats((0.1,) * 3, (0.2,) * 3),
                      labels="votes", framing=SPEC, confidence_floor=0.45)

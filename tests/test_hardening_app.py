@@ -13,7 +13,7 @@ import pytest
 from test_app import PAGES, by_label, fresh_caches, open_page, texts  # noqa: F401 - fresh_caches is autouse
 from test_hardening_fetch import Stand, drip
 
-from galaxy_core.config import DEFAULT_CATALOGUE_URL, DEFAULT_CUTOUT_URL
+from galaxy_core.base.config import DEFAULT_CATALOGUE_URL, DEFAULT_CUTOUT_URL
 
 pytestmark = pytest.mark.usefixtures("fresh_caches")
 

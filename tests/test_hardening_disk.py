@@ -15,11 +15,11 @@ import pytest
 import torch
 from conftest import make_dataset
 
-from galaxy_core import checkpoint
-from galaxy_core.cache import build_cache
-from galaxy_core.checkpoint import CheckpointError, save_checkpoint
+from galaxy_core.training import checkpoint
+from galaxy_core.data.cache import build_cache
+from galaxy_core.training.checkpoint import CheckpointError, save_checkpoint
 from galaxy_core.cli import EXIT_USER_ERROR, main
-from galaxy_core.folder import DatasetError
+from galaxy_core.sources.folder import DatasetError
 
 Usage = namedtuple("Usage", "total used free")
 

@@ -15,14 +15,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from galaxy_core import catalogue_io
-from galaxy_core.catalogue import CatalogueError, read_catalogue
+from galaxy_core.sources import catalogue_io
+from galaxy_core.sources.catalogue import CatalogueError, read_catalogue
 from galaxy_core.cli import EXIT_PARTIAL_FAILURE, main
-from galaxy_core.config import DownloadConfig
-from galaxy_core.cutouts import CutoutClient, CutoutError, fetch_cutout, retry_after_s
-from galaxy_core.download import download_cutouts
-from galaxy_core.fetch import FetchStopped
-from galaxy_core.url_policy import ENV_NAME, HostNotAllowed, HostPolicy
+from galaxy_core.base.config import DownloadConfig
+from galaxy_core.sources.cutouts import CutoutClient, CutoutError, fetch_cutout, retry_after_s
+from galaxy_core.sources.download import download_cutouts
+from galaxy_core.sources.fetch import FetchStopped
+from galaxy_core.sources.hosts import ENV_NAME, HostNotAllowed, HostPolicy
 
 CATALOGUE = b"id,ra,dec,frac_smooth,frac_features,frac_artifact,label\ng1,10.0,-5.0,0.9,0.05,0.05,Elliptical\n"
 

@@ -15,10 +15,12 @@ import pytest
 from conftest import REPO
 from PIL import Image, ImageDraw
 
-from galaxy_core import catalogue_io, predict
-from galaxy_core.catalogue import CatalogueError, read_catalogue
-from galaxy_core.catalogue_io import read_raw_table
-from galaxy_core.images import MAX_DECODED_SIDE, load_image
+from galaxy_core.sources import catalogue_io
+
+from galaxy_core.serving import predict
+from galaxy_core.sources.catalogue import CatalogueError, read_catalogue
+from galaxy_core.sources.catalogue_io import read_raw_table
+from galaxy_core.sources.images import MAX_DECODED_SIDE, load_image
 
 GZ1_HEADER = (b"OBJID,RA,DEC,NVOTE,P_EL,P_CW,P_ACW,P_EDGE,P_DK,P_MG,P_CS,P_EL_DEBIASED,P_CS_DEBIASED,"
               b"SPIRAL,ELLIPTICAL,UNCERTAIN\n")

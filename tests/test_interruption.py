@@ -16,16 +16,16 @@ import pytest
 import torch
 
 from conftest import REPO, make_dataset
-from galaxy_core.bundle import load_bundle
-from galaxy_core.catalogue import read_catalogue
+from galaxy_core.model.bundle import load_bundle
+from galaxy_core.sources.catalogue import read_catalogue
 from galaxy_core.cli import EXIT_USER_ERROR, main
-from galaxy_core.config import DownloadConfig, TrainConfig
-from galaxy_core.cutout_server import ServerOptions
-from galaxy_core.download import download_cutouts
-from galaxy_core.folder import IMAGES_DIR
-from galaxy_core.images import check_jpeg
-from galaxy_core.checkpoint import CHECKPOINT_NAME, TrainingBusyError, discard_checkpoint, output_lock
-from galaxy_core.train import train
+from galaxy_core.base.config import DownloadConfig, TrainConfig
+from galaxy_core.sources.cutout_server import ServerOptions
+from galaxy_core.sources.download import download_cutouts
+from galaxy_core.sources.folder import IMAGES_DIR
+from galaxy_core.sources.images import check_jpeg
+from galaxy_core.training.checkpoint import CHECKPOINT_NAME, TrainingBusyError, discard_checkpoint, output_lock
+from galaxy_core.training.train import train
 
 
 def wait_for(condition, timeout_s: float = 90.0, what: str = "condition") -> None:
@@ -163,8 +163,8 @@ def test_stop_event_then_resume_matches_uninterrupted_run(reference, tmp_path: P
 WAITING_TRAIN = """
 import sys, time
 from pathlib import Path
-import galaxy_core.train
-core = sys.modules["galaxy_core.train"]
+import galaxy_core.training.train
+core = sys.modules["galaxy_core.training.train"]
 marker = Path(sys.argv.pop(1))
 one_epoch = core.train_one_epoch
 def waiting(model, source, optimiser, scheduler, epoch, device, dist_info, on_batch, stop):

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from galaxy_core.geometry import InputGeometry, crop_and_resize, dihedral, dihedral_per_sample
-from galaxy_core.normalise import ChannelStats, compute_channel_stats, image_to_tensor, normalise, tensor_to_image
+from galaxy_core.data.geometry import InputGeometry, crop_and_resize, dihedral, dihedral_per_sample
+from galaxy_core.data.normalise import ChannelStats, compute_channel_stats, image_to_tensor, normalise, tensor_to_image
 
 
 def test_stats_match_numpy() -> None:

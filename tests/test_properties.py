@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from galaxy_core.catalogue import CatalogueError, parse_sexagesimal, read_catalogue
-from galaxy_core.images import ImageLoadError, load_image
-from galaxy_core.geometry import InputGeometry
-from galaxy_core.normalise import ChannelStats, image_to_tensor, tensor_to_image
+from galaxy_core.sources.catalogue import CatalogueError, parse_sexagesimal, read_catalogue
+from galaxy_core.sources.images import ImageLoadError, load_image
+from galaxy_core.data.geometry import InputGeometry
+from galaxy_core.data.normalise import ChannelStats, image_to_tensor, tensor_to_image
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

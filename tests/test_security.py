@@ -19,17 +19,17 @@ import torch
 from PIL import Image
 
 from conftest import make_dataset
-from galaxy_core.bundle import CARD_NAME, WEIGHTS_NAME, BundleError, load_bundle
-from galaxy_core.catalogue import read_catalogue
+from galaxy_core.model.bundle import CARD_NAME, WEIGHTS_NAME, BundleError, load_bundle
+from galaxy_core.sources.catalogue import read_catalogue
 from galaxy_core.cli import EXIT_USER_ERROR, main
-from galaxy_core.config import DownloadConfig, PredictConfig, TrainConfig
-from galaxy_core.cache import PackedDataset, build_cache
-from galaxy_core.download import download_cutouts
-from galaxy_core.folder import IMAGES_DIR, DatasetFolder
-from galaxy_core.images import ImageLoadError, load_image
-from galaxy_core.predict import Classifier
-from galaxy_core.checkpoint import CHECKPOINT_NAME, CheckpointError
-from galaxy_core.train import train
+from galaxy_core.base.config import DownloadConfig, PredictConfig, TrainConfig
+from galaxy_core.data.cache import PackedDataset, build_cache
+from galaxy_core.sources.download import download_cutouts
+from galaxy_core.sources.folder import IMAGES_DIR, DatasetFolder
+from galaxy_core.sources.images import ImageLoadError, load_image
+from galaxy_core.serving.predict import Classifier
+from galaxy_core.training.checkpoint import CHECKPOINT_NAME, CheckpointError
+from galaxy_core.training.train import train
 
 
 class Payload:

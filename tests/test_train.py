@@ -12,16 +12,16 @@ import torch
 from PIL import Image
 
 from conftest import make_dataset, synthetic_galaxy
-from galaxy_core.bundle import load_bundle, read_card
-from galaxy_core.config import CLASSES, ConfigError, EvaluateConfig, PredictConfig, TrainConfig
-from galaxy_core.evaluate import evaluate_bundle
-from galaxy_core.inference import TurnedImages
-from galaxy_core.metrics import classification_metrics
-from galaxy_core.geometry import InputGeometry
-from galaxy_core.model import Architecture, build_model
-from galaxy_core.predict import Classifier, predictions_csv
-from galaxy_core.checkpoint import CHECKPOINT_NAME
-from galaxy_core.train import train
+from galaxy_core.model.bundle import load_bundle, read_card
+from galaxy_core.base.config import CLASSES, ConfigError, EvaluateConfig, PredictConfig, TrainConfig
+from galaxy_core.serving.evaluate import evaluate_bundle
+from galaxy_core.serving.inference import TurnedImages
+from galaxy_core.model.metrics import classification_metrics
+from galaxy_core.data.geometry import InputGeometry
+from galaxy_core.model.network import Architecture, build_model
+from galaxy_core.serving.predict import Classifier, predictions_csv
+from galaxy_core.training.checkpoint import CHECKPOINT_NAME
+from galaxy_core.training.train import train
 
 
 def small_config(data: Path, out: Path, **overrides) -> TrainConfig:
@@ -187,8 +187,8 @@ def test_models_build() -> None:
 
 
 def test_jitter_without_perturbation_is_the_plain_crop() -> None:
-    from galaxy_core.batches import jittered_crop, random_jitter
-    from galaxy_core.geometry import InputGeometry, crop_and_resize
+    from galaxy_core.training.batches import jittered_crop, random_jitter
+    from galaxy_core.data.geometry import InputGeometry, crop_and_resize
 
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 128, 128, 3), dtype=np.uint8))
     for geometry in (InputGeometry(128, 96, 64), InputGeometry(128, 96, 32)):  # source, crop, input

@@ -1,0 +1,138 @@
+"""The networks: a compact ResNet sized for 64-px galaxy cutouts, and a plain CNN baseline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from galaxy_core.base import fields
+from galaxy_core.base.config import ARCHITECTURES, CLASSES
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Which network, and its size: all that is needed to rebuild it before loading weights."""
+
+    name: str = "resnet_small"
+    width: int = 32
+    depth: int = 2
+    aux_outputs: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "width": self.width, "depth": self.depth, "aux_outputs": self.aux_outputs}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], path: str = "architecture.") -> "Architecture":
+        values = fields.section(values, path.rstrip("."))
+        return cls(name=fields.choice(values, "name", path, options=ARCHITECTURES),
+                   width=fields.integer(values, "width", path, low=4, high=128),
+                   depth=fields.integer(values, "depth", path, low=1, high=8),
+                   aux_outputs=fields.integer(values, "aux_outputs", path, low=0, high=16, default=0))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual shortcut (He et al. 2016)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                          nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class PooledHead(nn.Module):
+    """Global average pooling, dropout, class logits; optionally the vote-fraction head's logits,
+    returned beside the class logits in training mode only, so a plain forward pass in
+    evaluation mode always gives class logits (``outputs`` gives both)."""
+
+    def __init__(self, channels: int, num_classes: int, dropout: float, aux_outputs: int = 0):
+        super().__init__()
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout))
+        self.fc = nn.Linear(channels, num_classes)
+        self.aux = nn.Linear(channels, aux_outputs) if aux_outputs else None
+
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        pooled = self.pool(x)
+        return self.fc(pooled), None if self.aux is None else self.aux(pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        logits, aux = self.outputs(x)
+        if self.training and aux is not None:
+            return logits, aux
+        return logits
+
+
+class GalaxyResNet(nn.Module):
+    """Stem at half resolution, four stages doubling width, global average pooling.
+
+    ``features`` is the last convolutional stage, which Grad-CAM reads for saliency maps.
+    """
+
+    def __init__(self, num_classes: int = 3, width: int = 32, depth: int = 2, dropout: float = 0.2,
+                 aux_outputs: int = 0):
+        super().__init__()
+        widths = [width, width * 2, width * 4, width * 8]
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1, bias=False),
+                                  nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        layers, c_in = [], width
+        for i, c_out in enumerate(widths):
+            for j in range(depth):
+                layers.append(BasicBlock(c_in, c_out, 2 if (j == 0 and i > 0) else 1))
+                c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.head = PooledHead(c_in, num_classes, dropout, aux_outputs)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        for block in self.features:
+            nn.init.zeros_(block.bn2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(self.stem(x)))
+
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class logits and vote-fraction logits (None without that head), in any mode."""
+        return self.head.outputs(self.features(self.stem(x)))
+
+
+class PlainCNN(nn.Module):
+    """The baseline: four conv-pool blocks and a linear head, as in the original project."""
+
+    def __init__(self, num_classes: int = 3, width: int = 32, depth: int = 1, dropout: float = 0.3,
+                 aux_outputs: int = 0):
+        super().__init__()
+        blocks, c_in = [], 3
+        for i in range(4):
+            c_out = width * 2 ** min(i, 2)
+            blocks += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            c_in = c_out
+        self.features = nn.Sequential(*blocks)
+        self.head = PooledHead(c_in, num_classes, dropout, aux_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.head.outputs(self.features(x))
+
+
+NETWORKS = {"resnet_small": GalaxyResNet, "plain_cnn": PlainCNN}
+assert tuple(NETWORKS) == ARCHITECTURES, "config.ARCHITECTURES lists the names users may pass"
+
+
+def build_model(arch: Architecture) -> nn.Module:
+    return NETWORKS[arch.name](num_classes=len(CLASSES), width=arch.width, depth=arch.depth,
+                               aux_outputs=arch.aux_outputs)

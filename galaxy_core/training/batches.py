@@ -1,0 +1,143 @@
+"""Training batches: which views each step trains on, and how they become augmented network input.
+
+Every epoch draws its shuffling and augmentation from the seed and the epoch number alone, so a
+resumed run sees the same batches, and any number of processes split the same global batches.
+Batches are prepared in a background thread while the network trains on the previous one.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from galaxy_core.data.cache import PackedDataset
+from galaxy_core.base.config import TrainConfig
+from galaxy_core.data.dataset import Balanced, training_targets
+from galaxy_core.training.distributed import Distributed
+from galaxy_core.data.geometry import InputGeometry, compose_dihedral, crop_and_resize, dihedral_per_sample
+from galaxy_core.data.normalise import ChannelStats, normalise
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def random_jitter(n: int, gen: torch.Generator, max_zoom: float = 0.1,
+                  max_shift_px: float = 3.0) -> torch.Tensor:
+    """Per-view (angle, zoom, shift x, shift y): any rotation, +-10% zoom, +-3 px shifts."""
+    u = torch.rand(n, 4, generator=gen, dtype=torch.float64)
+    return torch.stack([u[:, 0] * 2 * math.pi, 1 + max_zoom * (2 * u[:, 1] - 1),
+                        max_shift_px * (2 * u[:, 2] - 1), max_shift_px * (2 * u[:, 3] - 1)], 1).float()
+
+
+def jittered_crop(images_uint8: torch.Tensor, geometry: InputGeometry, jitter: torch.Tensor) -> torch.Tensor:
+    """Like ``crop_and_resize``, then rotated, zoomed and shifted per view.
+
+    A margin a quarter wider than the crop is resized at the same scale as the crop itself, and
+    the network-size view is resampled from it, so with no jitter the result equals the plain
+    crop (pixel centres coincide; only the outermost pixels differ, where the plain crop's resize
+    filter is cut off); rotated corners that reach past the margin see the image mirrored.
+    Galaxy Zoo CNNs (Dieleman et al. 2015) rely on such perturbations to stop a network
+    memorising a few thousand galaxies.
+    """
+    side = images_uint8.shape[1]
+    scale = geometry.input_size / geometry.crop
+    margin = min(round(geometry.crop * 1.25 * scale), int(side * scale))
+    margin -= (margin - geometry.input_size) % 2  # centred crops of the margin align only if this is even
+    wide = InputGeometry(source_size=geometry.source_size, crop=round(margin / scale), input_size=margin,
+                          pixel_scale=geometry.pixel_scale)
+    x = crop_and_resize(images_uint8, wide)
+    angle, zoom, dx, dy = jitter.unbind(1)
+    ratio = geometry.input_size / margin / zoom
+    cos, sin = torch.cos(angle) * ratio, torch.sin(angle) * ratio
+    theta = torch.stack([torch.stack([cos, -sin, dx * 2 / margin], 1),
+                         torch.stack([sin, cos, dy * 2 / margin], 1)], 1)
+    size = geometry.input_size
+    grid = F.affine_grid(theta, [x.shape[0], 3, size, size], align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+@dataclass
+class BatchSource:
+    """Training views (row, quarter turns) and how to turn them into network input."""
+
+    dataset: PackedDataset
+    views: Balanced
+    stats: ChannelStats
+    geometry: InputGeometry
+    config: TrainConfig
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.views.rows) / self.config.batch_size)
+
+    def batches(self, epoch: int, dist_info: Distributed) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Global batches are the same for any world size; each rank takes every world-th item."""
+        gen = epoch_generator(self.config.seed, epoch)
+        n, size = len(self.views.rows), self.config.batch_size
+        perm = torch.randperm(n, generator=gen).numpy()
+        steps = self.steps_per_epoch()
+        perm = np.resize(perm, steps * size)
+        flips = torch.randint(0, 8, (steps * size,), generator=gen)
+        jitter = random_jitter(steps * size, gen) if self.config.jitter else None
+        for step in range(steps):
+            chunk = np.arange(step * size, (step + 1) * size)[dist_info.rank::dist_info.world]
+            picked = perm[chunk]
+            rows = self.views.rows[picked]
+            images = torch.from_numpy(self.dataset.images(rows))
+            if jitter is None:
+                x = crop_and_resize(images, self.geometry)
+            else:
+                x = jittered_crop(images, self.geometry, jitter[torch.from_numpy(chunk)])
+            # The balancing turn and the random symmetry, composed and applied once to the small
+            # network-size crop (they commute with a centred crop and resize), not to the cutout.
+            symmetry = torch.from_numpy(self.views.rotations[picked])
+            if self.config.augment:
+                symmetry = compose_dihedral(flips[chunk], symmetry)
+            x = normalise(dihedral_per_sample(x, symmetry), self.stats)
+            x = x.contiguous(memory_format=torch.channels_last)
+            targets = torch.from_numpy(training_targets(self.dataset, rows, self.config.soft_labels,
+                                                        self.config.aux_outputs))
+            yield x, targets
+
+
+def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
+    """Prepare the next batches in a thread while the current one trains."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in iterator:
+                if stop.is_set():
+                    return
+                slots.put(item)
+            slots.put(done)
+        except BaseException as exc:  # surfaced in the consumer
+            slots.put(exc)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)

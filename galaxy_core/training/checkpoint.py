@@ -1,0 +1,101 @@
+"""Checkpoints and the output-folder lock: what makes a stopped run resume to the same result,
+and what keeps two jobs from writing to one model folder.
+
+Checkpoints are loaded with ``weights_only=True``: a crafted file is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from galaxy_core.base import fields
+from galaxy_core.base.atomic import DISK_FULL, atomic_path, file_lock, remove_stale_parts
+from galaxy_core.base.config import ConfigError, GalaxyError, TrainConfig
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_KEYS = frozenset({"model", "optimiser", "scheduler", "epoch", "config", "history"})
+LOCK_NAME = ".train.lock"
+# Settings that may change between a run and its resumption without changing the result.
+RESUMABLE_KEYS = {"data_dir", "out_dir", "cache_dir", "num_threads", "device"}
+
+
+class TrainingBusyError(GalaxyError):
+    """Another training job is already writing to this output folder."""
+
+
+class CheckpointError(GalaxyError):
+    """A checkpoint file is corrupt, hostile or not one of ours."""
+
+
+@contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """An exclusive OS lock on the output folder: one training job per folder, however started."""
+    busy = TrainingBusyError(f"another training job is already writing to {out_dir}")
+    with file_lock(Path(out_dir) / LOCK_NAME, busy=busy):
+        remove_stale_parts(out_dir)  # half-written checkpoints of a job that was killed
+        yield
+
+
+def comparable(config_dict: dict) -> dict:
+    """The settings a resumed run must share, with defaults for fields added since it was saved
+    and today's names for renamed ones."""
+    try:
+        config = TrainConfig.from_dict({"data_dir": ".", "out_dir": ".", **config_dict})
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"the checkpoint's settings are not valid ({exc}); delete it or use --restart") from None
+    return {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_KEYS}
+
+
+def load_checkpoint(path: Path, config: TrainConfig) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        with warnings.catch_warnings():  # torch's remarks on a foreign pickle are not for the user
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a corrupt or hostile file is refused, never executed
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({exc.__class__.__name__}); "
+                              "delete it or use --restart") from None
+    missing = CHECKPOINT_KEYS - set(state) if isinstance(state, dict) else CHECKPOINT_KEYS
+    if missing or not isinstance(state["config"], dict):
+        raise CheckpointError(f"{path} is not a training checkpoint (missing "
+                              f"{', '.join(sorted(missing)) or 'config'}); delete it or use --restart")
+    if comparable(state["config"]) != comparable(config.to_dict()):
+        saved = comparable(state["config"])
+        changed = sorted(k for k, v in comparable(config.to_dict()).items() if saved.get(k) != v)
+        raise ConfigError(f"{path.parent} holds a checkpoint trained with different settings "
+                          f"({', '.join(changed)}); use a new --out folder or --restart")
+    return state
+
+
+def discard_checkpoint(out_dir: Path) -> bool:
+    """Start a run over; raises TrainingBusyError rather than pull the checkpoint from under a
+    job that is still writing to ``out_dir``."""
+    path = Path(out_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        return False
+    with output_lock(Path(out_dir)):
+        path.unlink(missing_ok=True)
+    return True
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically: a failed write (a full disk) leaves the previous checkpoint as it was."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as exc:  # torch reports a failed write as a RuntimeError
+        full = getattr(exc, "errno", None) in DISK_FULL or "write" in str(exc).lower()
+        reason = "the disk is full or cannot be written" if full else fields.clip(str(exc).splitlines()[0], 200)
+        raise CheckpointError(f"cannot save the checkpoint {path}: {reason}; the previous checkpoint is kept, "
+                              "free some space and run the same command again to resume") from None
+
+
+@contextmanager
+def no_lock() -> Iterator[None]:
+    yield

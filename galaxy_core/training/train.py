@@ -1,0 +1,327 @@
+"""The training loop: ``train_one_epoch``, ``evaluate`` and ``train`` (torchvision's reference shape).
+
+Seeded and resumable (a checkpoint at every epoch end holds model, optimiser, scheduler, epoch,
+config and history), data-parallel under torchrun, and reporting progress through a callback
+that the CLI turns into a terminal bar and the app into live charts.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from galaxy_core.training.batches import BatchSource, prefetch
+from galaxy_core.model.bundle import Evaluation, ModelBundle, new_card, save_bundle
+from galaxy_core.data.cache import ImageRows, PackedDataset
+from galaxy_core.model.card import DataSummary, EpochRecord
+from galaxy_core.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, no_lock, output_lock, save_checkpoint
+from galaxy_core.base.config import CLASSES, ConfigError, TrainConfig
+from galaxy_core.data.dataset import TrainingPlan, plan_training
+from galaxy_core.training.distributed import Distributed, pick_device, setup_distributed
+from galaxy_core.serving.evaluate import HELD_OUT_PASSES, EvaluateProgress, ProgressTally, calibrate, held_out_metrics
+from galaxy_core.sources.catalogue import rule_labels
+from galaxy_core.sources.folder import DatasetFolder
+from galaxy_core.data.framing import framing_spec
+from galaxy_core.data.geometry import InputGeometry
+from galaxy_core.serving.inference import predict_probs
+from galaxy_core.model.metrics import Metrics, misclassified
+from galaxy_core.model.network import Architecture, build_model
+from galaxy_core.model.card_markdown import write_model_card
+from galaxy_core.data.normalise import input_statistics
+from galaxy_core.model.precision import autocast
+
+
+@dataclass
+class TrainProgress:
+    """One event for the CLI's progress bar or the app's live charts."""
+
+    phase: str
+    epoch: int = 0
+    epochs: int = 0
+    batch: int = 0
+    batches: int = 0
+    loss: float | None = None
+    accuracy: float | None = None
+    elapsed_s: float = 0.0
+    eta_s: float | None = None
+    message: str = ""
+    history: list[EpochRecord] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    stopped: bool
+    epochs_done: int
+    history: list[EpochRecord]
+    metrics: Metrics | None
+    counts_before: dict[str, int]
+    counts_after: dict[str, int]
+    split_sizes: dict[str, int]
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
+    if smoothing:
+        targets = targets * (1 - smoothing) + smoothing / targets.shape[1]
+    return -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
+
+def training_loss(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
+                  config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft cross-entropy on the classes, plus (with ``aux_weight``) the vote-fraction head's
+    cross-entropy against the volunteers' answers as a distribution over smooth, features and
+    artifact (the multinomial likelihood of the votes, per vote): the fractions say how far a
+    galaxy is from the 0.8 threshold, which the class label alone does not."""
+    with autocast(x.device, config.precision):
+        outputs = model(x)
+    if config.aux_weight <= 0:
+        return soft_cross_entropy(outputs, targets, config.label_smoothing), outputs
+    logits, aux = outputs
+    k = len(CLASSES)
+    loss = soft_cross_entropy(logits, targets[:, :k], config.label_smoothing)
+    aux_loss = soft_cross_entropy(aux, targets[:, k:], 0.0)
+    return loss + config.aux_weight * aux_loss, logits
+
+
+def one_cycle_schedule(optimiser: torch.optim.Optimizer, total_steps: int,
+                       warmup: float = 0.25) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from lr/25 over the first quarter, then cosine decay towards zero (the
+    one-cycle shape); a pure function of the step, so a checkpoint only needs the step count."""
+    warm = max(1, int(total_steps * warmup))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return 0.04 + 0.96 * step / warm
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+
+
+def new_model(config: TrainConfig) -> nn.Module:
+    """The untrained network of a run, initialised from its seed."""
+    torch.manual_seed(config.seed)
+    return build_model(Architecture(config.arch, config.width, config.depth, config.aux_outputs))
+
+
+def train_one_epoch(model: nn.Module, source: BatchSource, optimiser: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, device: torch.device,
+                    dist_info: Distributed, on_batch: Callable[[int, int, float, float], None],
+                    stop: threading.Event | None) -> tuple[float, float, bool]:
+    """One pass over the training views; returns (loss, accuracy, stopped)."""
+    model.train()
+    torch.manual_seed(source.config.seed * 100_003 + epoch)
+    loss_sum = correct = seen = 0.0
+    steps = source.steps_per_epoch()
+    for step, (x, targets) in enumerate(prefetch(source.batches(epoch, dist_info))):
+        if stop is not None and stop.is_set():
+            return loss_sum / max(seen, 1), correct / max(seen, 1), True
+        x, targets = x.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        loss, logits = training_loss(model, x, targets, source.config)
+        targets = targets[:, :len(CLASSES)]
+        n = x.shape[0]
+        # DDP averages gradients over ranks; weighting each rank's mean by its share of the
+        # global batch makes that average the global batch's mean however the items split.
+        share = n * dist_info.world / source.config.batch_size
+        optimiser.zero_grad(set_to_none=True)
+        (loss * share if share != 1 else loss).backward()
+        optimiser.step()
+        scheduler.step()
+        loss_sum += float(loss.detach()) * n
+        correct += float((logits.argmax(1) == targets.argmax(1)).sum())
+        seen += n
+        on_batch(step + 1, steps, loss_sum / seen, correct / seen)
+    loss_sum, correct, seen = dist_info.sum([loss_sum, correct, seen], device)
+    return loss_sum / max(seen, 1), correct / max(seen, 1), False
+
+
+def evaluate(bundle: ModelBundle, dataset: PackedDataset, rows: np.ndarray,
+             dist_info: Distributed) -> tuple[float, float]:
+    """Loss and accuracy on un-augmented galaxies (one view, hard labels), reduced across processes."""
+    mine = rows[dist_info.rank::dist_info.world]
+    probs = predict_probs(bundle, ImageRows(dataset, mine), tta=False)
+    labels = dataset.labels[mine]
+    nll = float(-np.log(np.clip(probs[np.arange(len(mine)), labels], 1e-12, 1)).sum()) if len(mine) else 0.0
+    correct = float((probs.argmax(1) == labels).sum()) if len(mine) else 0.0
+    nll, correct, n = dist_info.sum([nll, correct, float(len(mine))], bundle.device)
+    return nll / max(n, 1), correct / max(n, 1)
+
+
+def open_training_data(config: TrainConfig, world: int) -> tuple[PackedDataset, TrainingPlan]:
+    """Read the catalogue once, plan the split and balance on it (settings the data cannot satisfy
+    fail here, before any image is decoded), then open the image cache, building it if needed.
+
+    Every process opens the cache itself, so each machine may keep its own copy; the cache's
+    build lock makes the processes sharing one cache folder decode the images only once.
+    """
+    frame = DatasetFolder(config.data_dir).read_catalogue()
+    plan = plan_training(frame["id"].to_numpy(str), rule_labels(frame, config.labels), config, world)
+    dataset = PackedDataset.open(config.data_dir, labels=config.labels, cache_root=config.cache_dir,
+                                 catalogue=frame, framing=framing_spec(config.framing))
+    if len(dataset) != len(frame):  # images that could not be decoded are not in the cache
+        plan = plan_training(dataset.ids, dataset.labels, config, world)
+    if config.crop > dataset.source_size:
+        raise ConfigError(f"crop {config.crop} is larger than the {dataset.source_size}-pixel cutouts")
+    return dataset, plan
+
+
+def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None = None,
+          stop: threading.Event | None = None, command: str | None = None,
+          restart: bool = False) -> TrainResult:
+    """Train, checkpoint every epoch, evaluate on the test galaxies and save a model bundle.
+
+    ``restart`` discards an existing checkpoint, but only once the settings are known to fit the
+    data and no other job holds the folder. Under torchrun the same call trains data-parallel:
+    each process takes its share of every global batch, and only rank 0 reads and writes the
+    output folder.
+    """
+    device = pick_device(config.device)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    dist_info = setup_distributed(device)
+    try:
+        return _train(config, device, dist_info, progress, stop, command, restart)
+    finally:
+        dist_info.close()
+
+
+def _train(config: TrainConfig, device: torch.device, dist_info: Distributed,
+           progress: Callable[[TrainProgress], None] | None, stop: threading.Event | None,
+           command: str | None, restart: bool) -> TrainResult:
+    out_dir = Path(config.out_dir)
+    emit = progress if (progress is not None and dist_info.main) else (lambda event: None)
+    start = time.monotonic()
+
+    def report(message: str) -> None:
+        emit(TrainProgress("prepare", epochs=config.epochs, message=message,
+                           elapsed_s=time.monotonic() - start))
+
+    report("reading the catalogue and building the image cache")
+    dataset, plan = open_training_data(config, dist_info.world)
+    split, views = plan.split, plan.views
+    with output_lock(out_dir) if dist_info.main else no_lock():
+        if restart and dist_info.main:
+            (out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+        report(f"training on {dist_info.world} process{'es' if dist_info.world > 1 else ''} "
+               f"({dist_info.backend})")
+        geometry = InputGeometry(source_size=dataset.source_size, crop=config.crop, input_size=config.input_size)
+        report("computing channel statistics")
+        stats = input_statistics(dataset, split.train, geometry)
+        model = new_model(config).to(device).to(memory_format=torch.channels_last)
+        data = DataSummary(galaxies=sum(split.sizes().values()), cache=dataset.meta["key"], split=split.sizes(),
+                           train_before_balancing=views.counts_before, train_after_balancing=views.counts_after)
+        card = new_card(config, geometry, stats, command=command, seconds=0.0, device=device,
+                        world=dist_info.world, backend=dist_info.backend, data=data)
+        source = BatchSource(dataset, views, stats, geometry, config)
+        optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        steps = source.steps_per_epoch()
+        scheduler = one_cycle_schedule(optimiser, config.epochs * steps)
+        history: list[EpochRecord] = []
+        start_epoch, earlier_s = 0, 0.0
+        checkpoint = load_checkpoint(out_dir / CHECKPOINT_NAME, config) if dist_info.main else None
+        checkpoint = dist_info.from_main(checkpoint)
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint["model"])
+            optimiser.load_state_dict(checkpoint["optimiser"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+            history = [EpochRecord(**h) for h in checkpoint["history"]]
+            start_epoch = checkpoint["epoch"]
+            # Earlier sessions' time; checkpoints from before it was kept: their epochs' time.
+            saved = checkpoint.get("training_seconds")
+            earlier_s = (float(saved) if isinstance(saved, (int, float)) and 0 <= saved < 1e9
+                         else sum(h.seconds for h in history))
+            report(f"resuming from epoch {start_epoch}")
+        net = model
+        if dist_info.world > 1:
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        total_steps = config.epochs * steps
+        run_start, run_steps = time.monotonic(), 0
+
+        for epoch in range(start_epoch, config.epochs):
+            epoch_start = time.monotonic()
+
+            def on_batch(batch: int, batches: int, loss: float, acc: float) -> None:
+                nonlocal run_steps
+                run_steps += 1
+                per_step = (time.monotonic() - run_start) / run_steps
+                remaining = total_steps - (epoch * steps + batch)
+                emit(TrainProgress("train", epoch + 1, config.epochs, batch, batches, loss, acc,
+                                   time.monotonic() - start, per_step * remaining, history=history))
+
+            loss, acc, stopped = train_one_epoch(net, source, optimiser, scheduler, epoch, device,
+                                                 dist_info, on_batch, stop)
+            if stopped:
+                emit(TrainProgress("stopped", epoch, config.epochs, elapsed_s=time.monotonic() - start,
+                                   message=f"stopped; resumes from epoch {epoch}", history=history))
+                return TrainResult(out_dir, True, epoch, history, None, views.counts_before,
+                                   views.counts_after, split.sizes())
+            dist_info.sync_buffers(model)
+            val_loss, val_acc = evaluate(ModelBundle(model, card, config.precision), dataset, split.val, dist_info)
+            history.append(EpochRecord(epoch + 1, loss, acc, val_loss, val_acc, scheduler.get_last_lr()[0],
+                                       time.monotonic() - epoch_start))
+            if dist_info.main:
+                save_checkpoint(out_dir / CHECKPOINT_NAME, {
+                    "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
+                    "config": config.to_dict(), "history": [h.to_dict() for h in history],
+                    "training_seconds": earlier_s + time.monotonic() - start})
+            emit(TrainProgress("epoch", epoch + 1, config.epochs, steps, steps, loss, acc,
+                               time.monotonic() - start, history=list(history),
+                               message=f"val accuracy {val_acc:.3f}"))
+            dist_info.barrier()
+
+        metrics = None
+        if dist_info.main:
+            report("evaluating on the test galaxies")
+            card = replace(card, history=tuple(history), provenance=replace(
+                card.provenance, training_seconds=round(earlier_s + time.monotonic() - start, 1)))
+
+            def evaluating(event: EvaluateProgress) -> None:
+                emit(TrainProgress("evaluate", config.epochs, config.epochs, event.done, event.total,
+                                   elapsed_s=time.monotonic() - start, history=history,
+                                   message="evaluating on the validation and test galaxies"))
+
+            metrics = finish(ModelBundle(model, card, config.precision), dataset, plan, evaluating)
+            emit(TrainProgress("done", config.epochs, config.epochs, elapsed_s=time.monotonic() - start,
+                               history=history, message=f"test accuracy {metrics.accuracy:.3f}"))
+        # No barrier here: the other ranks have nothing left to do, and waiting for rank 0's
+        # test evaluation could outlast the process group's timeout on a large test split.
+    return TrainResult(out_dir, False, config.epochs, history, metrics, views.counts_before,
+                       views.counts_after, split.sizes())
+
+
+def finish(bundle: ModelBundle, dataset: PackedDataset, plan: TrainingPlan,
+           progress: Callable[[EvaluateProgress], None] | None = None) -> Metrics:
+    """Calibrate on the validation galaxies, measure on the test galaxies, save the bundle.
+
+    Images are read a batch at a time, so memory does not grow with the size of the splits;
+    ``progress`` hears how many images of those passes are done.
+    """
+    split, ids = plan.split, dataset.ids
+    bundle.model.eval()
+    tally = ProgressTally(len(split.val) + HELD_OUT_PASSES * len(split.test), progress)
+    bundle = calibrate(bundle, tally.wrap(ImageRows(dataset, split.val)), dataset.labels[split.val],
+                       dataset.fractions(split.val))
+    labels = dataset.labels[split.test]
+    metrics, probs = held_out_metrics(bundle, ImageRows(dataset, split.test), labels,
+                                      fractions=dataset.fractions(split.test), tally=tally)
+    tally.finish()
+    metrics = replace(metrics, split="test", labels=dataset.rule)
+    card = replace(bundle.card, metrics=metrics.without_reliability())
+    evaluation = Evaluation(metrics, {name: ids[getattr(split, name)].tolist() for name in ("train", "val", "test")},
+                            misclassified(ids[split.test], dataset.index["image"].to_numpy()[split.test],
+                                          labels, probs))
+    out_dir = Path(card.provenance.config.out_dir)
+    save_bundle(out_dir, bundle.model, card, evaluation.to_dict())
+    write_model_card(out_dir, card, metrics)
+    return metrics
