@@ -11,17 +11,12 @@ folder as a page and skip this script's sidebar.
 
 import streamlit as st
 
-from app_support.common import PAGE_ICONS, PAGES, folders, job_sidebar, model_sidebar
+from app_support.common import PAGE_INFO, folders, job_sidebar, model_sidebar
 
 st.set_page_config(page_title="Galaxy Zoo classifier", page_icon=":material/blur_on:", layout="wide")
 
-navigation = st.navigation([
-    st.Page(PAGES["home"], title="Home", icon=PAGE_ICONS["home"], default=True),
-    st.Page(PAGES["dataset"], title="Dataset", icon=PAGE_ICONS["dataset"]),
-    st.Page(PAGES["train"], title="Train", icon=PAGE_ICONS["train"]),
-    st.Page(PAGES["results"], title="Results", icon=PAGE_ICONS["results"]),
-    st.Page(PAGES["classify"], title="Classify", icon=PAGE_ICONS["classify"]),
-])
+navigation = st.navigation([st.Page(page.script, title=page.title, icon=page.icon, default=index == 0)
+                            for index, page in enumerate(PAGE_INFO.values())])
 
 model_sidebar()
 job_sidebar()

@@ -185,7 +185,7 @@ for i in range(start, stop):
         if prediction.warning:
             st.warning(prediction.warning, icon=":material/warning:")
         if prediction.votes:
-            st.markdown(vote_sentence(prediction.votes, classifier.card.labels))
+            st.markdown(vote_sentence(prediction.votes, classifier.card.label_rule))
         left, right = st.columns(2)
         width, height = item.size
         left.image(outline_framing(item.preview, item.framing, item.size), width="stretch",

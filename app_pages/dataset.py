@@ -40,6 +40,7 @@ from galaxy_core.base import (
     DEFAULT_CATALOGUE_URL,
     DEFAULT_CUTOUT_URL,
     LABEL_RULES,
+    TRAIN_SETTINGS,
     DownloadConfig,
     GalaxyError,
 )
@@ -185,10 +186,8 @@ def overview(data_dir: Path) -> None:
         return
     left, right = st.columns(2)
     st.session_state[LABELS_KEY] = left.selectbox(
-        "Labels", LABEL_RULES, index=LABEL_RULES.index(label_rule()), format_func=LABEL_WORDS.get,
-        help="Which vote fractions make the class (either way a class needs more than 0.8): what the "
-             "volunteers saw in the image, or Galaxy Zoo's correction for distance. The Train page starts "
-             "with the same choice.")
+        TRAIN_SETTINGS["label_rule"].label, LABEL_RULES, index=LABEL_RULES.index(label_rule()),
+        format_func=LABEL_WORDS.get, help=TRAIN_SETTINGS["label_rule"].help + ". The Train page starts with the same choice.")
     st.session_state[BALANCE_KEY] = right.selectbox(
         "Class balancing for training", BALANCE_CHOICES, index=BALANCE_CHOICES.index(balance_choice()),
         format_func=BALANCE_WORDS.get, help="The Train page starts with the same choice.")

@@ -4,6 +4,7 @@ import streamlit as st
 
 from app_support.common import (
     EXAMPLE_PARAM,
+    PAGE_INFO,
     PAGES,
     active_dataset,
     active_model,
@@ -89,19 +90,19 @@ else:
 
 st.header("Where to go")
 links = [
-    ("classify", "Classify a galaxy", ":material/search:",
+    ("classify", "Classify a galaxy",
      "Upload images or give RA/Dec; see the class, probabilities and where the model looked."),
-    ("dataset", "Build a dataset", ":material/photo_library:",
+    ("dataset", "Build a dataset",
      "Download SDSS cutouts for a Galaxy Zoo catalogue, inspect class balance and pixels."),
-    ("train", "Train a model", ":material/model_training:",
+    ("train", "Train a model",
      "Pick epochs, batch size and learning rate; watch loss and accuracy live."),
-    ("results", "Inspect results", ":material/analytics:",
+    ("results", "Inspect results",
      "Confusion matrix, per-class scores, calibration and the galaxies the model got wrong."),
 ]
-for key, label, icon, text in links:
+for key, label, text in links:
     left, right = st.columns([1, 3], vertical_alignment="center")
     with left:
-        st.page_link(PAGES[key], label=label, icon=icon)
+        st.page_link(PAGE_INFO[key].script, label=label, icon=PAGE_INFO[key].icon)
     right.caption(text)
 
 if dataset is None and model is None:

@@ -59,7 +59,7 @@ model = next(m for m in models if str(m.path) == choice)
 st.query_params[MODEL_PARAM] = st.session_state[LINKED_KEY] = model.name
 card = model.card
 metrics, prov = card.metrics, card.provenance
-st.caption(f"This model answers **{card.question}** (labels `{card.labels}`)"
+st.caption(f"This model answers **{card.question}** (labels `{card.label_rule}`)"
            + (f", with galaxies framed so their r90 is {card.framing.radius_fraction:.0%} of the side."
               if card.framing else ", on cutouts as downloaded."))
 

@@ -27,11 +27,33 @@ from app_support.folders import model_dir_for_training
 from app_support.jobs import JobSnapshot
 from app_support.tables import format_duration, history_frame
 from app_support.tasks import training_task
-from galaxy_core.base import BALANCE_CHOICES, CUTOUT_SIZE, LABEL_RULES, PRECISIONS, GalaxyError, TrainConfig
+from galaxy_core.base import (
+    BALANCE_CHOICES,
+    CUTOUT_SIZE,
+    LABEL_RULES,
+    PRECISIONS,
+    TRAIN_SETTINGS,
+    GalaxyError,
+    TrainConfig,
+)
 from galaxy_core.training import TrainProgress, TrainResult
 
 POLL_S = 1.0
 DEFAULTS = TrainConfig(Path("."), Path("."))
+S = TRAIN_SETTINGS  # each setting's words, help and range
+
+
+def number(column, name: str, **kwargs):  # noqa: ANN001, ANN201 - a Streamlit column
+    """A number box for one TrainConfig setting, with its words, help and range from the core."""
+    setting, default = S[name], getattr(DEFAULTS, name)
+    kind = type(default) if default is not None else int
+    low = kind(setting.low) if setting.low is not None else None
+    high = kind(setting.high) if setting.high is not None else None
+    return column.number_input(setting.label, low, high, kwargs.pop("value", default), help=setting.help, **kwargs)
+
+
+def toggle(column, name: str):  # noqa: ANN001, ANN201 - a Streamlit column
+    return column.toggle(S[name].label, value=getattr(DEFAULTS, name), help=S[name].help)
 
 st.title("Train a model")
 paths = folders()
@@ -47,38 +69,36 @@ def training_form(data_dir: Path) -> None:
                              help="Saved as a folder under the models root; the same name and "
                                   "settings resume a stopped run.")
         c1, c2, c3 = st.columns(3)
-        epochs = c1.number_input("Epochs", 1, 500, 10)
-        batch_size = c2.number_input("Batch size", 2, 1024, DEFAULTS.batch_size)
-        lr = c3.number_input("Learning rate", 1e-5, 1.0, DEFAULTS.lr, format="%.4f", step=1e-3)
+        epochs = number(c1, "epochs")
+        batch_size = number(c2, "batch_size")
+        lr = number(c3, "lr", format="%.4f", step=1e-3)
         c1, c2, c3 = st.columns(3)
-        input_size = c1.select_slider("Image size (px)", [32, 48, 64, 96, 128], DEFAULTS.input_size,
-                                      help="The centre crop is resized to this before the network")
-        seed = c2.number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed,
-                               help="Seeds the split, balancing, shuffling and augmentation")
-        balance = c3.selectbox("Class balancing", BALANCE_CHOICES, BALANCE_CHOICES.index(balance_choice()),
-                               format_func=BALANCE_WORDS.get,
-                               help="Rotate copies of rare classes (and, towards the median, cull common ones)")
-        labels = st.selectbox("Labels", LABEL_RULES, LABEL_RULES.index(label_rule()), format_func=LABEL_WORDS.get,
-                              help="Which vote fractions make the class; the model card records the choice")
+        input_size = c1.select_slider(S["input_size"].label, [32, 48, 64, 96, 128], DEFAULTS.input_size,
+                                      help=S["input_size"].help)
+        seed = number(c2, "seed")
+        balance = c3.selectbox(S["balance"].label, BALANCE_CHOICES, BALANCE_CHOICES.index(balance_choice()),
+                               format_func=BALANCE_WORDS.get, help=S["balance"].help)
+        labels = st.selectbox(S["label_rule"].label, LABEL_RULES, LABEL_RULES.index(label_rule()),
+                              format_func=LABEL_WORDS.get, help=S["label_rule"].help)
         with st.expander("More settings"):
             c1, c2, c3 = st.columns(3)
-            crop = c1.number_input(f"Centre crop of the {CUTOUT_SIZE}-px cutout", 16, CUTOUT_SIZE, DEFAULTS.crop)
-            width = c2.number_input("Network width", 4, 128, DEFAULTS.width)
-            depth = c3.number_input("Blocks per stage", 1, 8, DEFAULTS.depth)
+            crop = c1.number_input(f"Centre crop of the {CUTOUT_SIZE}-px cutout", int(S["crop"].low), CUTOUT_SIZE,
+                                   DEFAULTS.crop, help=S["crop"].help)
+            width = number(c2, "width")
+            depth = number(c3, "depth")
             c1, c2, c3 = st.columns(3)
-            max_galaxies = c1.number_input("Use at most N galaxies (0 = all)", 0, 10_000_000, 0)
-            augment = c2.toggle("Random rotations and flips", value=DEFAULTS.augment)
-            tta = c3.toggle("Average 8 symmetries at test time", value=DEFAULTS.tta)
+            max_galaxies = c1.number_input(f"{S['max_galaxies'].label} (0 = all)", 0, 10_000_000, 0,
+                                           help=S["max_galaxies"].help)
+            augment = toggle(c2, "augment")
+            tta = toggle(c3, "tta")
             c1, c2, c3 = st.columns(3)
-            jitter = c1.toggle("Any-angle rotation, zoom and shift", value=DEFAULTS.jitter)
-            aux_weight = c2.number_input("Vote-fraction head weight", 0.0, 10.0, DEFAULTS.aux_weight,
-                                         step=0.5, help="0 turns off the regression of the vote fractions")
-            weight_decay = c3.number_input("Weight decay", 0.0, 1.0, DEFAULTS.weight_decay,
-                                           format="%.4f", step=0.01)
+            jitter = toggle(c1, "jitter")
+            aux_weight = number(c2, "aux_weight", step=0.5)
+            weight_decay = number(c3, "weight_decay", format="%.4f", step=0.01)
             c1, c2, c3 = st.columns(3)
-            precision = c1.selectbox("Arithmetic", PRECISIONS, PRECISIONS.index(DEFAULTS.precision),
-                                     help="bf16: about twice as fast on processors with native bfloat16")
-            framing = c2.toggle("Frame each galaxy as uploads are framed", value=DEFAULTS.framing is not None,
+            precision = c1.selectbox(S["precision"].label, PRECISIONS, PRECISIONS.index(DEFAULTS.precision),
+                                     help=S["precision"].help)
+            framing = c2.toggle(S["framing"].label, value=DEFAULTS.framing is not None,
                                 help=f"Scale every cutout so the galaxy's r90 is {DEFAULTS.framing:.0%} of the side "
                                      "(off: the cutouts as downloaded)")
             restart = st.checkbox("Start over (discard this model's checkpoint)")
@@ -96,7 +116,7 @@ def training_form(data_dir: Path) -> None:
                              jitter=bool(jitter), aux_weight=float(aux_weight),
                              weight_decay=float(weight_decay), precision=str(precision),
                              max_galaxies=int(max_galaxies) or None, cache_dir=paths.cache_root,
-                             labels=str(labels), framing=DEFAULTS.framing if framing else None)
+                             label_rule=str(labels), framing=DEFAULTS.framing if framing else None)
         registry.start("train", out_dir.name, training_task(config, restart=restart),
                        stopped=lambda result: result.stopped)
     except GalaxyError as exc:

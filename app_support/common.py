@@ -4,6 +4,7 @@ and the active dataset and model kept in ``st.session_state``."""
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,20 +40,27 @@ EXAMPLE_PARAM = "example"
 DATASET_KEY = "dataset_dir"
 DATASET_PARAM = "dataset"
 EXTRA_DATASETS_KEY = "extra_datasets"
-PAGES = {
-    "home": "app_pages/home.py",
-    "dataset": "app_pages/dataset.py",
-    "train": "app_pages/train.py",
-    "results": "app_pages/results.py",
-    "classify": "app_pages/classify.py",
+
+
+@dataclass(frozen=True)
+class PageInfo:
+    """One page's identity: its script, the title in the navigation and its icon."""
+
+    script: str
+    title: str
+    icon: str
+
+
+PAGE_INFO = {
+    "home": PageInfo("app_pages/home.py", "Home", ":material/home:"),
+    "dataset": PageInfo("app_pages/dataset.py", "Dataset", ":material/photo_library:"),
+    "train": PageInfo("app_pages/train.py", "Train", ":material/model_training:"),
+    "results": PageInfo("app_pages/results.py", "Results", ":material/analytics:"),
+    "classify": PageInfo("app_pages/classify.py", "Classify", ":material/search:"),
 }
-PAGE_ICONS = {
-    "home": ":material/home:",
-    "dataset": ":material/photo_library:",
-    "train": ":material/model_training:",
-    "results": ":material/analytics:",
-    "classify": ":material/search:",
-}
+"""Every page, in navigation order; the first is the default."""
+PAGES = {key: page.script for key, page in PAGE_INFO.items()}
+PAGE_ICONS = {key: page.icon for key, page in PAGE_INFO.items()}
 
 
 def folders() -> AppFolders:
@@ -210,10 +218,10 @@ def ensure_cache(data_dir: Path) -> None:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def summary(data_dir: str, fingerprint: tuple[int, int], cache_root: str, balance: str, labels: str,
+def summary(data_dir: str, fingerprint: tuple[int, int], cache_root: str, balance: str, label_rule: str,
             seed: int = 0) -> dict:
     return dataset_summary(Path(data_dir), SplitConfig(seed=seed), balance, cache_root=Path(cache_root),
-                           labels=labels)
+                           label_rule=label_rule)
 
 
 @st.cache_data(show_spinner="Computing pixel statistics…", max_entries=16)
@@ -222,8 +230,8 @@ def pixel_stats(cache_dir: str) -> PixelStatistics:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def samples(data_dir: str, fingerprint: tuple[int, int], per_class: int, seed: int, labels: str) -> dict:
-    return sample_galaxies(Path(data_dir), per_class, seed, labels=labels)
+def samples(data_dir: str, fingerprint: tuple[int, int], per_class: int, seed: int, label_rule: str) -> dict:
+    return sample_galaxies(Path(data_dir), per_class, seed, label_rule=label_rule)
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
@@ -273,7 +281,7 @@ def dataset_selectbox(label: str, current: Path) -> Path:
 
 def label_rule() -> str:
     """The label rule the Dataset page shows and the next training run uses."""
-    return st.session_state.get(LABELS_KEY, TrainConfig.labels)
+    return st.session_state.get(LABELS_KEY, TrainConfig.label_rule)
 
 
 def balance_choice() -> str:

@@ -112,7 +112,7 @@ def test_galaxies(classifier: Classifier, data_dir: Path, limit: int | None) -> 
     table = table[table["id"].astype(str).isin(test)]
     if limit:
         table = table.iloc[:limit]
-    labels = rule_labels(table, classifier.card.labels)
+    labels = rule_labels(table, classifier.card.label_rule)
     return [load_image(folder.root / rel) for rel in table["image"]], labels
 
 
@@ -140,7 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     limit = 200 if args.quick else None
     classifier = Classifier.load(PredictConfig(model_dir=args.model))
-    print(f"model: {args.model} (labels {classifier.card.labels}, framing "
+    print(f"model: {args.model} (labels {classifier.card.label_rule}, framing "
           f"{classifier.card.framing.radius_fraction if classifier.card.framing else 'off'})")
     started = time.perf_counter()
     for name, value in bench_widefield(classifier, args.widefield, limit).items():

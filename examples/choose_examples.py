@@ -37,7 +37,7 @@ def main(source: Path) -> None:
     tests = {rule: set(ids[split_dataset(ids, rule_labels(frame, rule), SplitConfig()).test]) for rule in LABEL_RULES}
     model = next(m for m in SHIPPED if (m / "card.json").is_file())
     classifier = Classifier.load(PredictConfig(model_dir=model))
-    assert set(read_evaluation(model).split_ids["test"]) == tests[classifier.card.labels]
+    assert set(read_evaluation(model).split_ids["test"]) == tests[classifier.card.label_rule]
     test = tests["votes"]
     agree = frame[frame["id"].isin(test)]
     predictions = classifier.predict([source / p for p in agree["image"]])

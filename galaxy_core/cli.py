@@ -23,6 +23,7 @@ from galaxy_core.base.config import (
     DEVICES,
     LABEL_RULES,
     PRECISIONS,
+    TRAIN_SETTINGS,
     DownloadConfig,
     EvaluateConfig,
     GalaxyError,
@@ -34,12 +35,11 @@ from galaxy_core.base.config import (
 EXIT_USER_ERROR = 2
 MODEL_HELP = f"model folder (default: the shipped model, {PredictConfig().model_dir})"
 EXIT_PARTIAL_FAILURE = 1
-LABELS_HELP = ("which vote fractions make the class: votes, what volunteers saw in the image; debiased, "
-               "Galaxy Zoo's distance-corrected morphology (either way a class needs more than 0.8)")
+LABELS_HELP = TRAIN_SETTINGS["label_rule"].help
 
 
 def _add_labels(p: argparse.ArgumentParser, default: str | None, text: str = LABELS_HELP) -> None:
-    p.add_argument("--labels", choices=list(LABEL_RULES), default=default, help=text)
+    p.add_argument("--labels", dest="label_rule", choices=list(LABEL_RULES), default=default, help=text)
 
 
 def _add_download(sub: argparse._SubParsersAction) -> None:
@@ -56,32 +56,18 @@ def _add_download(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retries", type=int, default=d.retries)
     p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per request")
     p.add_argument("--max-rate", type=float, help="at most this many requests per second")
-    _add_labels(p, TrainConfig.labels, "the label rule of the class counts shown (the catalogue keeps both)")
+    _add_labels(p, TrainConfig.label_rule, "the label rule of the class counts shown (the catalogue keeps both)")
 
 
-TRAIN_FLAGS = [  # flag, TrainConfig field, type, help
-    ("epochs", "epochs", int, "passes over the training views"),
-    ("batch-size", "batch_size", int, "images per step"),
-    ("lr", "lr", float, "peak learning rate (one-cycle)"),
-    ("weight-decay", "weight_decay", float, "AdamW decay"),
-    ("label-smoothing", "label_smoothing", float, ""),
-    ("aux-weight", "aux_weight", float, "weight of the vote-fraction regression loss"),
-    ("image-size", "input_size", int, "network input in pixels"),
-    ("crop", "crop", int, "centre crop of the cutout in pixels, before resizing"),
-    ("width", "width", int, "channels of the first stage"),
-    ("depth", "depth", int, "residual blocks per stage"),
-    ("seed", "seed", int, "seeds the split, balancing and training"),
-    ("val-fraction", "val_fraction", float, ""),
-    ("test-fraction", "test_fraction", float, ""),
-    ("threads", "num_threads", int, "CPU threads (default: all cores)"),
-    ("max-galaxies", "max_galaxies", int, "use a seeded random subset of this many galaxies"),
+TRAIN_FLAGS = [  # flag, TrainConfig field, type (help and range: TRAIN_SETTINGS)
+    ("epochs", "epochs", int), ("batch-size", "batch_size", int), ("lr", "lr", float),
+    ("weight-decay", "weight_decay", float), ("label-smoothing", "label_smoothing", float),
+    ("aux-weight", "aux_weight", float), ("image-size", "input_size", int), ("crop", "crop", int),
+    ("width", "width", int), ("depth", "depth", int), ("seed", "seed", int),
+    ("val-fraction", "val_fraction", float), ("test-fraction", "test_fraction", float),
+    ("threads", "num_threads", int), ("max-galaxies", "max_galaxies", int),
 ]
-TRAIN_SWITCHES = [  # flag, TrainConfig field, help
-    ("soft-labels", "soft_labels", "train on vote fractions"),
-    ("augment", "augment", "random rotations and flips"),
-    ("jitter", "jitter", "random any-angle rotation, zoom and shift"),
-    ("tta", "tta", "average the 8 symmetries at test time"),
-]
+TRAIN_SWITCHES = ["soft_labels", "augment", "jitter", "tta"]  # --x / --no-x
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -89,30 +75,29 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a CNN on a dataset folder and save a model bundle")
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="model folder (resumes if it has a checkpoint)")
-    for flag, attr, kind, text in TRAIN_FLAGS:
+    for flag, attr, kind in TRAIN_FLAGS:
         aliases = [f"--{attr.replace('_', '-')}"] if attr.replace("_", "-") != flag else []
-        p.add_argument(f"--{flag}", *aliases, type=kind, default=getattr(d, attr), dest=attr, help=text)
+        p.add_argument(f"--{flag}", *aliases, type=kind, default=getattr(d, attr), dest=attr,
+                       help=TRAIN_SETTINGS[attr].help)
     p.add_argument("--arch", default=d.arch, choices=list(ARCHITECTURES))
     p.add_argument("--device", default=d.device, choices=list(DEVICES))
     p.add_argument("--precision", default=d.precision, choices=list(PRECISIONS),
-                   help="bf16: bfloat16 autocast, about twice as fast on CPUs and GPUs with native "
-                        "bfloat16 (slower where it is emulated)")
+                   help=TRAIN_SETTINGS["precision"].help)
     p.add_argument("--balance", dest="balance_on", action=argparse.BooleanOptionalAction,
                    default=d.balance != "off", help="rotate/cull to equal class counts")
     p.add_argument("--balance-target", default=d.balance if d.balance != "off" else "median",
                    choices=[c for c in BALANCE_CHOICES if c != "off"],
                    help="views per class when balancing: the median class count (culls the largest "
                         "class) or the largest (culls nothing)")
-    for flag, attr, text in TRAIN_SWITCHES:
-        p.add_argument(f"--{flag}", dest=attr, action=argparse.BooleanOptionalAction,
-                       default=getattr(d, attr), help=text)
+    for attr in TRAIN_SWITCHES:
+        p.add_argument(f"--{attr.replace('_', '-')}", dest=attr, action=argparse.BooleanOptionalAction,
+                       default=getattr(d, attr), help=TRAIN_SETTINGS[attr].help)
     p.add_argument("--framing", type=float, default=d.framing, metavar="R90_FRACTION",
-                   help="frame each cutout (and later each upload) so the galaxy's r90 is this fraction "
-                        "of the side")
+                   help=TRAIN_SETTINGS["framing"].help)
     p.add_argument("--no-framing", dest="framing", action="store_const", const=None,
                    help="train on the cutouts as downloaded")
     p.add_argument("--restart", action="store_true", help="discard an existing checkpoint in --out")
-    _add_labels(p, d.labels)
+    _add_labels(p, d.label_rule)
     _add_cache_dir(p)
 
 
@@ -131,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=SplitConfig().seed)
     p.add_argument("--balance", choices=list(BALANCE_CHOICES), default=TrainConfig.balance,
                    help="which balancing the summary's training views use")
-    _add_labels(p, TrainConfig.labels)
+    _add_labels(p, TrainConfig.label_rule)
     _add_cache_dir(p)
     _add_train(sub)
     p = sub.add_parser("evaluate", help="metrics of a model on a labelled dataset folder (a Galaxy Zoo "
@@ -156,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _download(args: argparse.Namespace) -> int:
     from galaxy_core.sources.catalogue import class_counts, has_labels, label_column, read_catalogue
     from galaxy_core.sources.download import download_cutouts
+
     from .terminal import CountBar
 
     config = DownloadConfig(out_dir=args.out, cutout_url=args.cutout_url, cutout_size=args.size,
@@ -170,9 +156,9 @@ def _download(args: argparse.Namespace) -> int:
         bar.close()
     print(f"{report.total} galaxies: {report.downloaded} downloaded, {report.skipped} already present, "
           f"{len(report.failed)} failed, in {report.elapsed_s:.1f} s -> {args.out}", file=sys.stderr)
-    if has_labels(catalogue, args.labels):
-        counts = class_counts(catalogue[label_column(args.labels)].iloc[:report.total])
-        print(f"classes ({args.labels} labels): {counts}", file=sys.stderr)
+    if has_labels(catalogue, args.label_rule):
+        counts = class_counts(catalogue[label_column(args.label_rule)].iloc[:report.total])
+        print(f"classes ({args.label_rule} labels): {counts}", file=sys.stderr)
     for galaxy, reason in list(report.failed.items())[:10]:
         print(f"  failed {galaxy}: {reason}", file=sys.stderr)
     if report.failed:
@@ -184,6 +170,7 @@ def _download(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> int:
     from galaxy_core.data.cache import build_cache
     from galaxy_core.data.dataset import dataset_summary
+
     from .terminal import CountBar
 
     bar = CountBar("build cache")
@@ -192,7 +179,7 @@ def _build(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     summary = dataset_summary(args.data, SplitConfig(seed=args.seed), args.balance, cache_root=args.cache_dir,
-                              labels=args.labels)
+                              label_rule=args.label_rule)
     summary["undecodable"] = report.failed
     print(json.dumps(summary, indent=1))
     return 0
@@ -206,8 +193,9 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .terminal import TrainingDisplay, metrics_text
     from galaxy_core.training.train import train
+
+    from .terminal import TrainingDisplay, metrics_text
 
     config = train_config_from_args(args)
     display = TrainingDisplay()
@@ -234,17 +222,18 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from galaxy_core.base.atomic import write_text_atomic
     from galaxy_core.serving.evaluate import evaluate_bundle
+
     from .terminal import CountBar, metrics_text
 
     config = EvaluateConfig(data_dir=args.data, model_dir=args.model or PredictConfig().model_dir,
-                            tta=False if args.no_tta else None, labels=args.labels, cache_dir=args.cache_dir)
+                            tta=False if args.no_tta else None, label_rule=args.label_rule, cache_dir=args.cache_dir)
     bar = CountBar("evaluate")
     try:
         result = evaluate_bundle(config, bar.evaluate)
     finally:
         bar.close()
     print(f"{config.model_dir} answers {result.question}; scored against the "
-          f"{result.metrics.labels} labels")
+          f"{result.metrics.label_rule} labels")
     print(metrics_text(result.metrics))
     if args.json:
         write_text_atomic(args.json, json.dumps(result.to_dict(), indent=1))
@@ -253,6 +242,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from galaxy_core.serving.predict import Classifier, expand_inputs, write_predictions_csv
+
     from .terminal import CountBar
 
     config = PredictConfig() if args.model is None else PredictConfig(model_dir=args.model)

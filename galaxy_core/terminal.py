@@ -8,11 +8,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from galaxy_core.data.cache import BuildProgress
 from galaxy_core.base.config import CLASSES
-from galaxy_core.sources.download import DownloadProgress
+from galaxy_core.data.cache import BuildProgress
+from galaxy_core.model.metrics import MetricRow, Metrics, metric_rows
 from galaxy_core.serving.evaluate import EvaluateProgress
-from galaxy_core.model.metrics import Metrics, MetricRow, metric_rows
+from galaxy_core.sources.download import DownloadProgress
 from galaxy_core.training.train import TrainProgress
 
 

@@ -320,17 +320,17 @@ def two_class_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 BAD_TRAINING = [
-    ({"epochs": 0}, "epochs must be at least 1"),
-    ({"batch_size": 0}, "batch size must be at least 1"),
+    ({"epochs": 0}, "epochs must be between 1 and 10000, got 0"),
+    ({"batch_size": 0}, "batch size must be between 1 and 65536"),
     ({"batch_size": 500}, "batch size 500 is larger than the"),
     ({"input_size": 0}, "image size must be between"),
     ({"input_size": 100_000}, "image size must be between"),
-    ({"crop": 4}, "crop .4. is too small"),
+    ({"crop": 4}, "centre crop must be at least 16, got 4"),
     ({"lr": float("nan")}, "learning rate"),
     ({"weight_decay": float("nan")}, "weight decay"),
     ({"seed": -1}, "seed must be between"),
-    ({"num_threads": -2}, "threads must be at least 1"),
-    ({"val_fraction": 0.9}, "val_fraction"),
+    ({"num_threads": -2}, "threads must be between 1 and 1024"),
+    ({"val_fraction": 0.9}, "validation fraction must be between"),
     ({"max_galaxies": 4}, "too few to hold out"),
 ]
 
@@ -352,7 +352,7 @@ def test_class_without_examples_fails_before_any_work(two_class_data: Path, tmp_
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--epochs", "0"], "epochs must be at least 1"),
+    (["--epochs", "0"], "epochs must be between 1 and 10000"),
     (["--batch-size", "500"], "is larger than the"),
     (["--image-size", "-3"], "image size"),
     (["--lr", "nan"], "learning rate"),

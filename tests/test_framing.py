@@ -131,7 +131,7 @@ def test_framing_spec_is_validated_and_round_trips_through_the_card():
     from galaxy_core.data.normalise import ChannelStats
 
     card = ModelCard(Architecture("resnet_small", 8, 1, 3), InputGeometry(), ChannelStats((0.1,) * 3, (0.2,) * 3),
-                     labels="votes", framing=SPEC, confidence_floor=0.45)
+                     label_rule="votes", framing=SPEC, confidence_floor=0.45)
     again = ModelCard.from_dict(card.to_dict())
     assert again.framing == SPEC and again.confidence_floor == 0.45
     old = card.to_dict()

@@ -47,7 +47,7 @@ def sidebar_captions(at) -> str:
 def test_bad_model_folders_beside_a_good_one_are_listed_and_every_page_works(own, page) -> None:
     card = own["card"]
     bad_folder(own, "nulls", json.dumps({**card, "classes": None}).encode())
-    bad_folder(own, "latin1", json.dumps(card).encode().replace(b'"labels"', b'"l\xe4bels"'))
+    bad_folder(own, "latin1", json.dumps(card).encode().replace(b'"label_rule"', b'"l\xe4bel_rule"'))
     bad_folder(own, "metrics", json.dumps({**card, "metrics": "x"}).encode())
     at = open_page(page)
     assert not at.error, [e.value for e in at.error]

@@ -83,7 +83,7 @@ def test_a_card_that_is_not_utf8_is_one_clear_line(tmp_path: Path, galaxy_png: P
 
 
 @pytest.mark.parametrize("flag, value, message", [
-    ("--width", "100000", "width must be at most 128, got 100000"),
+    ("--width", "100000", "network width must be between 4 and 128, got 100000"),
     ("--crop", "1000", "crop must be at most the 128-pixel cutout it is taken from, got 1000"),
 ])
 def test_training_settings_beyond_their_bounds_are_refused(flag: str, value: str, message: str, tmp_path: Path,

@@ -28,7 +28,7 @@ def model_dir(name: str) -> Path:
 def test_shipped_bundle_is_complete_and_records_its_label_rule(name: str) -> None:
     folder = model_dir(name)
     card = read_card(folder)
-    assert card.classes == CLASSES and card.labels == MODELS[name]
+    assert card.classes == CLASSES and card.label_rule == MODELS[name]
     assert (folder / "model.safetensors").stat().st_size < 20 * 1024**2
     assert (folder / "MODEL_CARD.md").is_file() and (folder / "reliability.png").is_file()
     assert card.question in (folder / "MODEL_CARD.md").read_text()
@@ -64,7 +64,7 @@ def test_card_metrics_are_reproduced_on_the_held_out_galaxies(name: str, shared_
     assert main(["evaluate", "--model", str(folder), "--data", str(shared_gz2), "--json", str(out)]) == 0
     metrics = json.loads(out.read_text())
     assert metrics["split"] == "test" and metrics["n"] == card.provenance.data.split["test"]
-    assert metrics["labels"] == card.labels
+    assert metrics["label_rule"] == card.label_rule
     if load_bundle(folder).precision == card.precision:  # the arithmetic it was tested in
         assert metrics["accuracy"] == pytest.approx(card.metrics.accuracy, abs=1e-9)
         assert metrics["confusion"] == card.metrics.confusion

@@ -15,15 +15,17 @@ from galaxy_core.base.config import (
     LABEL_RULES,
     PIXEL_SCALE,
     PRECISIONS,
+    TRAIN_SETTINGS,
     ConfigError,
     DownloadConfig,
     EvaluateConfig,
     GalaxyError,
     PredictConfig,
+    Setting,
     SplitConfig,
     TrainConfig,
     default_model_dir,
 )
 from galaxy_core.base.fields import clip
 
-__all__ = ["ANSWERS", "BALANCE_CHOICES", "CLASSES", "CUTOUT_SIZE", "ConfigError", "DEFAULT_CATALOGUE_URL", "DEFAULT_CUTOUT_URL", "DownloadConfig", "EvaluateConfig", "GalaxyError", "LABEL_RULES", "PIXEL_SCALE", "PRECISIONS", "PredictConfig", "SplitConfig", "TrainConfig", "clip", "default_model_dir", "write_bytes_atomic", "write_text_atomic"]
+__all__ = ["ANSWERS", "BALANCE_CHOICES", "CLASSES", "CUTOUT_SIZE", "ConfigError", "DEFAULT_CATALOGUE_URL", "DEFAULT_CUTOUT_URL", "DownloadConfig", "EvaluateConfig", "GalaxyError", "LABEL_RULES", "PIXEL_SCALE", "PRECISIONS", "PredictConfig", "Setting", "SplitConfig", "TRAIN_SETTINGS", "TrainConfig", "clip", "default_model_dir", "write_bytes_atomic", "write_text_atomic"]

@@ -22,7 +22,13 @@ BALANCE_CHOICES: tuple[str, ...] = ("off", "median", "max")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 LABEL_RULES: tuple[str, ...] = ("votes", "debiased")
 """Which vote fractions make a galaxy's class: the volunteers' own (weighted) fractions, or Galaxy
-Zoo's redshift-debiased ones; either way a class needs more than 0.8."""
+Zoo's redshift-debiased ones; either way a class needs more than CLASS_THRESHOLD."""
+DEFAULT_LABEL_RULE = "votes"
+"""The rule a new model is trained with: what volunteers see in the image."""
+LEGACY_LABEL_RULE = "debiased"
+"""The rule of models and checkpoints saved before the rule was a setting (the only one then)."""
+CLASS_THRESHOLD = 0.8
+"""A class needs a vote fraction above this (Galaxy Zoo 1's SPIRAL / ELLIPTICAL flags)."""
 DEFAULT_CATALOGUE_URL = "https://data.galaxyzoo.org/galaxy-zoo-1/GalaxyZoo1_DR_table2.csv.gz"
 DEFAULT_CUTOUT_URL = "https://skyserver.sdss.org/dr16/SkyServerWS/ImgCutout/getjpeg"
 CUTOUT_SIZE = 128
@@ -37,6 +43,68 @@ class GalaxyError(Exception):
 
 class ConfigError(GalaxyError):
     """A setting is out of range or inconsistent."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One training setting as every front end shows it: the form's words, the help text, and the
+    range TrainConfig accepts (the CLI, the Train page and the card reader all read it here)."""
+
+    label: str
+    help: str
+    low: float | None = None
+    high: float | None = None
+
+    def check(self, value: float | None) -> None:
+        """A ConfigError naming the setting and its range when ``value`` lies outside it (NaN too)."""
+        if value is None:
+            return
+        words = self.label.split(" (")[0].lower()
+        low_ok = self.low is None or value >= self.low
+        high_ok = self.high is None or value <= self.high
+        if low_ok and high_ok:
+            return
+        if self.low is not None and self.high is not None:
+            raise ConfigError(f"{words} must be between {self.low:g} and {self.high:g}, got {value}")
+        bound = f"at least {self.low:g}" if self.low is not None else f"at most {self.high:g}"
+        raise ConfigError(f"{words} must be {bound}, got {value}")
+
+
+TRAIN_SETTINGS: dict[str, Setting] = {
+    "epochs": Setting("Epochs", "passes over the training views", 1, 10_000),
+    "batch_size": Setting("Batch size", "images per step", 1, 65_536),
+    "lr": Setting("Learning rate", "peak learning rate (one-cycle)", 1e-6, 1),
+    "weight_decay": Setting("Weight decay", "AdamW decay", 0, 10),
+    "label_smoothing": Setting("Label smoothing", "mix this much of a uniform distribution into the targets", 0, 0.99),
+    "aux_weight": Setting("Vote-fraction head weight",
+                          "weight of the vote-fraction loss; 0 trains no vote head (needed where the "
+                          "dataset has no vote fractions)", 0, 10),
+    "input_size": Setting("Image size (px)", "network input in pixels (the crop is resized to it)", 16, 512),
+    "crop": Setting("Centre crop (px)", "centre crop of the cutout in pixels, before resizing", 16, None),
+    "width": Setting("Network width", "channels of the first stage", 4, 128),
+    "depth": Setting("Blocks per stage", "residual blocks per stage", 1, 8),
+    "seed": Setting("Seed", "seeds the split, balancing, shuffling and augmentation", 0, 2**32 - 1),
+    "val_fraction": Setting("Validation fraction", "share of galaxies held out for calibration", 0.001, 0.499),
+    "test_fraction": Setting("Test fraction", "share of galaxies held out for the card's metrics", 0.001, 0.499),
+    "num_threads": Setting("Threads", "CPU threads (default: all cores)", 1, 1024),
+    "max_galaxies": Setting("Use at most N galaxies", "use a seeded random subset of this many galaxies", 3, None),
+    "soft_labels": Setting("Train on vote fractions",
+                           "soft targets from the vote fractions (off: the hard class; needed where the "
+                           "dataset has no vote fractions)"),
+    "augment": Setting("Random rotations and flips", "random rotations and flips"),
+    "jitter": Setting("Any-angle rotation, zoom and shift", "random any-angle rotation, zoom and shift"),
+    "tta": Setting("Average 8 symmetries at test time", "average the 8 symmetries at test time"),
+    "precision": Setting("Arithmetic", "bf16: bfloat16 autocast, about twice as fast on CPUs and GPUs with "
+                                       "native bfloat16 (slower where it is emulated)"),
+    "balance": Setting("Class balancing", "rotate copies of rare classes and, towards the median, cull "
+                                          "common ones"),
+    "label_rule": Setting("Labels", "which vote fractions make the class: votes, what volunteers saw in the "
+                                    "image; debiased, Galaxy Zoo's distance-corrected morphology (either way a "
+                                    f"class needs more than {CLASS_THRESHOLD:g})"),
+    "framing": Setting("Frame each galaxy as uploads are framed",
+                       "frame each cutout (and later each upload) so the galaxy's r90 is this fraction of "
+                       "the side", 0.02, 0.5),
+}
 
 
 def check_precision(precision: str) -> str:
@@ -123,10 +191,8 @@ class SplitConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("val_fraction", "test_fraction"):
-            value = getattr(self, name)
-            _require(0.0 < value < 0.5, f"{name} must be between 0 and 0.5, got {value}")
-        _require(0 <= self.seed < 2**32, f"seed must be between 0 and 2**32 - 1, got {self.seed}")
+        for name in ("val_fraction", "test_fraction", "seed"):
+            TRAIN_SETTINGS[name].check(getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -159,45 +225,27 @@ class TrainConfig:
     max_galaxies: int | None = None
     cache_dir: Path | None = None
     precision: str = "fp32"
-    labels: str = "votes"
+    label_rule: str = DEFAULT_LABEL_RULE
     # Frame every cutout so the galaxy's r90 is this fraction of its side, as uploads are framed
     # (None: cutouts as downloaded). 0.3 is about the median of the SDSS cutouts at 0.2"/pixel.
     framing: float | None = 0.3
 
     def __post_init__(self) -> None:
         _paths(self, "data_dir", "out_dir", "cache_dir")
-        _require(self.framing is None or 0.02 <= self.framing <= 0.5,
-                 f"framing must be between 0.02 and 0.5 (the galaxy's r90 over the side), got {self.framing}")
-        _require(self.labels in LABEL_RULES, f"labels must be {' or '.join(LABEL_RULES)}, got {self.labels!r}")
-        _require(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
-        _require(self.epochs <= 10_000, f"epochs must be at most 10000, got {self.epochs}")
-        _require(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
-        _require(self.batch_size <= 65_536, f"batch size must be at most 65536, got {self.batch_size}")
-        _require(0 < self.lr <= 1, f"learning rate must be in (0, 1], got {self.lr}")
-        _require(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
-        _require(self.weight_decay <= 10, f"weight decay must be at most 10, got {self.weight_decay}")
-        _require(0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}")
-        _require(0 <= self.aux_weight <= 10, f"aux weight must be in [0, 10], got {self.aux_weight}")
-        _require(16 <= self.input_size <= 512, f"image size must be between 16 and 512, got {self.input_size}")
-        _require(self.crop >= 16 and self.crop >= self.input_size // 2,
-                 f"crop ({self.crop}) is too small for image size {self.input_size}")
+        _require(self.label_rule in LABEL_RULES,
+                 f"labels must be {' or '.join(LABEL_RULES)}, got {self.label_rule!r}")
+        for name, setting in TRAIN_SETTINGS.items():
+            if setting.low is not None or setting.high is not None:
+                setting.check(getattr(self, name))
+        _require(self.crop >= self.input_size // 2, f"crop ({self.crop}) is too small for image size {self.input_size}")
         _require(self.crop <= CUTOUT_SIZE, f"crop must be at most the {CUTOUT_SIZE}-pixel cutout it is taken from, "
                                            f"got {self.crop}")
-        _require(self.width >= 4, f"width must be at least 4, got {self.width}")
-        _require(self.width <= 128, f"width must be at most 128, got {self.width}")
-        _require(1 <= self.depth <= 8, f"depth must be between 1 and 8, got {self.depth}")
         _require(self.balance in BALANCE_CHOICES,
                  f"balance must be {', '.join(BALANCE_CHOICES)}, got {self.balance!r}")
         _require(self.arch in ARCHITECTURES,
                  f"unknown architecture {self.arch!r}: choose from {', '.join(ARCHITECTURES)}")
         _require(self.device in DEVICES, f"device must be auto, cpu or cuda, got {self.device!r}")
         check_precision(self.precision)
-        _require(self.max_galaxies is None or self.max_galaxies >= 3,
-                 f"max galaxies must be at least 3, got {self.max_galaxies}")
-        _require(self.num_threads is None or self.num_threads >= 1,
-                 f"threads must be at least 1, got {self.num_threads}")
-        _require(self.num_threads is None or self.num_threads <= 1024,
-                 f"threads must be at most 1024, got {self.num_threads}")
         self.split  # validates the split fractions and the seed
 
     @property
@@ -220,7 +268,9 @@ class TrainConfig:
         """From a checkpoint's or card's config, including those saved before a setting was
         renamed (``image_size``; ``balance`` with ``balance_target``) or added (its default)."""
         values = dict(values)
-        values.setdefault("labels", "debiased")  # the only rule before it was a setting
+        if "labels" in values:  # its name before it was label_rule
+            values.setdefault("label_rule", values.pop("labels"))
+        values.setdefault("label_rule", LEGACY_LABEL_RULE)
         values.setdefault("framing", None)  # nor were cutouts framed
         if "image_size" in values:
             values.setdefault("input_size", values.pop("image_size"))
@@ -237,14 +287,14 @@ class EvaluateConfig:
     data_dir: Path
     model_dir: Path = field(default_factory=default_model_dir)
     tta: bool | None = None  # None: as the model card says
-    labels: str | None = None  # None: the rule the model was trained on
+    label_rule: str | None = None  # None: the rule the model was trained on
     device: str = "cpu"
     cache_dir: Path | None = None
 
     def __post_init__(self) -> None:
         _paths(self, "data_dir", "model_dir", "cache_dir")
-        _require(self.labels is None or self.labels in LABEL_RULES,
-                 f"labels must be {' or '.join(LABEL_RULES)}, got {self.labels!r}")
+        _require(self.label_rule is None or self.label_rule in LABEL_RULES,
+                 f"labels must be {' or '.join(LABEL_RULES)}, got {self.label_rule!r}")
         _require(self.device in DEVICES, f"device must be auto, cpu or cuda, got {self.device!r}")
 
 

@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 
 from galaxy_core.base.atomic import DISK_FULL, allocate, file_lock, free_bytes
-from galaxy_core.sources.catalogue import fraction_columns, label_column, rule_fractions, rule_labels
 from galaxy_core.base.config import CUTOUT_SIZE, LABEL_RULES, TrainConfig, default_cache_root
-from galaxy_core.sources.folder import DatasetError, DatasetFolder
 from galaxy_core.data.framing import FRAMER_VERSION, FramingSpec, frame_image
+from galaxy_core.sources.catalogue import fraction_columns, label_column, rule_fractions, rule_labels
+from galaxy_core.sources.folder import DatasetError, DatasetFolder
 from galaxy_core.sources.images import ImageLoadError, load_image, resize_square
 
 CACHE_FORMAT = 1
@@ -236,7 +236,7 @@ class PackedDataset:
     """Read-only view of one cache folder: index table plus memory-mapped image shards, with the
     classes and vote fractions of one label rule (the cache itself serves both rules)."""
 
-    def __init__(self, cache_dir: Path, labels: str = TrainConfig.labels):
+    def __init__(self, cache_dir: Path, label_rule: str = TrainConfig.label_rule):
         self.cache_dir = Path(cache_dir)
         try:
             self.meta = json.loads((self.cache_dir / META_NAME).read_text())
@@ -247,7 +247,7 @@ class PackedDataset:
         except (OSError, ValueError, KeyError) as exc:
             raise DatasetError(f"cache {self.cache_dir} is unreadable ({exc}); delete it to rebuild") from None
         self.source_size = int(self.meta["image_size"])
-        self.rule = labels
+        self.rule = label_rule
         self.shard_of = self.index["shard"].to_numpy(np.int64)
         self.offset_of = self.index["offset"].to_numpy(np.int64)
 
@@ -261,9 +261,9 @@ class PackedDataset:
         return [c for rule in LABEL_RULES for c in fraction_columns(rule)]
 
     @classmethod
-    def open(cls, data_dir: Path, source_size: int = CUTOUT_SIZE, labels: str = TrainConfig.labels,
+    def open(cls, data_dir: Path, source_size: int = CUTOUT_SIZE, label_rule: str = TrainConfig.label_rule,
              **build_kwargs) -> "PackedDataset":
-        return cls(build_cache(data_dir, source_size=source_size, **build_kwargs).cache_dir, labels)
+        return cls(build_cache(data_dir, source_size=source_size, **build_kwargs).cache_dir, label_rule)
 
     def fractions(self, rows: np.ndarray) -> np.ndarray:
         """(n, 3) vote fractions of these rows under the label rule (smooth, features, artifact)."""

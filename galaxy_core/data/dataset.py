@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from galaxy_core.base.config import CLASS_THRESHOLD, CLASSES, ConfigError, SplitConfig, TrainConfig
 from galaxy_core.data.cache import PackedDataset
 from galaxy_core.sources.catalogue import rule_fractions, rule_labels
-from galaxy_core.base.config import CLASSES, ConfigError, SplitConfig, TrainConfig
 from galaxy_core.sources.folder import DatasetError, DatasetFolder
 
 SOFT_LABEL_TEMPERATURE = 0.04
@@ -22,7 +22,7 @@ SOFT_LABEL_TEMPERATURE = 0.04
 
 def soft_targets(frac_smooth: np.ndarray, frac_features: np.ndarray,
                  temperature: float = SOFT_LABEL_TEMPERATURE) -> np.ndarray:
-    """Vote fractions -> class probabilities that soften the hard 0.8 threshold.
+    """Vote fractions -> class probabilities that soften the hard CLASS_THRESHOLD.
 
     A galaxy with 81% 'smooth' votes is barely Elliptical: the vote fraction itself is uncertain
     by several percent, so its target is split between Elliptical and Uncertain.
@@ -30,8 +30,8 @@ def soft_targets(frac_smooth: np.ndarray, frac_features: np.ndarray,
     def sigmoid(x: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-x))
 
-    p_spiral = sigmoid((np.asarray(frac_features, float) - 0.8) / temperature)
-    p_elliptical = sigmoid((np.asarray(frac_smooth, float) - 0.8) / temperature)
+    p_spiral = sigmoid((np.asarray(frac_features, float) - CLASS_THRESHOLD) / temperature)
+    p_elliptical = sigmoid((np.asarray(frac_smooth, float) - CLASS_THRESHOLD) / temperature)
     p_uncertain = np.clip(1.0 - p_spiral - p_elliptical, 0.0, 1.0)
     out = np.stack([p_spiral, p_elliptical, p_uncertain], axis=1)
     return (out / out.sum(axis=1, keepdims=True)).astype(np.float32)
@@ -189,24 +189,24 @@ def plan_training(ids: np.ndarray, labels: np.ndarray, config: TrainConfig, worl
 
 
 def dataset_summary(data_dir: Path, config: SplitConfig = SplitConfig(), balance_choice: str = "median",
-                    cache_root: Path | None = None, labels: str = TrainConfig.labels) -> dict[str, Any]:
+                    cache_root: Path | None = None, label_rule: str = TrainConfig.label_rule) -> dict[str, Any]:
     """Class counts, split sizes and the training views of one label rule and balance choice."""
-    dataset = PackedDataset.open(data_dir, labels=labels, cache_root=cache_root)
+    dataset = PackedDataset.open(data_dir, label_rule=label_rule, cache_root=cache_root)
     split = split_dataset(dataset.ids, dataset.labels, config)
     views = balanced_views(split.train, dataset.labels, config.seed, balance_choice)
     return {"galaxies": len(dataset), "cache": str(dataset.cache_dir),
-            "labels": labels, "class_counts": class_counts_of(dataset.labels), "split": split.sizes(),
+            "label_rule": label_rule, "class_counts": class_counts_of(dataset.labels), "split": split.sizes(),
             "balance": balance_choice, "train_before_balancing": views.counts_before,
             "train_after_balancing": views.counts_after}
 
 
 def sample_galaxies(data_dir: Path, per_class: int, seed: int = 0,
-                    labels: str = TrainConfig.labels) -> dict[str, list[dict[str, Any]]]:
-    """Up to ``per_class`` random galaxies of each class (under ``labels``) whose image exists:
+                    label_rule: str = TrainConfig.label_rule) -> dict[str, list[dict[str, Any]]]:
+    """Up to ``per_class`` random galaxies of each class (under ``label_rule``) whose image exists:
     id, path, and that rule's smooth and features vote fractions."""
     folder = DatasetFolder(data_dir)
     frame = folder.read_catalogue()
-    classes, fractions = rule_labels(frame, labels), rule_fractions(frame, labels)
+    classes, fractions = rule_labels(frame, label_rule), rule_fractions(frame, label_rule)
     rng = np.random.default_rng(seed)
     out: dict[str, list[dict[str, Any]]] = {}
     for k, name in enumerate(CLASSES):

@@ -35,11 +35,6 @@ class InputGeometry:
             raise fields.FieldError(f"input.crop must be between 1 and source_size {self.source_size}, "
                                     f"got {self.crop}")
 
-    @property
-    def field_of_view_arcsec(self) -> float:
-        """Side of the sky the network sees."""
-        return self.crop * self.pixel_scale
-
     def to_dict(self) -> dict[str, Any]:
         return {"source_size": self.source_size, "crop": self.crop, "input_size": self.input_size,
                 "pixel_scale": self.pixel_scale}

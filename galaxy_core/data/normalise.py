@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from galaxy_core.base import fields
-from galaxy_core.data.cache import PackedDataset
 from galaxy_core.base.config import ConfigError
+from galaxy_core.data.cache import PackedDataset
 from galaxy_core.data.geometry import InputGeometry, crop_and_resize, cutout_array
 
 

@@ -22,13 +22,13 @@ from torch import nn
 
 from galaxy_core.base import fields
 from galaxy_core.base.atomic import atomic_path, write_text_atomic
-from galaxy_core.model.card import DataSummary, Machine, ModelCard, Provenance
 from galaxy_core.base.config import CLASSES, GalaxyError, TrainConfig
 from galaxy_core.data.framing import framing_spec
 from galaxy_core.data.geometry import InputGeometry
+from galaxy_core.data.normalise import ChannelStats
+from galaxy_core.model.card import DataSummary, Machine, ModelCard, Provenance
 from galaxy_core.model.metrics import Metrics
 from galaxy_core.model.network import Architecture, build_model
-from galaxy_core.data.normalise import ChannelStats
 from galaxy_core.model.precision import inference_precision
 
 WEIGHTS_NAME = "model.safetensors"
@@ -78,7 +78,7 @@ def new_card(config: TrainConfig, geometry: InputGeometry, stats: ChannelStats, 
     provenance = Provenance(config=config, seed=config.seed, trained_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                             training_seconds=round(seconds, 1), command=command, machine=machine, data=data)
     return ModelCard(architecture=Architecture(config.arch, config.width, config.depth, config.aux_outputs),
-                     input=geometry, normalisation=stats, labels=config.labels, tta=config.tta,
+                     input=geometry, normalisation=stats, label_rule=config.label_rule, tta=config.tta,
                      precision=config.precision, provenance=provenance,
                      framing=framing_spec(config.framing))
 

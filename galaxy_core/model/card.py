@@ -13,12 +13,21 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from galaxy_core.base import fields
-from galaxy_core.base.config import CLASSES, LABEL_RULES, PIXEL_SCALE, PRECISIONS, ConfigError, GalaxyError, TrainConfig
+from galaxy_core.base.config import (
+    CLASSES,
+    DEFAULT_LABEL_RULE,
+    LABEL_RULES,
+    LEGACY_LABEL_RULE,
+    PIXEL_SCALE,
+    PRECISIONS,
+    ConfigError,
+    TrainConfig,
+)
 from galaxy_core.data.framing import FramingSpec
 from galaxy_core.data.geometry import InputGeometry
+from galaxy_core.data.normalise import ChannelStats
 from galaxy_core.model.metrics import Metrics
 from galaxy_core.model.network import Architecture
-from galaxy_core.data.normalise import ChannelStats
 
 CARD_VERSION = 2
 LABEL_QUESTIONS = {
@@ -27,9 +36,10 @@ LABEL_QUESTIONS = {
 }
 """The question a model answers, by the label rule it was trained on."""
 
-
-class CardError(GalaxyError):
-    """A model card is damaged, hand-edited into nonsense, or of an unknown format."""
+DEFAULT_CONFIDENCE_FLOOR = 0.55
+"""An answer whose calibrated top probability is below this is flagged "low confidence": with three
+classes, a model that is below 55% sure was right on under half of the shipped models' test
+galaxies (41% votes, 51% debiased)."""
 
 
 @dataclass(frozen=True)
@@ -125,14 +135,18 @@ class Provenance:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["config"] = self.config.to_dict()
+        out["config"] = _without_rule(self.config.to_dict())
         return out
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], path: str = "provenance.") -> "Provenance":
+    def from_dict(cls, values: Mapping[str, Any], path: str = "provenance.", rule: str | None = None) -> "Provenance":
+        """``rule``: the card's label rule, which the stored config leaves out."""
         values = fields.section(values, path.rstrip("."))
         try:
-            config = TrainConfig.from_dict(dict(fields.section(values.get("config"), f"{path}config")))
+            stored = dict(fields.section(values.get("config"), f"{path}config"))
+            if rule is not None and "labels" not in stored:
+                stored.setdefault("label_rule", rule)
+            config = TrainConfig.from_dict(stored)
         except (ConfigError, TypeError) as exc:
             raise fields.FieldError(f"{path}config: {exc}") from None
         command = values.get("command")
@@ -151,7 +165,7 @@ class ModelCard:
     architecture: Architecture
     input: InputGeometry
     normalisation: ChannelStats
-    labels: str = "debiased"
+    label_rule: str = DEFAULT_LABEL_RULE
     tta: bool = True
     temperature: float = 1.0
     vote_temperature: float = 1.0
@@ -161,18 +175,15 @@ class ModelCard:
     history: tuple[EpochRecord, ...] = ()
     classes: tuple[str, ...] = CLASSES
     framing: FramingSpec | None = None  # None: images are centre-cropped, not framed
-    # An answer whose calibrated top probability is below this is flagged "low confidence": with
-    # three classes, a model that is below 55% sure was right on under half of the shipped models'
-    # test galaxies (41% votes, 51% debiased).
-    confidence_floor: float = 0.55
+    confidence_floor: float = DEFAULT_CONFIDENCE_FLOOR
 
     @property
     def question(self) -> str:
-        return LABEL_QUESTIONS[self.labels]
+        return LABEL_QUESTIONS[self.label_rule]
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": CARD_VERSION, "classes": list(self.classes), "labels": self.labels,
+            "format": CARD_VERSION, "classes": list(self.classes), "label_rule": self.label_rule,
             "architecture": self.architecture.to_dict(), "input": self.input.to_dict(),
             "normalisation": self.normalisation.to_dict(), "tta": self.tta,
             "temperature": self.temperature, "vote_temperature": self.vote_temperature,
@@ -180,7 +191,7 @@ class ModelCard:
             "framing": None if self.framing is None else self.framing.to_dict(),
             "confidence_floor": self.confidence_floor,
             "provenance": None if self.provenance is None else self.provenance.to_dict(),
-            "metrics": None if self.metrics is None else self.metrics.to_dict(reliability=False),
+            "metrics": None if self.metrics is None else _without_rule(self.metrics.to_dict(reliability=False)),
             "history": [h.to_dict() for h in self.history],
         }
 
@@ -197,20 +208,31 @@ class ModelCard:
         if not isinstance(classes, list) or tuple(classes) != CLASSES:
             raise fields.FieldError(f"classes must be {list(CLASSES)}, got {fields.shown(classes)}")
         history = fields.rows(values, "history", default=[], max_items=100_000)
+        # Format 2 cards named the rule "labels"; the metrics and the provenance's config take
+        # the card's rule, which is stored once.
+        rule = fields.choice(values, "label_rule" if "label_rule" in values else "labels", options=LABEL_RULES)
+        provenance = None if values.get("provenance") is None else Provenance.from_dict(values["provenance"], rule=rule)
+        metrics = None if values.get("metrics") is None else dataclasses.replace(
+            Metrics.from_dict(values["metrics"]), label_rule=rule)
         return cls(
             architecture=Architecture.from_dict(values.get("architecture")),
             input=InputGeometry.from_dict(values.get("input")),
             normalisation=ChannelStats.from_dict(values.get("normalisation")),
-            labels=fields.choice(values, "labels", options=LABEL_RULES),
+            label_rule=rule,
             tta=fields.flag(values, "tta", default=False),
             temperature=fields.number(values, "temperature", low=0.05, high=20, default=1.0),
             vote_temperature=fields.number(values, "vote_temperature", low=0.05, high=20, default=1.0),
             precision=fields.choice(values, "precision", options=PRECISIONS, default="fp32"),
             framing=None if values.get("framing") is None else FramingSpec.from_dict(values["framing"]),
-            confidence_floor=fields.number(values, "confidence_floor", low=0, high=1, default=0.55),
-            provenance=None if values.get("provenance") is None else Provenance.from_dict(values["provenance"]),
-            metrics=None if values.get("metrics") is None else Metrics.from_dict(values["metrics"]),
+            confidence_floor=fields.number(values, "confidence_floor", low=0, high=1,
+                                           default=DEFAULT_CONFIDENCE_FLOOR),
+            provenance=provenance, metrics=metrics,
             history=tuple(EpochRecord.from_dict(h, f"history[{i}].") for i, h in enumerate(history)))
+
+
+def _without_rule(values: dict[str, Any]) -> dict[str, Any]:
+    """A config's or metrics' dict without the label rule, which the card stores once."""
+    return {k: v for k, v in values.items() if k not in ("label_rule", "labels")}
 
 
 def _upgrade_format_1(card: Mapping[str, Any]) -> dict[str, Any]:
@@ -221,7 +243,7 @@ def _upgrade_format_1(card: Mapping[str, Any]) -> dict[str, Any]:
     out = {key: values.get(key) for key in ("classes", "normalisation", "tta", "temperature", "precision",
                                             "metrics", "history")}
     out.update({
-        "format": CARD_VERSION, "labels": "debiased",
+        "format": CARD_VERSION, "label_rule": LEGACY_LABEL_RULE,
         "architecture": {"name": values.get("arch"), "width": values.get("width", 32),
                          "depth": values.get("depth", 2), "aux_outputs": values.get("aux_outputs", 0)},
         "input": {"source_size": geometry.get("source_size"), "crop": geometry.get("crop"),

@@ -7,8 +7,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from galaxy_core.base.atomic import atomic_path, write_text_atomic
+from galaxy_core.base.config import CLASS_THRESHOLD, CLASSES
 from galaxy_core.model.card import ModelCard
-from galaxy_core.base.config import CLASSES
 from galaxy_core.model.metrics import Metrics, ReliabilityBin, metric_rows
 
 MODEL_CARD_NAME = "MODEL_CARD.md"
@@ -45,7 +45,7 @@ def render_model_card(card: ModelCard, metrics: Metrics) -> str:
         "## Data", "",
         f"{data.galaxies} Galaxy Zoo galaxies with SDSS cutouts, split by galaxy (stratified, seed "
         f"{prov.seed}) into {data.split['train']} train / {data.split['val']} validation / "
-        f"{data.split['test']} test before any augmentation. Labels: {LABEL_WORDS[card.labels]} > 0.8 for "
+        f"{data.split['test']} test before any augmentation. Labels: {LABEL_WORDS[card.label_rule]} > {CLASS_THRESHOLD:g} for "
         "smooth (Elliptical) or features/disk (Spiral), else Uncertain; trained on "
         f"{'vote-fraction soft labels' if cfg.soft_labels else 'hard labels'}.", "",
         f"Training views before balancing: {data.train_before_balancing}; after: "

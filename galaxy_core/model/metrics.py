@@ -69,7 +69,7 @@ class Metrics:
     split: str = ""
     tta: bool | None = None
     vote_rmse: dict[str, float] | None = None  # per answer and "all": predicted vs observed fractions
-    labels: str = ""  # the label rule the galaxies were scored against
+    label_rule: str = ""  # the label rule the galaxies were scored against
 
     def to_dict(self, reliability: bool = True) -> dict[str, Any]:
         out = asdict(self)
@@ -139,7 +139,8 @@ class Metrics:
             reliability=bins, symmetry_agreement=sym, prediction_symmetry_agreement=turned,
             split=fields.text(values, "split", path, default="", max_length=200),
             tta=values["tta"] if isinstance(values.get("tta"), bool) else None, vote_rmse=rmse,
-            labels=fields.text(values, "labels", path, default="", max_length=20))
+            label_rule=fields.text(values, "label_rule" if "label_rule" in values else "labels", path, default="",
+                                  max_length=20))
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int = len(CLASSES)) -> np.ndarray:
@@ -255,7 +256,7 @@ def metric_rows(metrics: Metrics) -> list[MetricRow]:
     """The headline figures of an evaluation, in the order every medium shows them."""
     rows = [
         MetricRow("n", f"galaxies evaluated ({metrics.split or 'held out'}"
-                       f"{f', {metrics.labels} labels' if metrics.labels else ''})", metrics.n, "count"),
+                       f"{f', {metrics.label_rule} labels' if metrics.label_rule else ''})", metrics.n, "count"),
         MetricRow("accuracy", "3-class accuracy", metrics.accuracy),
         MetricRow("balanced_accuracy", "balanced accuracy", metrics.balanced_accuracy,
                   help="mean recall over the three classes: not flattered by the common class"),

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from galaxy_core.base import fields
-from galaxy_core.base.config import ARCHITECTURES, CLASSES
+from galaxy_core.base.config import ARCHITECTURES, CLASSES, TRAIN_SETTINGS
+
+WIDTH, DEPTH = TRAIN_SETTINGS["width"], TRAIN_SETTINGS["depth"]
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,8 @@ class Architecture:
     def from_dict(cls, values: Mapping[str, Any], path: str = "architecture.") -> "Architecture":
         values = fields.section(values, path.rstrip("."))
         return cls(name=fields.choice(values, "name", path, options=ARCHITECTURES),
-                   width=fields.integer(values, "width", path, low=4, high=128),
-                   depth=fields.integer(values, "depth", path, low=1, high=8),
+                   width=fields.integer(values, "width", path, low=int(WIDTH.low), high=int(WIDTH.high)),
+                   depth=fields.integer(values, "depth", path, low=int(DEPTH.low), high=int(DEPTH.high)),
                    aux_outputs=fields.integer(values, "aux_outputs", path, low=0, high=16, default=0))
 
 

@@ -10,13 +10,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from galaxy_core.model.bundle import ModelBundle, load_bundle, read_evaluation
-from galaxy_core.data.cache import ImageRows, PackedDataset
 from galaxy_core.base.config import EvaluateConfig
-from galaxy_core.sources.folder import DatasetError
+from galaxy_core.data.cache import ImageRows, PackedDataset
 from galaxy_core.data.dataset import vote_targets
-from galaxy_core.serving.inference import Cutouts, TurnedImages, calibrated, calibrated_votes, predict_probs, view_log_probs
-from galaxy_core.model.metrics import Metrics, TurnedAgreement, ViewAgreement, classification_metrics, misclassified, vote_rmse
+from galaxy_core.model.bundle import ModelBundle, load_bundle, read_evaluation
+from galaxy_core.model.metrics import (
+    Metrics,
+    TurnedAgreement,
+    ViewAgreement,
+    classification_metrics,
+    misclassified,
+    vote_rmse,
+)
+from galaxy_core.serving.inference import (
+    Cutouts,
+    TurnedImages,
+    calibrated,
+    calibrated_votes,
+    predict_probs,
+    view_log_probs,
+)
+from galaxy_core.sources.folder import DatasetError
 
 
 @dataclass(frozen=True)
@@ -179,7 +193,7 @@ def evaluate_bundle(config: EvaluateConfig,
     ``progress`` hears how many images of the passes are done."""
     bundle = load_bundle(config.model_dir, device=config.device)
     dataset = PackedDataset.open(config.data_dir, source_size=bundle.geometry.source_size,
-                                 labels=config.labels or bundle.card.labels, cache_root=config.cache_dir,
+                                 label_rule=config.label_rule or bundle.card.label_rule, cache_root=config.cache_dir,
                                  framing=bundle.card.framing)
     rows, which = held_out_rows(dataset, bundle)
     if len(rows) == 0:
@@ -191,4 +205,4 @@ def evaluate_bundle(config: EvaluateConfig,
                                       fractions=dataset.fractions(rows), tally=tally)
     tally.finish()
     wrong = misclassified(dataset.ids[rows], dataset.index["image"].to_numpy()[rows], labels, probs)
-    return EvaluationResult(replace(metrics, split=which, labels=dataset.rule), wrong, bundle.card.question)
+    return EvaluationResult(replace(metrics, split=which, label_rule=dataset.rule), wrong, bundle.card.question)

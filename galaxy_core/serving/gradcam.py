@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from galaxy_core.model.bundle import ModelBundle
 from galaxy_core.data.geometry import cutout_array, model_view
+from galaxy_core.model.bundle import ModelBundle
 from galaxy_core.serving.inference import prepare_batch
 
 

@@ -12,10 +12,10 @@ from typing import Iterator, Protocol
 import numpy as np
 import torch
 
-from galaxy_core.model.bundle import ModelBundle
 from galaxy_core.base.config import ANSWERS
 from galaxy_core.data.geometry import crop_and_resize, dihedral
 from galaxy_core.data.normalise import normalise
+from galaxy_core.model.bundle import ModelBundle
 from galaxy_core.model.precision import autocast
 
 # Views per forward pass on a CPU. A few dozen 64-px views keep a pass's activations in the

@@ -15,13 +15,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from galaxy_core.base.atomic import write_text_atomic
-from galaxy_core.model.bundle import ModelBundle, load_bundle
 from galaxy_core.base.config import ANSWERS, CLASSES, PredictConfig
 from galaxy_core.data.framing import Framing, frame_image
 from galaxy_core.data.geometry import model_view
+from galaxy_core.model.bundle import ModelBundle, load_bundle
 from galaxy_core.serving.gradcam import grad_cam, grad_cam_overlay
-from galaxy_core.sources.images import MAX_DECODED_SIDE, ImageLoadError, ImageSource, load_image
 from galaxy_core.serving.inference import Outputs, iter_chunks, predict_outputs
+from galaxy_core.sources.images import MAX_DECODED_SIDE, ImageLoadError, ImageSource, load_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
 CSV_COLUMNS = ["path", "label", *[f"p_{c.lower()}" for c in CLASSES], "error",
@@ -42,13 +42,13 @@ def answer_warning(framing: Framing | None, probabilities: np.ndarray, floor: fl
 ANSWER_WORDS = {"smooth": "smooth", "features": "features or a disk", "artifact": "a star or artifact"}
 
 
-def vote_sentence(votes: dict[str, float], labels: str) -> str:
+def vote_sentence(votes: dict[str, float], label_rule: str) -> str:
     """The predicted vote fractions in words, most popular answer first."""
     order = sorted(votes, key=votes.get, reverse=True)  # type: ignore[arg-type]
     first, rest = order[0], order[1:]
     others = ", ".join(f"{votes[a]:.0%} {ANSWER_WORDS[a]}" for a in rest)
     text = f"bout {votes[first]:.0%} of volunteers would call it {ANSWER_WORDS[first]} ({others})."
-    return f"A{text}" if labels == "votes" else f"Corrected for distance, a{text}"
+    return f"A{text}" if label_rule == "votes" else f"Corrected for distance, a{text}"
 
 
 def outline_framing(preview: Image.Image, framing: Framing, size: tuple[int, int]) -> Image.Image:

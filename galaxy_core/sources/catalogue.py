@@ -22,14 +22,13 @@ import numpy as np
 import pandas as pd
 
 from galaxy_core.base.atomic import atomic_path
-from galaxy_core.sources.catalogue_io import CatalogueError, read_raw_table
-from galaxy_core.base.config import ANSWERS, CLASSES, LABEL_RULES
-from galaxy_core.sources.fetch import UrlPolicy
+from galaxy_core.base.config import ANSWERS, CLASS_THRESHOLD, CLASSES, LABEL_RULES
 from galaxy_core.base.fields import shown
+from galaxy_core.sources.catalogue_io import CatalogueError, read_raw_table
+from galaxy_core.sources.fetch import UrlPolicy
 
 CatalogueFormat = Literal["auto", "gz1", "gz2", "canonical", "plain"]
 
-LABEL_THRESHOLD = 0.8
 
 
 def fraction_columns(rule: str) -> list[str]:
@@ -62,8 +61,8 @@ def label_from_fractions(frac_smooth: np.ndarray, frac_features: np.ndarray) -> 
     smooth = np.asarray(frac_smooth, dtype=float)
     features = np.asarray(frac_features, dtype=float)
     labels = np.full(smooth.shape, "Uncertain", dtype=object)
-    labels[features > LABEL_THRESHOLD] = "Spiral"
-    labels[smooth > LABEL_THRESHOLD] = "Elliptical"
+    labels[features > CLASS_THRESHOLD] = "Spiral"
+    labels[smooth > CLASS_THRESHOLD] = "Elliptical"
     return labels
 
 
@@ -142,7 +141,7 @@ def _from_gz1(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _add_rule(out: pd.DataFrame, rule: str, fractions: list[np.ndarray]) -> None:
-    """One label rule's fractions and the class the 0.8 rule gives them."""
+    """One label rule's fractions and the class the CLASS_THRESHOLD rule gives them."""
     for column, values in zip(fraction_columns(rule), fractions):
         out[column] = values
     out[label_column(rule)] = label_from_fractions(fractions[0], fractions[1])

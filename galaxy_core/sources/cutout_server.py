@@ -20,8 +20,6 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 from PIL import Image
 
-FAULTS = ("none", "error500", "timeout", "html200", "truncate", "reset")
-
 
 @dataclass
 class ServerOptions:

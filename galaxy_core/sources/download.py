@@ -19,8 +19,8 @@ from typing import Callable
 import pandas as pd
 
 from galaxy_core.base.atomic import file_lock, remove_stale_parts, write_bytes_atomic
-from galaxy_core.sources.catalogue import write_catalogue
 from galaxy_core.base.config import DownloadConfig, GalaxyError
+from galaxy_core.sources.catalogue import write_catalogue
 from galaxy_core.sources.cutouts import CutoutClient
 from galaxy_core.sources.fetch import AnyEvent, FetchStopped, UrlPolicy
 from galaxy_core.sources.folder import IMAGES_DIR, DatasetFolder

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from galaxy_core.sources.catalogue import read_catalogue
 from galaxy_core.base.config import GalaxyError
+from galaxy_core.sources.catalogue import read_catalogue
 
 CATALOGUE_NAME = "catalogue.csv"
 IMAGES_DIR = "images"

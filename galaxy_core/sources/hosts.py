@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from galaxy_core.base.config import DEFAULT_CATALOGUE_URL, DEFAULT_CUTOUT_URL
-from galaxy_core.sources.fetch import FetchError
 from galaxy_core.base.fields import clip
+from galaxy_core.sources.fetch import FetchError
 
 ENV_NAME = "GALAXY_ALLOWED_HOSTS"
 DEFAULT_HOSTS = (

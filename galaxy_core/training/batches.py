@@ -17,16 +17,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from galaxy_core.data.cache import PackedDataset
 from galaxy_core.base.config import TrainConfig
+from galaxy_core.data.cache import PackedDataset
 from galaxy_core.data.dataset import Balanced, training_targets
-from galaxy_core.training.distributed import Distributed
 from galaxy_core.data.geometry import InputGeometry, compose_dihedral, crop_and_resize, dihedral_per_sample
 from galaxy_core.data.normalise import ChannelStats, normalise
+from galaxy_core.training.distributed import Distributed
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's shuffling, augmentation and dropout: a run resumed at ``epoch``
+    draws exactly what an uninterrupted one would."""
+    return seed * 100_003 + epoch
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch))
 
 
 def random_jitter(n: int, gen: torch.Generator, max_zoom: float = 0.1,

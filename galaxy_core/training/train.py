@@ -19,25 +19,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from galaxy_core.training.batches import BatchSource, prefetch
-from galaxy_core.model.bundle import Evaluation, ModelBundle, new_card, save_bundle
-from galaxy_core.data.cache import ImageRows, PackedDataset
-from galaxy_core.model.card import DataSummary, EpochRecord
-from galaxy_core.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, no_lock, output_lock, save_checkpoint
 from galaxy_core.base.config import CLASSES, ConfigError, TrainConfig
+from galaxy_core.data.cache import ImageRows, PackedDataset
 from galaxy_core.data.dataset import TrainingPlan, plan_training
-from galaxy_core.training.distributed import Distributed, pick_device, setup_distributed
-from galaxy_core.serving.evaluate import HELD_OUT_PASSES, EvaluateProgress, ProgressTally, calibrate, held_out_metrics
-from galaxy_core.sources.catalogue import rule_labels
-from galaxy_core.sources.folder import DatasetFolder
 from galaxy_core.data.framing import framing_spec
 from galaxy_core.data.geometry import InputGeometry
-from galaxy_core.serving.inference import predict_probs
+from galaxy_core.data.normalise import input_statistics
+from galaxy_core.model.bundle import Evaluation, ModelBundle, new_card, save_bundle
+from galaxy_core.model.card import DataSummary, EpochRecord
+from galaxy_core.model.card_markdown import write_model_card
 from galaxy_core.model.metrics import Metrics, misclassified
 from galaxy_core.model.network import Architecture, build_model
-from galaxy_core.model.card_markdown import write_model_card
-from galaxy_core.data.normalise import input_statistics
 from galaxy_core.model.precision import autocast
+from galaxy_core.serving.evaluate import HELD_OUT_PASSES, EvaluateProgress, ProgressTally, calibrate, held_out_metrics
+from galaxy_core.serving.inference import predict_probs
+from galaxy_core.sources.catalogue import rule_labels
+from galaxy_core.sources.folder import DatasetFolder
+from galaxy_core.training.batches import BatchSource, epoch_seed, prefetch
+from galaxy_core.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, no_lock, output_lock, save_checkpoint
+from galaxy_core.training.distributed import Distributed, pick_device, setup_distributed
 
 
 @dataclass
@@ -119,7 +119,7 @@ def train_one_epoch(model: nn.Module, source: BatchSource, optimiser: torch.opti
                     stop: threading.Event | None) -> tuple[float, float, bool]:
     """One pass over the training views; returns (loss, accuracy, stopped)."""
     model.train()
-    torch.manual_seed(source.config.seed * 100_003 + epoch)
+    torch.manual_seed(epoch_seed(source.config.seed, epoch))
     loss_sum = correct = seen = 0.0
     steps = source.steps_per_epoch()
     for step, (x, targets) in enumerate(prefetch(source.batches(epoch, dist_info))):
@@ -164,8 +164,8 @@ def open_training_data(config: TrainConfig, world: int) -> tuple[PackedDataset, 
     build lock makes the processes sharing one cache folder decode the images only once.
     """
     frame = DatasetFolder(config.data_dir).read_catalogue()
-    plan = plan_training(frame["id"].to_numpy(str), rule_labels(frame, config.labels), config, world)
-    dataset = PackedDataset.open(config.data_dir, labels=config.labels, cache_root=config.cache_dir,
+    plan = plan_training(frame["id"].to_numpy(str), rule_labels(frame, config.label_rule), config, world)
+    dataset = PackedDataset.open(config.data_dir, label_rule=config.label_rule, cache_root=config.cache_dir,
                                  catalogue=frame, framing=framing_spec(config.framing))
     if len(dataset) != len(frame):  # images that could not be decoded are not in the cache
         plan = plan_training(dataset.ids, dataset.labels, config, world)
@@ -316,7 +316,7 @@ def finish(bundle: ModelBundle, dataset: PackedDataset, plan: TrainingPlan,
     metrics, probs = held_out_metrics(bundle, ImageRows(dataset, split.test), labels,
                                       fractions=dataset.fractions(split.test), tally=tally)
     tally.finish()
-    metrics = replace(metrics, split="test", labels=dataset.rule)
+    metrics = replace(metrics, split="test", label_rule=dataset.rule)
     card = replace(bundle.card, metrics=metrics.without_reliability())
     evaluation = Evaluation(metrics, {name: ids[getattr(split, name)].tolist() for name in ("train", "val", "test")},
                             misclassified(ids[split.test], dataset.index["image"].to_numpy()[split.test],
