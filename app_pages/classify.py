@@ -32,6 +32,12 @@ PER_PAGE = 12
 MAX_SKY = 24
 EXAMPLE_KEY = "_example"
 EXAMPLE_COLUMNS = 8
+SCROLL_KEY = "_scroll_to_results"
+RESULTS_ANCHOR = "results"
+# Run once after an example is clicked: the grid of examples fills a laptop's screen, so its
+# answer would otherwise lie below the fold. The nonce makes each click a new element.
+SCROLL_SCRIPT = ("<script>/* {nonce} */ document.getElementById('{anchor}')"
+                 "?.scrollIntoView({{behavior: 'instant', block: 'start'}});</script>")
 
 
 def example_picker() -> None:
@@ -53,6 +59,7 @@ def example_picker() -> None:
             if st.button("Classify", key=f"example-{example.id}", width="stretch",
                          help=f"{example.id}; Galaxy Zoo volunteers said {example.label}"):
                 st.session_state[EXAMPLE_KEY] = example.id
+                st.session_state[SCROLL_KEY] = True
                 st.query_params[EXAMPLE_PARAM] = example.id
     if st.session_state.get(EXAMPLE_KEY) and st.button("Clear the example"):
         st.session_state[EXAMPLE_KEY] = ""
@@ -157,14 +164,22 @@ results, cams = stored["results"], stored["cams"]
 predictions = [r.prediction for r in results]
 timing = st.empty()
 
-ok = [p for p in predictions if p.error is None]
+ok = [p for p in predictions if p.classified]
+unread = sum(p.error is not None for p in predictions)
+no_galaxy = len(predictions) - len(ok) - unread
 counts = {c: sum(p.label == c for p in ok) for c in CLASSES}
-st.subheader(f"{len(ok)} of {len(predictions)} image(s) classified")
+st.subheader(f"{len(ok)} of {len(predictions)} image(s) classified", anchor=RESULTS_ANCHOR)
 st.caption(" · ".join(f"{c}: {n}" for c, n in counts.items())
-           + (f" · {len(predictions) - len(ok)} could not be read" if len(ok) < len(predictions) else ""))
+           + (f" · not classified, no galaxy found: {no_galaxy}" if no_galaxy else "")
+           + (f" · could not be read: {unread}" if unread else ""))
 st.download_button("Download results (CSV)", predictions_csv(predictions), "galaxy-predictions.csv",
                    "text/csv", icon=":material/download:")
 
+if st.session_state.pop(SCROLL_KEY, False):
+    st.html(SCROLL_SCRIPT.format(nonce=time.time_ns(), anchor=RESULTS_ANCHOR), unsafe_allow_javascript=True)
+# Answers first, then the images with no galaxy in them, then those that could not be read.
+order = sorted(range(len(predictions)), key=lambda k: (not predictions[k].classified,
+                                                       predictions[k].error is not None))
 pages = page_bounds(len(predictions), 1, PER_PAGE)[2]
 page = st.number_input(f"Page (of {pages})", 1, pages, 1) if pages > 1 else 1
 start, stop, _ = page_bounds(len(predictions), int(page), PER_PAGE)
@@ -172,12 +187,17 @@ show_cam = st.toggle("Show where the model looked (Grad-CAM)", value=True)
 if show_cam:
     cam_legend()
 columns = st.columns(3)
-for i in range(start, stop):
+for slot, i in enumerate(order[start:stop]):
     prediction, item = predictions[i], results[i]
-    with columns[(i - start) % 3].container(border=True):
+    with columns[slot % 3].container(border=True):
         st.markdown(f"**{prediction.name}**")
         if prediction.error is not None:
             st.error(f"Not classified: {prediction.error}")
+            continue
+        if not prediction.classified:
+            st.warning(f"Not classified: {prediction.warning}", icon=":material/block:")
+            st.image(outline_framing(item.preview, item.framing, item.size), width="stretch",
+                     caption=item.caption.split(";")[0])
             continue
         probs = prediction.probabilities or {}
         st.markdown(f"### Predicted: {prediction.label}")
@@ -187,9 +207,7 @@ for i in range(start, stop):
         if prediction.votes:
             st.markdown(vote_sentence(prediction.votes, classifier.card.label_rule))
         left, right = st.columns(2)
-        width, height = item.size
-        left.image(outline_framing(item.preview, item.framing, item.size), width="stretch",
-                   caption=f"uploaded ({width}×{height}); the box is what the model reads")
+        left.image(outline_framing(item.preview, item.framing, item.size), width="stretch", caption=item.caption)
         if not show_cam:
             right.image(item.framed, caption="framed as in training", width="stretch")
         else:

@@ -132,7 +132,7 @@ def evaluate_elsewhere(model_dir: Path) -> None:
         def progress(event: EvaluateProgress) -> None:
             bar.progress(event.done / max(event.total, 1),
                          text=f"Evaluating: {event.done:,} / {event.total:,} images (the 8 views, then "
-                              "turned and mirrored copies)")
+                              "turned and mirrored copies of each)")
 
         try:
             data_dir = DatasetFolder.from_user(typed).root
@@ -146,6 +146,7 @@ def evaluate_elsewhere(model_dir: Path) -> None:
         found = result.metrics
         st.success(f"{found.n:,} galaxies of {data_dir.name} ({found.split}): accuracy {found.accuracy:.1%}, "
                    f"balanced accuracy {found.balanced_accuracy:.1%}")
+        st.caption(result.comparison())
         left, right = st.columns(2)
         left.plotly_chart(charts.confusion(np.asarray(found.confusion, dtype=float), False), key="elsewhere")
         right.dataframe(per_class_frame(found), hide_index=True)

@@ -36,9 +36,11 @@ from galaxy_core.base import (
     GalaxyError,
     TrainConfig,
 )
+from galaxy_core.data import DatasetFacts, dataset_facts, fit_to_data
 from galaxy_core.training import TrainProgress, TrainResult
 
 POLL_S = 1.0
+CHANGES_KEY = "_train_changes"
 DEFAULTS = TrainConfig(Path("."), Path("."))
 S = TRAIN_SETTINGS  # each setting's words, help and range
 
@@ -63,7 +65,21 @@ running = snap is not None and snap.running
 st.session_state["_train_seen"] = None if snap is None else (snap.id, snap.state)
 
 
+def facts_of(data_dir: Path) -> DatasetFacts | None:
+    """What the dataset gives under the chosen label rule, or None when it cannot train (the
+    reason is shown when training is asked for)."""
+    try:
+        return dataset_facts(TrainConfig(data_dir, Path("."), label_rule=label_rule(), batch_size=2))
+    except GalaxyError:
+        return None
+
+
 def training_form(data_dir: Path) -> None:
+    facts = facts_of(data_dir)
+    votes = facts is None or facts.has_vote_fractions
+    if not votes:
+        st.info("This dataset has classes but no vote fractions: the model learns the classes alone, "
+                "without a vote-fraction head.", icon=":material/info:")
     with st.form("train"):
         name = st.text_input("Model name", value=f"{data_dir.name}-model",
                              help="Saved as a folder under the models root; the same name and "
@@ -93,7 +109,7 @@ def training_form(data_dir: Path) -> None:
             tta = toggle(c3, "tta")
             c1, c2, c3 = st.columns(3)
             jitter = toggle(c1, "jitter")
-            aux_weight = number(c2, "aux_weight", step=0.5)
+            aux_weight = number(c2, "aux_weight", step=0.5, **({} if votes else {"value": 0.0, "disabled": True}))
             weight_decay = number(c3, "weight_decay", format="%.4f", step=0.01)
             c1, c2, c3 = st.columns(3)
             precision = c1.selectbox(S["precision"].label, PRECISIONS, PRECISIONS.index(DEFAULTS.precision),
@@ -117,6 +133,8 @@ def training_form(data_dir: Path) -> None:
                              weight_decay=float(weight_decay), precision=str(precision),
                              max_galaxies=int(max_galaxies) or None, cache_dir=paths.cache_root,
                              label_rule=str(labels), framing=DEFAULTS.framing if framing else None)
+        config, changes = fit_to_data(config, dataset_facts(config))
+        st.session_state[CHANGES_KEY] = changes
         registry.start("train", out_dir.name, training_task(config, restart=restart),
                        stopped=lambda result: result.stopped)
     except GalaxyError as exc:
@@ -158,6 +176,8 @@ def curves(history: list[dict]) -> None:
 
 def show_job(snap: JobSnapshot) -> None:
     event: TrainProgress | None = snap.progress
+    for change in st.session_state.get(CHANGES_KEY) or []:
+        st.info(change, icon=":material/tune:")
     if snap.running:
         live_progress(event, snap)
         if st.button("Stop", icon=":material/stop:", disabled=snap.stop_requested,

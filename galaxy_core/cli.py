@@ -232,8 +232,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         result = evaluate_bundle(config, bar.evaluate)
     finally:
         bar.close()
-    print(f"{config.model_dir} answers {result.question}; scored against the "
-          f"{result.metrics.label_rule} labels")
+    print(f"{config.model_dir}: {result.comparison()}")
     print(metrics_text(result.metrics))
     if args.json:
         write_text_atomic(args.json, json.dumps(result.to_dict(), indent=1))
@@ -260,9 +259,12 @@ def _predict(args: argparse.Namespace) -> int:
     for p in failed:
         print(f"error: {p.name}: {p.error}", file=sys.stderr)
     if args.out:
-        warned = sum(p.warning is not None for p in predictions)
-        print(f"{len(predictions) - len(failed)} classified, {len(failed)} failed -> {args.out} ({warned} with "
-              f"a warning; the model answers {classifier.card.question})", file=sys.stderr)
+        classified = [p for p in predictions if p.classified]
+        unclassified = len(predictions) - len(failed) - len(classified)
+        warned = sum(p.warning is not None for p in classified)
+        apart = f", {unclassified} not classified (no galaxy found)" if unclassified else ""
+        print(f"{len(classified)} classified, {len(failed)} failed{apart} -> {args.out} ({warned} with a "
+              f"warning; the model answers {classifier.card.question})", file=sys.stderr)
     return EXIT_PARTIAL_FAILURE if failed else 0
 
 

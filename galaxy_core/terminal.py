@@ -25,8 +25,8 @@ class CountBar:
         self.bar: tqdm | None = None
 
     def update(self, done: int, total: int, **postfix: Any) -> None:
-        if self.bar is None:
-            self.bar = tqdm(total=total, unit=self.unit, desc=self.desc, file=sys.stderr)
+        if self.bar is None:  # work done before the first event (a cached step) is not in the rate
+            self.bar = tqdm(total=total, initial=done, unit=self.unit, desc=self.desc, file=sys.stderr)
         self.bar.total, self.bar.n = total, done
         if postfix:
             self.bar.set_postfix(refresh=False, **postfix)

@@ -22,6 +22,7 @@ from galaxy_core.sources.catalogue import CatalogueError, read_catalogue
 from galaxy_core.cli import EXIT_PARTIAL_FAILURE, EXIT_USER_ERROR, main
 from galaxy_core.base.config import CLASSES, ConfigError, PredictConfig, TrainConfig
 from galaxy_core.sources.cutout_server import CutoutIndex, CutoutServer, ServerOptions
+from galaxy_core.data.framing import NO_GALAXY
 from galaxy_core.serving.predict import Classifier
 from galaxy_core.training.train import train
 
@@ -48,10 +49,13 @@ def good_images() -> dict[str, bytes]:
         "cmyk.jpg": encode(g.convert("CMYK"), "JPEG"),
         "cmyk.tif": encode(g.convert("CMYK"), "TIFF"),
         "palette.gif": encode(g.convert("P"), "GIF"),
-        "one_pixel.png": encode(Image.new("RGB", (1, 1), (200, 180, 150)), "PNG"),
         "strip.webp": encode(galaxy(300).crop((0, 120, 300, 160)), "WEBP"),
         "big.jpg": encode(galaxy(900), "JPEG"),
     }
+
+
+NO_GALAXY_IMAGES = {"one_pixel.png": encode(Image.new("RGB", (1, 1), (200, 180, 150)), "PNG")}
+"""Readable, but with no galaxy in them: not classified, and the warning says why."""
 
 
 def bad_images() -> dict[str, tuple[bytes, str]]:
@@ -72,7 +76,7 @@ def bad_images() -> dict[str, tuple[bytes, str]]:
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("uploads")
-    for name, data in good_images().items():
+    for name, data in {**good_images(), **NO_GALAXY_IMAGES}.items():
         (folder / name).write_bytes(data)
     for name, (data, _) in bad_images().items():
         (folder / name).write_bytes(data)
@@ -92,6 +96,10 @@ def test_classifier_classifies_every_real_image_and_explains_the_rest(
     results = {p.name: p for p in classifier.predict([image_folder / n for n in names], names=names)}
     for name in good_images():
         assert_classified(results[name])
+    for name in NO_GALAXY_IMAGES:
+        result = results[name]
+        assert result.error is None and not result.classified and result.label is None
+        assert result.warning.startswith(NO_GALAXY) and result.row()["label"] == ""
     for name, (_, reason) in bad_images().items():
         result = results[name]
         assert result.label is None and result.probabilities is None
@@ -122,14 +130,15 @@ def test_cli_predict_reports_each_failure_and_exits_non_zero(
     assert code == EXIT_PARTIAL_FAILURE
     assert "Traceback" not in err
     rows = {Path(r["path"]).name: r for r in csv.DictReader(out.open())}
-    assert len(rows) == len(good_images()) + len(bad_images()) + 1
+    assert len(rows) == len(good_images()) + len(NO_GALAXY_IMAGES) + len(bad_images()) + 1
     for name in good_images():
         assert rows[name]["label"] in CLASSES and rows[name]["error"] == ""
     for name, (_, reason) in [*bad_images().items(), ("not-there.png", (b"", "file not found"))]:
         assert rows[name]["label"] == "" and reason in rows[name]["error"]
         lines = [line for line in err.splitlines() if line.startswith("error: ") and name in line]
         assert len(lines) == 1 and reason in lines[0], (name, err)
-    assert f"{len(good_images())} classified, {len(bad_images()) + 1} failed" in err
+    assert rows["one_pixel.png"]["label"] == "" and rows["one_pixel.png"]["warning"].startswith(NO_GALAXY)
+    assert f"{len(good_images())} classified, {len(bad_images()) + 1} failed, 1 not classified (no galaxy found)" in err
 
 
 def test_cli_predict_to_stdout_and_bad_model(trained_tiny_model: Path, image_folder: Path, tmp_path: Path,

@@ -6,6 +6,7 @@ Imports only ``base`` and ``sources``.
 
 from galaxy_core.data.cache import PackedDataset, build_cache
 from galaxy_core.data.dataset import balance, dataset_summary, sample_galaxies, split_dataset
+from galaxy_core.data.fit import DatasetFacts, dataset_facts, fit_to_data
 from galaxy_core.data.geometry import InputGeometry
 from galaxy_core.data.normalise import (
     ChannelStats,
@@ -16,4 +17,4 @@ from galaxy_core.data.normalise import (
     tensor_to_image,
 )
 
-__all__ = ["ChannelStats", "InputGeometry", "PackedDataset", "PixelStatistics", "balance", "build_cache", "compute_channel_stats", "dataset_summary", "image_to_tensor", "pixel_statistics", "sample_galaxies", "split_dataset", "tensor_to_image"]
+__all__ = ["ChannelStats", "DatasetFacts", "InputGeometry", "PackedDataset", "PixelStatistics", "balance", "build_cache", "compute_channel_stats", "dataset_facts", "fit_to_data", "dataset_summary", "image_to_tensor", "pixel_statistics", "sample_galaxies", "split_dataset", "tensor_to_image"]

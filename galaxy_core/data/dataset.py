@@ -54,8 +54,9 @@ def training_targets(dataset: PackedDataset, rows: np.ndarray, soft: bool, vote_
     if soft or vote_outputs:
         missing = np.isnan(fractions[:, :2]).any(axis=1)
         if missing.any():
-            raise DatasetError(f"{int(missing.sum())} training galaxies have a class but no {dataset.rule} vote "
-                               "fractions: train with --no-soft-labels and --aux-weight 0")
+            raise DatasetError(f"{int(missing.sum())} training galaxies have a class but no vote fractions "
+                               f"({dataset.rule} rule), as in a plain image,label folder: train on the classes "
+                               "alone and without the vote-fraction head (--no-soft-labels --aux-weight 0)")
     if soft:
         out = soft_targets(fractions[:, 0], fractions[:, 1])
     else:
@@ -171,6 +172,19 @@ def plan_training(ids: np.ndarray, labels: np.ndarray, config: TrainConfig, worl
     Cheap (no pixels), so a job plans on the catalogue before any image is decoded, and settings
     the data cannot satisfy fail in a second.
     """
+    plan = plan_views(ids, labels, config)
+    views = plan.views
+    if config.batch_size > len(views.rows):
+        raise ConfigError(f"batch size {config.batch_size} is larger than the {len(views.rows)} "
+                          "training views; lower it or use more galaxies")
+    if config.batch_size < 2 * world:
+        raise ConfigError(f"batch size {config.batch_size} is too small for {world} processes")
+    return plan
+
+
+def plan_views(ids: np.ndarray, labels: np.ndarray, config: TrainConfig) -> TrainingPlan:
+    """The subset, split and balanced views of ``config``, whatever its batch size (which the
+    caller checks, or fits to the number of views)."""
     rows = np.arange(len(ids))
     if config.max_galaxies is not None and config.max_galaxies < len(rows):
         rows = np.sort(np.random.default_rng(config.seed).choice(rows, config.max_galaxies, replace=False))
@@ -179,13 +193,7 @@ def plan_training(ids: np.ndarray, labels: np.ndarray, config: TrainConfig, worl
     if len(split.val) == 0 or len(split.test) == 0:
         raise ConfigError(f"{len(rows)} galaxies are too few to hold out validation and test "
                           "galaxies; download more")
-    views = balanced_views(split.train, labels, config.seed, config.balance)
-    if config.batch_size > len(views.rows):
-        raise ConfigError(f"batch size {config.batch_size} is larger than the {len(views.rows)} "
-                          "training views; lower it or use more galaxies")
-    if config.batch_size < 2 * world:
-        raise ConfigError(f"batch size {config.batch_size} is too small for {world} processes")
-    return TrainingPlan(split, views)
+    return TrainingPlan(split, balanced_views(split.train, labels, config.seed, config.balance))
 
 
 def dataset_summary(data_dir: Path, config: SplitConfig = SplitConfig(), balance_choice: str = "median",

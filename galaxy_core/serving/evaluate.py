@@ -48,9 +48,17 @@ class ProgressTally:
     before it has gone through the network, so the count never runs ahead of the work.
     """
 
-    def __init__(self, total: int, report: Callable[[EvaluateProgress], None] | None):
+    def __init__(self, total: int, report: Callable[[EvaluateProgress], None] | None,
+                 items: int | None = None):
+        """``items``: report in those (the galaxies, each read once per pass) instead of reads."""
         self.total, self.report, self.done = total, report, 0
+        self.items = total if items is None else items
         self._pending = 0
+
+    def _report(self) -> None:
+        if self.report is not None:
+            done = min(self.done, self.total) * self.items // max(self.total, 1)
+            self.report(EvaluateProgress(done, self.items))
 
     def wrap(self, images: Cutouts) -> CountedImages:
         return CountedImages(images, self)
@@ -58,13 +66,11 @@ class ProgressTally:
     def read(self, n: int) -> None:
         self.done += self._pending
         self._pending = n
-        if self.report is not None:
-            self.report(EvaluateProgress(min(self.done, self.total), self.total))
+        self._report()
 
     def finish(self) -> None:
         self.done, self._pending = self.done + self._pending, 0
-        if self.report is not None:
-            self.report(EvaluateProgress(min(self.done, self.total), self.total))
+        self._report()
 
 
 class CountedImages:
@@ -174,7 +180,7 @@ def held_out_rows(dataset: PackedDataset, bundle: ModelBundle) -> tuple[np.ndarr
         return np.sort(np.array([position[g] for g in test_ids], dtype=np.int64)), "test"
     trained = set(split_ids.get("train", [])) | set(split_ids.get("val", []))
     rows = np.array([i for i, galaxy in enumerate(ids) if galaxy not in trained], dtype=np.int64)
-    return rows, "all (galaxies not used in training)"
+    return rows, "all not used in training"
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,21 @@ class EvaluationResult:
     metrics: Metrics
     misclassified: list[dict[str, Any]]
     question: str = ""  # what the model answers (its card's label rule), for whoever shows the metrics
+    model_rule: str = ""  # the label rule the model was trained on
+    labels_from_votes: bool = True  # the folder's classes come from its vote fractions, by metrics.label_rule
+
+    def comparison(self) -> str:
+        """What the figures compare, in one sentence: the rule the model answers, and the rule the
+        folder's labels follow (made here from its vote fractions, or assumed for plain labels)."""
+        rule = self.metrics.label_rule or self.model_rule
+        answers = f"The model answers {self.question} ({self.model_rule} labels)"
+        if self.labels_from_votes:
+            if rule == self.model_rule:
+                return f"{answers}; the folder's {rule} vote fractions were labelled by the same rule."
+            return (f"{answers}; the folder's {rule} vote fractions were labelled by the {rule} rule, "
+                    "which the model was not trained to answer: expect a lower figure.")
+        return (f"{answers}; the folder has labels but no vote fractions, so the figures assume its labels "
+                f"follow the {self.model_rule} rule (a folder labelled by another rule scores lower).")
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.metrics.to_dict(), "misclassified": self.misclassified}
@@ -200,9 +221,11 @@ def evaluate_bundle(config: EvaluateConfig,
         raise DatasetError(f"every galaxy in {config.data_dir} was used to train {config.model_dir}: "
                            "there is nothing held out to evaluate on")
     labels = dataset.labels[rows]
-    tally = ProgressTally(HELD_OUT_PASSES * len(rows), progress)
+    tally = ProgressTally(HELD_OUT_PASSES * len(rows), progress, items=len(rows))
+    fractions = dataset.fractions(rows)
     metrics, probs = held_out_metrics(bundle, ImageRows(dataset, rows), labels, tta=config.tta,
-                                      fractions=dataset.fractions(rows), tally=tally)
+                                      fractions=fractions, tally=tally)
     tally.finish()
     wrong = misclassified(dataset.ids[rows], dataset.index["image"].to_numpy()[rows], labels, probs)
-    return EvaluationResult(replace(metrics, split=which, label_rule=dataset.rule), wrong, bundle.card.question)
+    return EvaluationResult(replace(metrics, split=which, label_rule=dataset.rule), wrong, bundle.card.question,
+                            bundle.card.label_rule, bool(not np.isnan(fractions[:, :2]).any()))

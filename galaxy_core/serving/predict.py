@@ -16,12 +16,19 @@ from PIL import Image, ImageDraw
 
 from galaxy_core.base.atomic import write_text_atomic
 from galaxy_core.base.config import ANSWERS, CLASSES, PredictConfig
-from galaxy_core.data.framing import Framing, frame_image
+from galaxy_core.data.framing import NO_GALAXY, Framing, frame_image
 from galaxy_core.data.geometry import model_view
 from galaxy_core.model.bundle import ModelBundle, load_bundle
 from galaxy_core.serving.gradcam import grad_cam, grad_cam_overlay
 from galaxy_core.serving.inference import Outputs, iter_chunks, predict_outputs
-from galaxy_core.sources.images import MAX_DECODED_SIDE, ImageLoadError, ImageSource, load_image
+from galaxy_core.sources.images import (
+    MAX_DECODED_SIDE,
+    ImageLoadError,
+    ImageSource,
+    is_greyscale,
+    load_image,
+    source_size,
+)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
 CSV_COLUMNS = ["path", "label", *[f"p_{c.lower()}" for c in CLASSES], "error",
@@ -37,6 +44,22 @@ def answer_warning(framing: Framing | None, probabilities: np.ndarray, floor: fl
         return (f"low confidence: no class reaches {floor:.0%} "
                 f"(most likely {CLASSES[top]}, {float(probabilities[top]):.0%})")
     return None
+
+
+GREYSCALE_WARNING = "greyscale image: the model was trained on colour images, so its answer may differ from a colour one"
+
+
+def colour_warning(image: Image.Image, card: object) -> str | None:
+    """A warning for a greyscale image, unless the model's card says it was trained for them."""
+    if getattr(card, "trained_for_greyscale", False) or not is_greyscale(image):
+        return None
+    return GREYSCALE_WARNING
+
+
+def no_galaxy(framing: Framing | None) -> bool:
+    """Whether the framer found no galaxy (blank, only point sources or noise, not the sky): such
+    an image gets no class, only its warning."""
+    return framing is not None and bool(framing.warning) and framing.warning.startswith(NO_GALAXY)
 
 
 ANSWER_WORDS = {"smooth": "smooth", "features": "features or a disk", "artifact": "a star or artifact"}
@@ -56,8 +79,13 @@ def outline_framing(preview: Image.Image, framing: Framing, size: tuple[int, int
     out = preview.copy()
     scale = preview.size[0] / size[0]
     left, top, side = (v * scale for v in framing.box)
-    ImageDraw.Draw(out).rectangle((left, top, left + side - 1, top + side - 1), outline=(80, 220, 255),
-                                  width=max(1, round(preview.size[0] / 128)))
+    # Clipped to the picture, so a square that runs past the image is still drawn (its part
+    # inside the image), and a line along the border stays visible.
+    width, height = out.size
+    thick = max(2, round(max(width, height) / 128))
+    x0, y0 = min(max(left, 0), width - thick), min(max(top, 0), height - thick)
+    x1, y1 = max(min(left + side - 1, width - 1), x0 + thick), max(min(top + side - 1, height - 1), y0 + thick)
+    ImageDraw.Draw(out).rectangle((x0, y0, x1, y1), outline=(80, 220, 255), width=thick)
     return out
 
 
@@ -72,6 +100,12 @@ class Prediction:
     error: str | None = None
     votes: dict[str, float] | None = None
     warning: str | None = None
+
+    @property
+    def classified(self) -> bool:
+        """Whether there is an answer: the image was read and the framer found a galaxy in it (a
+        low-confidence answer is still an answer, shown with its warning)."""
+        return self.error is None and self.label is not None
 
     def row(self) -> dict[str, str]:
         probs, votes = self.probabilities or {}, self.votes or {}
@@ -119,10 +153,15 @@ class Classifier:
             return
         outputs = self._outputs(np.stack([f.image for f in framings]))
         for j, (framing, result) in enumerate(zip(framings, results)):
+            if no_galaxy(framing):  # nothing to classify: the warning says why, and no class is given
+                result.warning = framing.warning
+                continue
             p = outputs.probs[j]
             result.probabilities = {c: float(v) for c, v in zip(CLASSES, p)}
             result.label = CLASSES[int(np.argmax(p))]
-            result.warning = answer_warning(framing, p, self.card.confidence_floor)
+            # A warning set before classifying (a greyscale image) comes after the answer's own.
+            notes = [answer_warning(framing, p, self.card.confidence_floor), result.warning]
+            result.warning = "; ".join(n for n in notes if n) or None
             if outputs.votes is not None:
                 result.votes = {a: float(v) for a, v in zip(ANSWERS, outputs.votes[j])}
 
@@ -140,6 +179,7 @@ class Classifier:
             for i in range(part.start, part.stop):
                 try:
                     image = load_image(sources[i], max_pixels=self.config.max_pixels, max_side=MAX_DECODED_SIDE)
+                    results[i].warning = colour_warning(image, self.card)
                     good.append((i, self.frame(image)))
                 except ImageLoadError as exc:
                     results[i].error = str(exc)
@@ -165,8 +205,22 @@ class Classified:
 
     prediction: Prediction
     preview: Image.Image | None = None
-    size: tuple[int, int] | None = None
+    size: tuple[int, int] | None = None  # as decoded (reduced for a large photo): the framing box's scale
     framing: Framing | None = None
+    file_size: tuple[int, int] | None = None  # the file's own width and height
+
+    @property
+    def caption(self) -> str:
+        """What the upload picture shows, in true numbers: the file's size, and where the framed
+        square lies (inside the image, or reaching past it into added sky)."""
+        width, height = self.file_size or self.size or (0, 0)
+        text = f"uploaded ({width}×{height})"
+        if self.framing is None or self.size is None:
+            return text
+        left, top, side = self.framing.box
+        if left < 0 or top < 0 or left + side > self.size[0] or top + side > self.size[1]:
+            return f"{text}; the model reads the boxed part, with sky added where its square runs past the image"
+        return f"{text}; the box is what the model reads"
 
     @property
     def framed(self) -> Image.Image | None:
@@ -188,7 +242,8 @@ def classify_uploads(classifier: Classifier, items: Sequence[tuple[str, bytes]],
             continue
         preview = image.copy()
         preview.thumbnail((preview_size, preview_size))
-        out.append(Classified(Prediction(name), preview, image.size, classifier.frame(image)))
+        prediction = Prediction(name, warning=colour_warning(image, classifier.card))
+        out.append(Classified(prediction, preview, image.size, classifier.frame(image), source_size(image)))
     good = [c for c in out if c.framing is not None]  # batched by the forward pass itself
     classifier.classify_framed([c.framing for c in good], [c.prediction for c in good])
     return out

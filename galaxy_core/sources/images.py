@@ -25,6 +25,30 @@ MAX_FILE_BYTES = 64 * 1024**2
 ALLOWED_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "GIF", "WEBP")
 
 
+SOURCE_SIZE = "source_size"
+"""``image.info`` key of the file's own (width, height), kept when decoding reduced the image."""
+GREY_TOLERANCE = 3
+"""Grey levels by which a greyscale image saved as colour (a JPEG's chroma noise) may differ
+between channels."""
+
+
+def source_size(image: Image.Image) -> tuple[int, int]:
+    """The size of the file ``image`` was decoded from, before any reduction (draft mode included)."""
+    return tuple(image.info.get(SOURCE_SIZE, image.size))  # type: ignore[return-value]
+
+
+def is_greyscale(image: Image.Image) -> bool:
+    """Whether an image holds no colour: a greyscale mode, or RGB whose channels agree (a grey
+    image saved as colour). Looks at a sample of at most about 512 x 512 pixels."""
+    if image.mode in GREY_MODES:
+        return True
+    if image.mode != "RGB":
+        return False
+    step = max(1, max(image.size) // 512)
+    pixels = np.asarray(image)[::step, ::step].astype(np.int16)
+    return bool(np.abs(pixels - pixels[..., :1]).max() <= GREY_TOLERANCE)
+
+
 class ImageLoadError(GalaxyError):
     """The file is not an image we can read safely."""
 
@@ -59,11 +83,17 @@ def _open(source: ImageSource) -> Image.Image:
     return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
 
 
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+"""16-bit, 32-bit and float greyscale: scaled by their own range (astronomers' PNG and TIFF
+exports rarely use the whole range of their type)."""
+GREY_MODES = ("1", "L", "LA", *WIDE_MODES)
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB; 16-bit and float images are rescaled, not clipped."""
     if image.mode == "RGB":
         return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if image.mode in WIDE_MODES:
         array = np.asarray(image, dtype=np.float64)
         low, high = float(array.min()), float(array.max())
         scaled = np.zeros_like(array) if high <= low else (array - low) / (high - low) * 255.0
@@ -110,6 +140,7 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                 scale = max_side / max(image.size)
                 size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
                 image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
+            image.info[SOURCE_SIZE] = (width, height)
         return image
     except ImageLoadError:
         raise
