@@ -21,6 +21,7 @@ from galaxy_core.base.config import (
     BALANCE_CHOICES,
     DEFAULT_CATALOGUE_URL,
     DEVICES,
+    MODEL_DIR_ENV,
     LABEL_RULES,
     PRECISIONS,
     TRAIN_SETTINGS,
@@ -30,6 +31,7 @@ from galaxy_core.base.config import (
     PredictConfig,
     SplitConfig,
     TrainConfig,
+    default_model_dir,
 )
 
 EXIT_USER_ERROR = 2
@@ -106,8 +108,28 @@ def _add_cache_dir(p: argparse.ArgumentParser) -> None:
                    help="where packed image caches go (default: $GALAXY_CACHE_DIR or ~/.cache)")
 
 
+def program_name(argv0: str | None = None) -> str:
+    """The command as it was called: ``galaxy-classification`` when installed, ``python -m
+    galaxy_core`` from a checkout."""
+    name = Path(sys.argv[0] if argv0 is None else argv0).name
+    return "python -m galaxy_core" if name in ("__main__.py", "", "-c") else name
+
+
+def model_dir_of(args: argparse.Namespace) -> Path:
+    """``--model``, else the default model, which must be there: the error says how to name one."""
+    from galaxy_core.model.bundle import CARD_NAME
+
+    if args.model is not None:
+        return args.model
+    default = default_model_dir()
+    if not (default / CARD_NAME).is_file():
+        raise GalaxyError(f"no model found at {default}: pass --model MODEL_FOLDER, or set {MODEL_DIR_ENV} "
+                          "to a model folder (one with card.json and model.safetensors)")
+    return default
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m galaxy_core",
+    parser = argparse.ArgumentParser(prog=program_name(),
                                      description="Galaxy Zoo morphology: Spiral / Elliptical / Uncertain")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_download(sub)
@@ -225,7 +247,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from .terminal import CountBar, metrics_text
 
-    config = EvaluateConfig(data_dir=args.data, model_dir=args.model or PredictConfig().model_dir,
+    config = EvaluateConfig(data_dir=args.data, model_dir=model_dir_of(args),
                             tta=False if args.no_tta else None, label_rule=args.label_rule, cache_dir=args.cache_dir)
     bar = CountBar("evaluate")
     try:
@@ -244,7 +266,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     from .terminal import CountBar
 
-    config = PredictConfig() if args.model is None else PredictConfig(model_dir=args.model)
+    config = PredictConfig(model_dir=model_dir_of(args))
     classifier = Classifier.load(config)
     paths = expand_inputs(args.inputs)
     if not paths:

@@ -127,12 +127,19 @@ def _paths(config: Any, *names: str) -> None:
             object.__setattr__(config, name, Path(value))
 
 
+MODEL_DIR_ENV = "GALAXY_MODEL_DIR"
+"""The environment variable that names the model ``predict`` and ``evaluate`` use by default."""
+
+
 def default_model_dir() -> Path:
-    """The shipped model, overridable with GALAXY_MODEL_DIR."""
-    env = os.environ.get("GALAXY_MODEL_DIR")
+    """The shipped model, overridable with GALAXY_MODEL_DIR: ``models/default`` of a checkout, or
+    the copy an installed package carries as package data (``galaxy_core/_models/default``)."""
+    env = os.environ.get(MODEL_DIR_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "models" / "default"
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "_models" / "default"
+    return installed if installed.is_dir() else package.parent / "models" / "default"
 
 
 def default_cache_root() -> Path:
