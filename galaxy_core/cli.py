@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--model", type=Path, default=None, help=MODEL_HELP)
     p.add_argument("--out", type=Path, help="CSV file (default: standard output)")
+    p.add_argument("--saliency", type=Path, metavar="DIR",
+                   help="also write each image's Grad-CAM heat map (for the answer shown, over its 8 views) "
+                        "as DIR/NAME.png, and its peak in the image's pixels as saliency_peak_x, _y")
     p = sub.add_parser("serve-cutouts", help="serve a folder of cutouts like SkyServer ImgCutout")
     p.add_argument("--data", required=True, type=Path, help="dataset folder (catalogue and images)")
     p.add_argument("--port", type=int, default=8765)
@@ -273,7 +276,8 @@ def _predict(args: argparse.Namespace) -> int:
         raise GalaxyError("no image files found in the given inputs")
     bar = CountBar("predict")
     try:
-        predictions = classifier.predict(paths, names=[str(p) for p in paths], progress=bar.count)
+        predictions = classifier.predict(paths, names=[str(p) for p in paths], progress=bar.count,
+                                         saliency_dir=args.saliency)
     finally:
         bar.close()
     write_predictions_csv(predictions, args.out)

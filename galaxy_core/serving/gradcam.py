@@ -1,5 +1,6 @@
 """Where the network looked: Grad-CAM (Selvaraju et al. 2017) on its last convolutional stage,
-drawn over exactly the view of the image it was given."""
+for the answer shown (the same 8 views it averages, each map turned back before the maps are
+averaged), drawn over exactly the view of the image it was given."""
 
 from __future__ import annotations
 
@@ -8,39 +9,70 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from galaxy_core.data.geometry import cutout_array, model_view
+from galaxy_core.data.geometry import InputGeometry, cutout_array, dihedral, model_view
 from galaxy_core.model.bundle import ModelBundle
 from galaxy_core.serving.inference import prepare_batch
 
+VIEWS = 8
 
-def grad_cam(bundle: ModelBundle, image: Image.Image, class_index: int | None = None) -> np.ndarray:
+
+def undo_dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The inverse of ``dihedral(x, k)``: a map computed on the k-th view, back in the image's frame."""
+    x = x.flip(-1) if k >= 4 else x
+    return torch.rot90(x, -(k % 4), dims=(-2, -1))
+
+
+def grad_cam(bundle: ModelBundle, image: Image.Image, class_index: int | None = None,
+             tta: bool | None = None) -> np.ndarray:
     """A [0, 1] map at the network's input resolution of what drove ``class_index`` (default: the
-    predicted class). Hooks the shared model, so callers serving several users hold a lock."""
+    class of the answer shown). With test-time augmentation (the card's, unless ``tta`` says) the
+    answer is the mean over the 8 symmetric views, so the map is too: each view's map is turned
+    back to the image's frame before they are averaged. Hooks the shared model, so callers serving
+    several users hold a lock."""
     model = bundle.model
+    use_tta = bundle.card.tta if tta is None else tta
+    views = VIEWS if use_tta else 1
     x = prepare_batch(cutout_array(image, bundle.geometry)[None], bundle)
-    store: dict[str, torch.Tensor] = {}
-
-    def hook(_module: torch.nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-        output.retain_grad()
-        store["features"] = output
-
-    handle = model.features.register_forward_hook(hook)
+    outputs: list[torch.Tensor] = []
+    handles = [block.register_forward_hook(lambda _m, _i, output: outputs.append(output))
+               for block in model.features.children()]
     try:
         with torch.enable_grad():
-            x = x.clone().requires_grad_(True)
-            logits = model(x)
-            index = int(logits.argmax(1)) if class_index is None else class_index
-            model.zero_grad(set_to_none=True)
-            logits[0, index].backward()
+            batch = torch.cat([dihedral(x, k) for k in range(views)]).clone().requires_grad_(True)
+            logits = model(batch).float()
+            answer = torch.log_softmax(logits, dim=1).mean(dim=0)
+            index = int(answer.argmax()) if class_index is None else class_index
+            features = cam_features(outputs)
+            (grads,) = torch.autograd.grad(logits[:, index].sum(), features)
     finally:
-        handle.remove()
-    features, grads = store["features"].detach(), store["features"].grad
+        for handle in handles:
+            handle.remove()
+    features, grads = features.detach().float(), grads.float()
     weights = grads.mean(dim=(2, 3), keepdim=True)
-    cam = F.relu((weights * features).sum(dim=1, keepdim=True))
-    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    cams = F.relu((weights * features).sum(dim=1, keepdim=True))
+    cams = F.interpolate(cams, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    cam = torch.stack([undo_dihedral(cams[k], k) for k in range(views)]).mean(dim=0)
     cam = cam - cam.min()
     peak = float(cam.max())
     return (cam / peak if peak > 0 else cam).cpu().numpy()
+
+
+def cam_features(outputs: list[torch.Tensor]) -> torch.Tensor:
+    """The feature maps Grad-CAM weighs: the last stage's output whose side is at least twice the
+    final one's. The final stage of a 64-pixel input is 4 x 4 cells, too coarse to tell the
+    galaxy from the sky beside it (its hottest cell is as often an edge or a corner); the stage
+    before it, 8 x 8, still sees the whole galaxy (measured in benchmarks/saliency.py)."""
+    final = outputs[-1].shape[-1]
+    return next((o for o in reversed(outputs) if o.shape[-1] >= 2 * final), outputs[-1])
+
+
+def peak_in_cutout(heat: np.ndarray, geometry: InputGeometry) -> tuple[float, float]:
+    """Where ``heat`` (a map of the network's input view) is hottest, in the pixels of the
+    ``source_size`` cutout that view was cropped from and resized."""
+    row, col = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    scale = geometry.crop / heat.shape[0]
+    start = (geometry.source_size - geometry.crop) // 2  # as crop_and_resize cuts it
+    return start + (col + 0.5) * scale, start + (row + 0.5) * scale
 
 
 COLOUR_MAP = "inferno"
@@ -79,6 +111,6 @@ def overlay_heatmap(image: Image.Image, heat: np.ndarray, alpha: float = 0.7) ->
 
 
 def grad_cam_overlay(bundle: ModelBundle, image: Image.Image, class_index: int | None = None,
-                     alpha: float = 0.7) -> Image.Image:
+                     alpha: float = 0.7, tta: bool | None = None) -> Image.Image:
     """Where the network looked, drawn over the crop it actually sees (not the full upload)."""
-    return overlay_heatmap(model_view(image, bundle.geometry), grad_cam(bundle, image, class_index), alpha)
+    return overlay_heatmap(model_view(image, bundle.geometry), grad_cam(bundle, image, class_index, tta), alpha)

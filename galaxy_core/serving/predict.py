@@ -14,12 +14,12 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from galaxy_core.base.atomic import write_text_atomic
+from galaxy_core.base.atomic import write_bytes_atomic, write_text_atomic
 from galaxy_core.base.config import ANSWERS, CLASSES, PredictConfig
 from galaxy_core.data.framing import NO_GALAXY, Framing, frame_image
 from galaxy_core.data.geometry import model_view
 from galaxy_core.model.bundle import ModelBundle, load_bundle
-from galaxy_core.serving.gradcam import grad_cam, grad_cam_overlay
+from galaxy_core.serving.gradcam import grad_cam, grad_cam_overlay, overlay_heatmap, peak_in_cutout
 from galaxy_core.serving.inference import Outputs, iter_chunks, predict_outputs
 from galaxy_core.sources.images import (
     MAX_DECODED_SIDE,
@@ -32,7 +32,7 @@ from galaxy_core.sources.images import (
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
 CSV_COLUMNS = ["path", "label", *[f"p_{c.lower()}" for c in CLASSES], "error",
-               *[f"vote_{a}" for a in ANSWERS], "warning"]
+               *[f"vote_{a}" for a in ANSWERS], "warning", "saliency_peak_x", "saliency_peak_y"]
 
 
 def answer_warning(framing: Framing | None, probabilities: np.ndarray, floor: float) -> str | None:
@@ -100,6 +100,7 @@ class Prediction:
     error: str | None = None
     votes: dict[str, float] | None = None
     warning: str | None = None
+    saliency_peak: tuple[float, float] | None = None  # Grad-CAM's hottest point, in the file's pixels
 
     @property
     def classified(self) -> bool:
@@ -113,7 +114,9 @@ class Prediction:
                 **{f"p_{c.lower()}": (f"{probs[c]:.6f}" if c in probs else "") for c in CLASSES},
                 "error": self.error or "",
                 **{f"vote_{a}": (f"{votes[a]:.6f}" if a in votes else "") for a in ANSWERS},
-                "warning": self.warning or ""}
+                "warning": self.warning or "",
+                **{f"saliency_peak_{axis}": (f"{v:.1f}" if self.saliency_peak else "")
+                   for axis, v in zip("xy", self.saliency_peak or (0.0, 0.0))}}
 
 
 class Classifier:
@@ -166,37 +169,84 @@ class Classifier:
                 result.votes = {a: float(v) for a, v in zip(ANSWERS, outputs.votes[j])}
 
     def predict(self, sources: Sequence[ImageSource], names: Sequence[str] | None = None,
-                progress: Callable[[int, int], None] | None = None) -> list[Prediction]:
+                progress: Callable[[int, int], None] | None = None,
+                saliency_dir: Path | None = None) -> list[Prediction]:
         """Classify many inputs; an unreadable one gets an error and the rest still get results.
-        ``progress(done, total)`` hears after each batch how many inputs are done."""
+        ``progress(done, total)`` hears after each batch how many inputs are done. With
+        ``saliency_dir``, each classified image also gets its Grad-CAM peak and a heat-map PNG there."""
         names = list(names) if names is not None else [str(s) if isinstance(s, (str, os.PathLike))
                                                        else f"image {i + 1}" for i, s in enumerate(sources)]
         results = [Prediction(name) for name in names]
+        taken: set[Path] = set()  # heat-map files written by this run
         # Each image is reduced as it is decoded and framed at once, so only its framed cutout is
         # kept: a folder of large photos never sits in memory, whatever the batch size.
         for part in iter_chunks(len(sources), self.config.batch_size):
             good: list[tuple[int, Framing]] = []
+            scales: dict[int, tuple[float, float]] = {}  # file pixels per decoded pixel
             for i in range(part.start, part.stop):
                 try:
                     image = load_image(sources[i], max_pixels=self.config.max_pixels, max_side=MAX_DECODED_SIDE)
                     results[i].warning = colour_warning(image, self.card)
                     good.append((i, self.frame(image)))
+                    file_size = source_size(image)
+                    scales[i] = (file_size[0] / image.width, file_size[1] / image.height)
                 except ImageLoadError as exc:
                     results[i].error = str(exc)
             self.classify_framed([f for _, f in good], [results[i] for i, _ in good])
+            if saliency_dir is not None:
+                for i, framing in good:
+                    if results[i].classified:
+                        self._saliency(results[i], framing, scales[i], saliency_dir, names[i], taken)
             if progress is not None:
                 progress(part.stop, len(sources))
         return results
 
+    def _saliency(self, result: Prediction, framing: Framing, scale: tuple[float, float], folder: Path,
+                  name: str, taken: set[Path]) -> None:
+        """The answer's Grad-CAM over the framed galaxy: its peak, in the file's pixels, on
+        ``result``, and the heat map over the network's view as a PNG in ``folder``."""
+        framed = Image.fromarray(framing.image)
+        heat = grad_cam(self.bundle, framed, CLASSES.index(result.label), tta=self.tta)
+        result.saliency_peak = peak_in_image(heat, self.bundle.geometry, framing, scale)
+        folder.mkdir(parents=True, exist_ok=True)
+        picture = overlay_heatmap(model_view(framed, self.bundle.geometry), heat)
+        buffer = io.BytesIO()
+        picture.save(buffer, "PNG")
+        write_bytes_atomic(saliency_path(folder, name, taken), buffer.getvalue())
+
     def grad_cam(self, image: Image.Image, class_index: int | None = None) -> np.ndarray:
-        return grad_cam(self.bundle, image, class_index)
+        """Grad-CAM of the answer this classifier gives (its views, its class)."""
+        return grad_cam(self.bundle, image, class_index, tta=self.tta)
 
     def grad_cam_overlay(self, image: Image.Image, class_index: int | None = None) -> Image.Image:
-        return grad_cam_overlay(self.bundle, image, class_index)
+        return grad_cam_overlay(self.bundle, image, class_index, tta=self.tta)
 
     def model_view(self, image: Image.Image) -> Image.Image:
         """The crop of ``image`` that the network sees, at its input size (for overlays)."""
         return model_view(image, self.bundle.geometry)
+
+
+def peak_in_image(heat: np.ndarray, geometry, framing: Framing,  # noqa: ANN001 - an InputGeometry
+                  scale: tuple[float, float] = (1.0, 1.0)) -> tuple[float, float]:
+    """Grad-CAM's hottest point in the input image's pixels: from the network's view to the framed
+    cutout, through the framing box to the decoded image, and by ``scale`` to the file's pixels."""
+    u, v = peak_in_cutout(heat, geometry)
+    left, top, side = framing.box
+    per = side / geometry.source_size
+    # Continuous coordinates (a pixel spans [i, i + 1)) until the end, then the pixel's index.
+    return (left + u * per) * scale[0] - 0.5, (top + v * per) * scale[1] - 0.5
+
+
+def saliency_path(folder: Path, name: str, taken: set[Path]) -> Path:
+    """``folder/STEM.png`` for an input, or ``STEM-2.png`` ... when an earlier input of the same
+    run (in ``taken``, which this adds to) has the same stem."""
+    stem = Path(name).stem or "image"
+    path, n = folder / f"{stem}.png", 1
+    while path in taken:
+        n += 1
+        path = folder / f"{stem}-{n}.png"
+    taken.add(path)
+    return path
 
 
 @dataclass
