@@ -44,6 +44,7 @@ from galaxy_core.base import (
     DownloadConfig,
     GalaxyError,
 )
+from galaxy_core.serving import EXAMPLES_DIR, list_examples
 from galaxy_core.sources import CATALOGUE_NAME, IMAGES_DIR, DatasetFolder, DownloadProgress, DownloadReport
 
 POLL_S = 1.0
@@ -74,6 +75,15 @@ def choose_dataset() -> Path | None:
             else:
                 add_extra_dataset(folder)
                 st.rerun()
+    examples = list_examples() if EXAMPLES_DIR.is_dir() else []
+    if examples and EXAMPLES_DIR.resolve() not in {p.resolve() for p in known_datasets()}:
+        left, right = st.columns([4, 1], vertical_alignment="center")
+        left.caption(f"Or start with the {len(examples)} example galaxies that ship with the app "
+                     "(`examples/`: a class for each, no vote fractions): enough to try training in a "
+                     "minute, far too few for a good model.")
+        if right.button("Use the examples"):
+            add_extra_dataset(EXAMPLES_DIR)
+            st.rerun()
     return current
 
 

@@ -14,6 +14,7 @@ from app_support.common import (
     draw_thumbnail,
     folders,
     known_dataset_folder,
+    load_classifier,
     point_to,
     set_active_model,
     usable_models,
@@ -29,7 +30,7 @@ from app_support.tables import (
 )
 from galaxy_core.base import CLASSES, EvaluateConfig, GalaxyError
 from galaxy_core.model import metric_rows, read_evaluation
-from galaxy_core.serving import EXAMPLES_DIR, EvaluateProgress, evaluate_bundle
+from galaxy_core.serving import EXAMPLES_DIR, EvaluateProgress, classify_uploads, evaluate_bundle, list_examples
 from galaxy_core.sources import CATALOGUE_NAME, IMAGES_DIR, DatasetFolder
 
 PER_PAGE = 12
@@ -152,6 +153,35 @@ def evaluate_elsewhere(model_dir: Path) -> None:
         right.dataframe(per_class_frame(found), hide_index=True)
 
 
+def shipped_examples(model_dir: Path, trained_on: Path | None) -> None:
+    """Where the gallery of mistakes would come from, and meanwhile what ships: the example
+    galaxies with the volunteers' class and this model's answer."""
+    st.info(f"The gallery shows this model's mistakes with the images of the folder it was trained on"
+            + (f" (`{trained_on}`)" if trained_on is not None else "") + ", which this app does not have. "
+            "To see it, download that dataset or choose its folder on the Dataset page. Below: the "
+            "example galaxies that ship with the app, with the volunteers' class and this model's answer.",
+            icon=":material/photo_library:")
+    examples = list_examples() if EXAMPLES_DIR.is_dir() else []
+    if not examples:
+        return
+    try:
+        classifier, lock = load_classifier(model_dir)
+    except GalaxyError as exc:
+        st.caption(f"The examples cannot be classified with this model: {exc}")
+        return
+    with lock:
+        answers = classify_uploads(classifier, [(e.id, e.path.read_bytes()) for e in examples])
+    right = sum(a.prediction.label == e.label for a, e in zip(answers, examples))
+    st.caption(f"{right} of {len(examples)} examples answered as the volunteers said.")
+    cols = st.columns(6)
+    for i, (example, answer) in enumerate(zip(examples, answers)):
+        with cols[i % 6].container(border=True):
+            draw_thumbnail(example.path, 128, width="stretch")
+            said = answer.prediction.label or "not classified"
+            mark = "✓" if said == example.label else "✗"
+            st.caption(f"{mark} volunteers **{example.label}** · model **{said}**")
+
+
 evaluate_elsewhere(model.path)
 
 st.header("Misclassified test galaxies")
@@ -163,6 +193,9 @@ wrong = evaluation.misclassified
 trained_on = Path(prov.config.data_dir) if prov is not None else None
 # Images are shown only from a dataset folder the app knows, and only files inside it.
 data_dir = known_dataset_folder(trained_on) if trained_on is not None else None
+if data_dir is None:
+    with st.expander("The shipped example galaxies and this model's answers", expanded=True):
+        shipped_examples(model.path, trained_on)
 c1, c2, c3 = st.columns(3)
 true_pick = c1.multiselect("True class", CLASSES)
 pred_pick = c2.multiselect("Predicted class", CLASSES)
@@ -176,9 +209,6 @@ pages = page_bounds(len(table), 1, PER_PAGE)[2]
 page = (st.number_input(f"Page (of {pages})", 1, pages, 1, help=f"{PER_PAGE} galaxies per page")
         if pages > 1 else 1)
 start, stop, _ = page_bounds(len(table), int(page), PER_PAGE)
-if data_dir is None:
-    st.warning(f"The training images ({trained_on}) are not in a dataset folder this app knows (under its "
-               "data root, or chosen on the Dataset page); showing the table only.")
 cols = st.columns(4)
 for i, row in enumerate(table.iloc[start:stop].itertuples()):
     with cols[i % 4].container(border=True):

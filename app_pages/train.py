@@ -37,6 +37,7 @@ from galaxy_core.base import (
     TrainConfig,
 )
 from galaxy_core.data import DatasetFacts, dataset_facts, fit_to_data
+from galaxy_core.sources import DatasetFolder
 from galaxy_core.training import TrainProgress, TrainResult
 
 POLL_S = 1.0
@@ -224,7 +225,14 @@ if data_dir is None:
              "folder) on the Dataset page.")
 else:
     data_dir = dataset_selectbox("Dataset", data_dir)
+    try:
+        DatasetFolder(data_dir).read_catalogue()  # refuses a folder none of whose images exist
+    except GalaxyError as exc:
+        point_to("dataset", f"`{data_dir.name}` cannot be trained on: {exc}. Finish its download on the "
+                 "Dataset page, or choose another folder.")
+        data_dir = None
     if running:
         st.info(f"A training job ({snap.label}) is running; one job at a time. Its progress is below.")
-    training_form(data_dir)
+    if data_dir is not None:
+        training_form(data_dir)
 job_panel()
