@@ -1,6 +1,6 @@
-"""Where the network looked: Grad-CAM (Selvaraju et al. 2017) on its last convolutional stage,
-for the answer shown (the same 8 views it averages, each map turned back before the maps are
-averaged), drawn over exactly the view of the image it was given."""
+"""Where the network looked: a gradient map (Grad-CAM, Selvaraju et al. 2017, in its HiResCAM
+form) for the answer shown (the same 8 views it averages, each map turned back before the maps
+are averaged), drawn over exactly the view of the image it was given."""
 
 from __future__ import annotations
 
@@ -47,9 +47,10 @@ def grad_cam(bundle: ModelBundle, image: Image.Image, class_index: int | None = 
     finally:
         for handle in handles:
             handle.remove()
-    features, grads = features.detach().float(), grads.float()
-    weights = grads.mean(dim=(2, 3), keepdim=True)
-    cams = F.relu((weights * features).sum(dim=1, keepdim=True))
+    # Each location's own gradient times its features (HiResCAM, Draelos & Carin 2020), rather
+    # than Grad-CAM's gradients averaged over the map: the first-order share of the answer's score
+    # at each place, so a strong gradient on the galaxy is not spread over the sky beside it.
+    cams = F.relu((grads.float() * features.detach().float()).sum(dim=1, keepdim=True))
     cams = F.interpolate(cams, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     cam = torch.stack([undo_dihedral(cams[k], k) for k in range(views)]).mean(dim=0)
     cam = cam - cam.min()
