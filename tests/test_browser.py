@@ -142,7 +142,9 @@ def test_pages_render_and_an_upload_is_classified_in_chromium(app_url: str, tmp_
             seconds = time.perf_counter() - start
             label = result.inner_text().removeprefix("Predicted:").strip()
             assert label in CLASSES
-            page.get_by_text(image.name).first.wait_for()
+            # The result card's title: the same name on the uploader's file chip sits in a tab
+            # that is not shown, so a plain text match could wait on an element never visible.
+            page.locator("strong").filter(has_text=re.compile(f"^{re.escape(image.name)}$")).wait_for()
             settle(page)
             shot = ARTIFACTS / "classify-upload.png"
             page.screenshot(path=str(shot), full_page=True)
@@ -198,7 +200,7 @@ def test_the_first_hour_in_chromium(app_url: str, tmp_path: Path):
             batch = page.get_by_role("spinbutton", name="Batch size")
             batch.fill("8")
             batch.press("Tab")
-            page.get_by_text("More settings").click()
+            page.locator('[data-testid="stExpander"] summary').filter(has_text="More settings").click()
             votes = page.get_by_role("spinbutton", name="Vote-fraction head weight")
             votes.fill("1")
             votes.press("Tab")
