@@ -71,6 +71,7 @@ def chosen_example() -> list[tuple[str, str, bytes]]:
     linked = st.query_params.get(EXAMPLE_PARAM)
     if linked and st.session_state.get(EXAMPLE_KEY) is None:  # "" once cleared
         st.session_state[EXAMPLE_KEY] = linked
+        st.session_state[SCROLL_KEY] = True  # from Home's link: show its answer, not the grid
     try:
         example = example_by_id(st.session_state.get(EXAMPLE_KEY) or "")
     except GalaxyError:  # already said by the picker

@@ -171,14 +171,15 @@ def test_classify_uploads_returns_a_class_and_keeps_going_after_a_bad_file(stock
     assert not at.exception, [e.value for e in at.exception]
     said = texts(at)
     predicted = [m.value for m in at.markdown if m.value.startswith("### Predicted: ")]
-    assert len(predicted) == 2
+    assert len(predicted) == 1  # the grey noise holds no galaxy: not classified, and said apart
     assert all(p.removeprefix("### Predicted: ") in CLASSES for p in predicted)
-    assert "2 of 3 image(s) classified" in said
+    assert "1 of 3 image(s) classified" in said and "not classified, no galaxy found: 1" in said
+    assert any(w.value.startswith("Not classified: no galaxy found") for w in at.warning)
     assert any("broken.png" not in e.value and "not an image" in e.value for e in at.error)
     assert "ms from receiving the images to the result" in said
     assert len(at.get("download_button")) == 1
-    # each good upload and its Grad-CAM view, the colour scale, and the examples one could try
-    assert len(at.image) == 4 + 1 + len(list_examples())
+    # the galaxy and its Grad-CAM view, the image with no galaxy, the colour scale, and the examples
+    assert len(at.image) == 3 + 1 + len(list_examples())
     assert any("bright yellow = drove the prediction" in c.value for c in at.caption)
 
 
