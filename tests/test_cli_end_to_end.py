@@ -70,6 +70,7 @@ def test_four_commands_on_shared_data(shared_gz2: Path, tmp_path: Path) -> None:
     assert result.returncode == 1 and "broken.jpg" in result.stderr and "Traceback" not in result.stderr
     rows = list(csv.DictReader(out_csv.open()))
     assert list(rows[0]) == ["path", "label", "p_spiral", "p_elliptical", "p_uncertain", "error",
-                             "vote_smooth", "vote_features", "vote_artifact", "warning"]
+                             "vote_smooth", "vote_features", "vote_artifact", "warning", "saliency_peak_x",
+                             "saliency_peak_y"]
     assert [r["label"] in ("Spiral", "Elliptical", "Uncertain") for r in rows] == [True] * 5 + [False]
     assert rows[-1]["error"]

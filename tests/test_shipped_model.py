@@ -51,7 +51,8 @@ def test_predict_without_model_flag_uses_the_shipped_model(shared_gz2: Path, tmp
     lines = out.read_text().splitlines()
     assert len(lines) == 5 and all(line.split(",")[1] in CLASSES for line in lines[1:])
     header = lines[0].split(",")
-    assert header[-4:] == ["vote_smooth", "vote_features", "vote_artifact", "warning"]
+    assert header[-6:] == ["vote_smooth", "vote_features", "vote_artifact", "warning", "saliency_peak_x",
+                           "saliency_peak_y"]
     votes = [float(v) for v in lines[1].split(",")[header.index("vote_smooth"):header.index("warning")]]
     assert sum(votes) == pytest.approx(1.0, abs=1e-4)
 

@@ -158,7 +158,8 @@ def test_predict_images_and_csv(trained) -> None:
         assert sum(r.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     lines = predictions_csv(results).splitlines()
     assert lines[0] == ("path,label,p_spiral,p_elliptical,p_uncertain,error,"
-                        "vote_smooth,vote_features,vote_artifact,warning") and len(lines) == 7
+                        "vote_smooth,vote_features,vote_artifact,warning,saliency_peak_x,saliency_peak_y") \
+        and len(lines) == 7
 
 
 def test_grad_cam_highlights_the_galaxy(trained) -> None:
