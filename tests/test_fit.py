@@ -51,3 +51,15 @@ def test_the_shipped_examples_fit(tmp_path: Path):
     fitted, changes = fit_to_data(config, dataset_facts(config))
     assert fitted.batch_size <= dataset_facts(fitted).training_views
     assert changes, "the 24 examples give fewer views than a batch of 64"
+
+
+def test_the_command_line_says_what_to_change_in_its_own_words(tmp_path: Path, capsys) -> None:
+    from galaxy_core.cli import EXIT_USER_ERROR, main
+
+    data = plain_folder(tmp_path / "plain")
+    code = main(["train", "--data", str(data), "--out", str(tmp_path / "out"), "--epochs", "1",
+                 "--batch-size", "4", "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR and "Traceback" not in err
+    assert "have a class but no vote fractions" in err and "votes vote" not in err
+    assert "--no-soft-labels --aux-weight 0" in err
