@@ -21,7 +21,7 @@ from PIL import Image
 from galaxy_core.base.config import CLASSES
 from galaxy_core.serving.examples import list_examples
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("GALAXY_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(os.environ.get("GALAXY_ARTIFACTS_DIR", REPO / "artifacts"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -18,7 +18,7 @@ from galaxy_core.base.config import CLASSES
 from galaxy_core.serving.examples import list_examples
 from app_fixtures import fresh_caches  # noqa: F401 (autouse)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "app.py")
 PAGES = [f"app_pages/{name}.py" for name in ("home", "dataset", "train", "results", "classify")]
 TIMEOUT = 60

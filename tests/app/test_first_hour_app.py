@@ -158,6 +158,6 @@ def test_curves_and_confusion_colours_suit_the_dark_theme() -> None:
     fig = charts.curves(history_frame(history), "loss")
     colours = {trace.name: trace.line.color for trace in fig.data}
     assert colours["train"] != colours["validation"] and {trace.line.dash for trace in fig.data} != {None}
-    theme = (Path(__file__).resolve().parents[1] / ".streamlit" / "config.toml").read_text()
+    theme = (Path(__file__).resolve().parents[2] / ".streamlit" / "config.toml").read_text()
     heat = charts.confusion(np.eye(3) * 10, False).data[0]
     assert heat.colorscale[0][1] in theme and heat.showscale  # empty cells melt into the page
