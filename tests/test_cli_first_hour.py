@@ -12,10 +12,9 @@ import pandas as pd
 import pytest
 from conftest import make_dataset
 
-from galaxy_core.model.bundle import load_bundle
-from galaxy_core.sources.catalogue import CatalogueError, read_catalogue, rule_labels
-from galaxy_core.cli import main
 from galaxy_core.base.config import TrainConfig
+from galaxy_core.cli import main
+from galaxy_core.model.bundle import load_bundle
 from galaxy_core.training.train import train
 
 
@@ -33,17 +32,6 @@ def plain_folder(root: Path, labels: list[str] | None = None) -> Path:
     return data
 
 
-def test_a_plain_catalogue_reads_in_any_case_with_unsure_as_uncertain(tmp_path: Path) -> None:
-    path = tmp_path / "plain.csv"
-    path.write_text("image,label\na/g1.jpg,spiral\nb/g2.png,ELLIPTICAL\nc/g3.jpg,Unsure\nd/g4.jpg, uncertain \n")
-    frame = read_catalogue(path)
-    assert list(frame["id"]) == ["g1", "g2", "g3", "g4"]
-    for rule in ("votes", "debiased"):
-        assert list(rule_labels(frame, rule)) == [0, 1, 2, 2]
-    assert frame[["ra", "dec", "votes_smooth", "debiased_features"]].isna().all().all()
-    path.write_text("image,label\ng1.jpg,Lenticular\n")
-    with pytest.raises(CatalogueError, match="line 2, column label: 'Lenticular'"):
-        read_catalogue(path)
 
 
 def test_evaluate_scores_a_plain_folder_with_a_bar_on_stderr(
