@@ -117,11 +117,6 @@ def outputs_for(bundle: ModelBundle, x: torch.Tensor, tta: bool) -> tuple[torch.
     return torch.cat([c for c, _ in parts]), votes
 
 
-def logits_for(bundle: ModelBundle, x: torch.Tensor, tta: bool) -> torch.Tensor:
-    """Class log-probabilities, averaged over the 8 dihedral views when ``tta``."""
-    return outputs_for(bundle, x, tta)[0]
-
-
 def combine_views(view_logp: torch.Tensor, tta: bool) -> torch.Tensor:
     """(8, n, k) view log-probabilities -> (n, k): their mean, or the first view."""
     return torch.log_softmax(view_logp.mean(dim=0), dim=1) if tta else view_logp[0]

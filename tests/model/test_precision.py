@@ -16,7 +16,7 @@ from galaxy_core.model.bundle import BundleError, load_bundle, read_card
 from galaxy_core.training.checkpoint import CHECKPOINT_NAME
 from galaxy_core.cli import main
 from galaxy_core.base.config import ConfigError, PredictConfig, TrainConfig
-from galaxy_core.serving.inference import logits_for
+from galaxy_core.serving.inference import outputs_for
 from galaxy_core.model.network import Architecture, build_model
 from galaxy_core.model.precision import autocast, inference_precision
 from galaxy_core.serving.predict import Classifier
@@ -81,8 +81,8 @@ def test_bf16_model_trains_records_precision_and_predicts_like_fp32(tmp_path: Pa
     assert card.precision == "bf16" and card.provenance.config.precision == "bf16"
     bundle = load_bundle(tmp_path / "m")
     x = torch.randn(6, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    p_bf16 = torch.exp(logits_for(replace(bundle, precision="bf16"), x, True))
-    p_fp32 = torch.exp(logits_for(replace(bundle, precision="fp32"), x, True))
+    p_bf16 = torch.exp(outputs_for(replace(bundle, precision="bf16"), x, True)[0])
+    p_fp32 = torch.exp(outputs_for(replace(bundle, precision="fp32"), x, True)[0])
     assert not torch.equal(p_bf16, p_fp32)  # really computed in a different precision
     torch.testing.assert_close(p_bf16, p_fp32, rtol=0, atol=0.05)
     images = sorted((data / "images").glob("*.jpg"))[:3]
