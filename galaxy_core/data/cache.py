@@ -17,7 +17,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -125,69 +125,16 @@ def _build_cache(folder: DatasetFolder, frame: pd.DataFrame, *, source_size: int
         meta = json.loads((final / META_NAME).read_text())
         return BuildReport(final, meta["galaxies"], meta.get("failed", {}), 0.0, reused=True)
     start = time.monotonic()
+    tmp = _new_build_folder(cache_root, key, sole_builder, len(frame) * source_size**2 * 3)
     try:
-        cache_root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DatasetError(f"cannot create cache folder {cache_root}: {exc.strerror}") from None
-    if sole_builder:  # no one else is building: a temp folder left here is a killed build's
-        for stale in cache_root.glob(f".{key}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-    _check_free_space(cache_root, len(frame) * source_size**2 * 3)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_root))
-    failed: dict[str, str] = {}
-    keep: list[int] = []
-    blank = 0
-    try:
-        shard, shard_fill, shard_no, shards = None, 0, 0, []
-        paths = (data_dir / rel for rel in frame["image"])
-        decoded = _decode_in_order(paths, source_size, workers or min(4, os.cpu_count() or 1), framing=framing)
-        with closing(decoded):
-            for i, result in enumerate(decoded):
-                if isinstance(result, str):
-                    failed[str(frame["id"].iat[i])] = result
-                else:
-                    if shard is None:
-                        rows = min(shard_size, len(frame) - i)
-                        name = f"shard-{shard_no:05d}.npy"
-                        shard = _new_shard(tmp / name, (rows, source_size, source_size, 3))
-                        shards.append([name, 0])
-                    shard[shard_fill] = result
-                    blank += int(result.max()) - int(result.min()) <= BLANK_RANGE
-                    shard_fill += 1
-                    shards[-1][1] = shard_fill
-                    keep.append(i)
-                    if shard_fill == shard.shape[0]:
-                        shard.flush()
-                        del shard
-                        shard, shard_fill, shard_no = None, 0, shard_no + 1
-                if progress is not None and (i % 64 == 0 or i == len(frame) - 1):
-                    progress(BuildProgress(i + 1, len(frame), len(failed), time.monotonic() - start))
-        if shard is not None:
-            shard.flush()
-            del shard
-        if not keep:
-            raise DatasetError(f"no image in {data_dir} could be decoded")
-        if blank == len(keep):
-            raise DatasetError(f"no signal: every one of the {len(keep):,} images in {data_dir} is a single flat "
-                               "colour (all black?), so no model can learn from them; SDSS answers black cutouts "
-                               "outside its footprint: check the catalogue's coordinates and --cutout-url")
-        _finish_partial_shard(tmp, shards, source_size)
-        index = frame.iloc[keep].reset_index(drop=True)
-        index["shard"] = np.repeat(np.arange(len(shards)), [n for _, n in shards])
-        index["offset"] = np.concatenate([np.arange(n) for _, n in shards])
-        index.to_csv(tmp / INDEX_NAME, index=False)
-        meta = {"format": CACHE_FORMAT, "key": key, "image_size": source_size,
-                "framing": None if framing is None else framing.to_dict(),
-                "galaxies": len(index), "shards": [name for name, _ in shards],
-                "shard_size": shard_size, "failed": failed,
-                "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        (tmp / META_NAME).write_text(json.dumps(meta, indent=1))
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not (final / META_NAME).is_file():  # not a concurrent builder finishing first
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        written = _write_shards(tmp, frame, data_dir, source_size=source_size, shard_size=shard_size,
+                                workers=workers or min(4, os.cpu_count() or 1), framing=framing,
+                                progress=progress, start=start)
+        _check_signal(written, data_dir)
+        _finish_partial_shard(tmp, written.shards, source_size)
+        _write_index_and_meta(tmp, frame, written, key=key, source_size=source_size, shard_size=shard_size,
+                              framing=framing)
+        _publish(tmp, final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if exc.errno in DISK_FULL:
@@ -198,7 +145,99 @@ def _build_cache(folder: DatasetFolder, frame: pd.DataFrame, *, source_size: int
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return BuildReport(final, len(keep), failed, time.monotonic() - start, reused=False)
+    return BuildReport(final, len(written.keep), written.failed, time.monotonic() - start, reused=False)
+
+
+@dataclass
+class _Written:
+    """What a build wrote into its temporary folder: the rows kept, in shard order, and why the
+    others failed."""
+
+    keep: list[int] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    shards: list[list] = field(default_factory=list)  # [file name, rows filled]
+    blank: int = 0  # images of a single flat colour
+
+
+def _new_build_folder(cache_root: Path, key: str, sole_builder: bool, pixels: int) -> Path:
+    """A fresh temporary folder beside the final one, once the disk is known to hold it."""
+    try:
+        cache_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(f"cannot create cache folder {cache_root}: {exc.strerror}") from None
+    if sole_builder:  # no one else is building: a temp folder left here is a killed build's
+        for stale in cache_root.glob(f".{key}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    _check_free_space(cache_root, pixels)
+    return Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_root))
+
+
+def _write_shards(tmp: Path, frame: pd.DataFrame, data_dir: Path, *, source_size: int, shard_size: int,
+                  workers: int, framing: FramingSpec | None, progress: Callable[[BuildProgress], None] | None,
+                  start: float) -> _Written:
+    """Decode every image in catalogue order into shards of ``shard_size`` rows."""
+    written = _Written()
+    shard, fill = None, 0
+    paths = (data_dir / rel for rel in frame["image"])
+    decoded = _decode_in_order(paths, source_size, workers, framing=framing)
+    with closing(decoded):
+        for i, result in enumerate(decoded):
+            if isinstance(result, str):
+                written.failed[str(frame["id"].iat[i])] = result
+            else:
+                if shard is None:
+                    name = f"shard-{len(written.shards):05d}.npy"
+                    shard = _new_shard(tmp / name, (min(shard_size, len(frame) - i), source_size, source_size, 3))
+                    written.shards.append([name, 0])
+                shard[fill] = result
+                written.blank += int(result.max()) - int(result.min()) <= BLANK_RANGE
+                fill += 1
+                written.shards[-1][1] = fill
+                written.keep.append(i)
+                if fill == shard.shape[0]:
+                    shard.flush()
+                    del shard
+                    shard, fill = None, 0
+            if progress is not None and (i % 64 == 0 or i == len(frame) - 1):
+                progress(BuildProgress(i + 1, len(frame), len(written.failed), time.monotonic() - start))
+    if shard is not None:
+        shard.flush()
+        del shard
+    return written
+
+
+def _check_signal(written: _Written, data_dir: Path) -> None:
+    if not written.keep:
+        raise DatasetError(f"no image in {data_dir} could be decoded")
+    if written.blank == len(written.keep):
+        raise DatasetError(f"no signal: every one of the {len(written.keep):,} images in {data_dir} is a single "
+                           "flat colour (all black?), so no model can learn from them; SDSS answers black cutouts "
+                           "outside its footprint: check the catalogue's coordinates and --cutout-url")
+
+
+def _write_index_and_meta(tmp: Path, frame: pd.DataFrame, written: _Written, *, key: str, source_size: int,
+                          shard_size: int, framing: FramingSpec | None) -> None:
+    """The index (each kept row's shard and offset) and meta.json, whose presence marks a whole cache."""
+    index = frame.iloc[written.keep].reset_index(drop=True)
+    index["shard"] = np.repeat(np.arange(len(written.shards)), [n for _, n in written.shards])
+    index["offset"] = np.concatenate([np.arange(n) for _, n in written.shards])
+    index.to_csv(tmp / INDEX_NAME, index=False)
+    meta = {"format": CACHE_FORMAT, "key": key, "image_size": source_size,
+            "framing": None if framing is None else framing.to_dict(),
+            "galaxies": len(index), "shards": [name for name, _ in written.shards],
+            "shard_size": shard_size, "failed": written.failed,
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (tmp / META_NAME).write_text(json.dumps(meta, indent=1))
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename the finished build into place; a concurrent builder that finished first wins."""
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if not (final / META_NAME).is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check_free_space(cache_root: Path, pixels: int) -> None:
