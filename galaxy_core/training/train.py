@@ -7,6 +7,7 @@ that the CLI turns into a terminal bar and the app into live charts.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -26,7 +27,7 @@ from galaxy_core.data.framing import framing_spec
 from galaxy_core.data.geometry import InputGeometry
 from galaxy_core.data.normalise import input_statistics
 from galaxy_core.model.bundle import Evaluation, ModelBundle, new_card, save_bundle
-from galaxy_core.model.card import DataSummary, EpochRecord
+from galaxy_core.model.card import DataSummary, EpochRecord, ModelCard
 from galaxy_core.model.card_markdown import write_model_card
 from galaxy_core.model.metrics import Metrics, misclassified
 from galaxy_core.model.network import Architecture, build_model
@@ -194,6 +195,64 @@ def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None 
         dist_info.close()
 
 
+@dataclass
+class _Run:
+    """One training run's moving parts, set up once, then resumed from a checkpoint if there is one."""
+
+    model: nn.Module
+    card: ModelCard
+    source: BatchSource
+    optimiser: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    history: list[EpochRecord] = field(default_factory=list)
+    start_epoch: int = 0
+    earlier_s: float = 0.0  # training time of earlier sessions of this run
+
+
+def _set_up(config: TrainConfig, dataset: PackedDataset, plan: TrainingPlan, device: torch.device,
+            dist_info: Distributed, command: str | None, report: Callable[[str], None]) -> _Run:
+    """Channel statistics of the training galaxies, a new network and its card, the optimiser."""
+    split, views = plan.split, plan.views
+    geometry = InputGeometry(source_size=dataset.source_size, crop=config.crop, input_size=config.input_size)
+    report("computing channel statistics")
+    stats = input_statistics(dataset, split.train, geometry)
+    model = new_model(config).to(device).to(memory_format=torch.channels_last)
+    data = DataSummary(galaxies=sum(split.sizes().values()), cache=dataset.meta["key"], split=split.sizes(),
+                       train_before_balancing=views.counts_before, train_after_balancing=views.counts_after)
+    card = new_card(config, geometry, stats, command=command, seconds=0.0, device=device,
+                    world=dist_info.world, backend=dist_info.backend, data=data)
+    source = BatchSource(dataset, views, stats, geometry, config)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = one_cycle_schedule(optimiser, config.epochs * source.steps_per_epoch())
+    return _Run(model, card, source, optimiser, scheduler)
+
+
+def _resume(run: _Run, config: TrainConfig, dist_info: Distributed, report: Callable[[str], None]) -> None:
+    """Continue from the output folder's checkpoint, read by rank 0 and shared with the others."""
+    checkpoint = load_checkpoint(Path(config.out_dir) / CHECKPOINT_NAME, config) if dist_info.main else None
+    checkpoint = dist_info.from_main(checkpoint)
+    if checkpoint is None:
+        return
+    run.model.load_state_dict(checkpoint["model"])
+    run.optimiser.load_state_dict(checkpoint["optimiser"])
+    run.scheduler.load_state_dict(checkpoint["scheduler"])
+    run.history = [EpochRecord(**h) for h in checkpoint["history"]]
+    run.start_epoch = checkpoint["epoch"]
+    # Earlier sessions' time; checkpoints from before it was kept: their epochs' time.
+    saved = checkpoint.get("training_seconds")
+    run.earlier_s = (float(saved) if isinstance(saved, (int, float)) and 0 <= saved < 1e9
+                     else sum(h.seconds for h in run.history))
+    report(f"resuming from epoch {run.start_epoch}")
+
+
+def _save_checkpoint(run: _Run, config: TrainConfig, epoch: int, seconds: float) -> None:
+    save_checkpoint(Path(config.out_dir) / CHECKPOINT_NAME, {
+        "model": run.model.state_dict(), "optimiser": run.optimiser.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "epoch": epoch,
+        "config": config.to_dict(), "history": [h.to_dict() for h in run.history],
+        "training_seconds": seconds})
+
+
 def _train(config: TrainConfig, device: torch.device, dist_info: Distributed,
            progress: Callable[[TrainProgress], None] | None, stop: threading.Event | None,
            command: str | None, restart: bool) -> TrainResult:
@@ -208,96 +267,77 @@ def _train(config: TrainConfig, device: torch.device, dist_info: Distributed,
     report("reading the catalogue and building the image cache")
     dataset, plan = open_training_data(config, dist_info.world)
     split, views = plan.split, plan.views
+    result = functools.partial(TrainResult, out_dir, counts_before=views.counts_before,
+                               counts_after=views.counts_after, split_sizes=split.sizes())
     with output_lock(out_dir) if dist_info.main else no_lock():
         if restart and dist_info.main:
             (out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
         report(f"training on {dist_info.world} process{'es' if dist_info.world > 1 else ''} "
                f"({dist_info.backend})")
-        geometry = InputGeometry(source_size=dataset.source_size, crop=config.crop, input_size=config.input_size)
-        report("computing channel statistics")
-        stats = input_statistics(dataset, split.train, geometry)
-        model = new_model(config).to(device).to(memory_format=torch.channels_last)
-        data = DataSummary(galaxies=sum(split.sizes().values()), cache=dataset.meta["key"], split=split.sizes(),
-                           train_before_balancing=views.counts_before, train_after_balancing=views.counts_after)
-        card = new_card(config, geometry, stats, command=command, seconds=0.0, device=device,
-                        world=dist_info.world, backend=dist_info.backend, data=data)
-        source = BatchSource(dataset, views, stats, geometry, config)
-        optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        steps = source.steps_per_epoch()
-        scheduler = one_cycle_schedule(optimiser, config.epochs * steps)
-        history: list[EpochRecord] = []
-        start_epoch, earlier_s = 0, 0.0
-        checkpoint = load_checkpoint(out_dir / CHECKPOINT_NAME, config) if dist_info.main else None
-        checkpoint = dist_info.from_main(checkpoint)
-        if checkpoint is not None:
-            model.load_state_dict(checkpoint["model"])
-            optimiser.load_state_dict(checkpoint["optimiser"])
-            scheduler.load_state_dict(checkpoint["scheduler"])
-            history = [EpochRecord(**h) for h in checkpoint["history"]]
-            start_epoch = checkpoint["epoch"]
-            # Earlier sessions' time; checkpoints from before it was kept: their epochs' time.
-            saved = checkpoint.get("training_seconds")
-            earlier_s = (float(saved) if isinstance(saved, (int, float)) and 0 <= saved < 1e9
-                         else sum(h.seconds for h in history))
-            report(f"resuming from epoch {start_epoch}")
-        net = model
+        run = _set_up(config, dataset, plan, device, dist_info, command, report)
+        _resume(run, config, dist_info, report)
+        net = run.model
         if dist_info.world > 1:
             net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
+                run.model, device_ids=[device.index] if device.type == "cuda" else None)
+        steps = run.source.steps_per_epoch()
         total_steps = config.epochs * steps
         run_start, run_steps = time.monotonic(), 0
 
-        for epoch in range(start_epoch, config.epochs):
+        for epoch in range(run.start_epoch, config.epochs):
             epoch_start = time.monotonic()
 
-            def on_batch(batch: int, batches: int, loss: float, acc: float) -> None:
+            def on_batch(batch: int, batches: int, loss: float, acc: float, epoch: int = epoch) -> None:
                 nonlocal run_steps
                 run_steps += 1
                 per_step = (time.monotonic() - run_start) / run_steps
                 remaining = total_steps - (epoch * steps + batch)
                 emit(TrainProgress("train", epoch + 1, config.epochs, batch, batches, loss, acc,
-                                   time.monotonic() - start, per_step * remaining, history=history))
+                                   time.monotonic() - start, per_step * remaining, history=run.history))
 
-            loss, acc, stopped = train_one_epoch(net, source, optimiser, scheduler, epoch, device,
+            loss, acc, stopped = train_one_epoch(net, run.source, run.optimiser, run.scheduler, epoch, device,
                                                  dist_info, on_batch, stop)
             if stopped:
                 emit(TrainProgress("stopped", epoch, config.epochs, elapsed_s=time.monotonic() - start,
-                                   message=f"stopped; resumes from epoch {epoch}", history=history))
-                return TrainResult(out_dir, True, epoch, history, None, views.counts_before,
-                                   views.counts_after, split.sizes())
-            dist_info.sync_buffers(model)
-            val_loss, val_acc = evaluate(ModelBundle(model, card, config.precision), dataset, split.val, dist_info)
-            history.append(EpochRecord(epoch + 1, loss, acc, val_loss, val_acc, scheduler.get_last_lr()[0],
-                                       time.monotonic() - epoch_start))
+                                   message=f"stopped; resumes from epoch {epoch}", history=run.history))
+                return result(True, epoch, run.history, None)
+            dist_info.sync_buffers(run.model)
+            val_loss, val_acc = evaluate(ModelBundle(run.model, run.card, config.precision), dataset, split.val,
+                                         dist_info)
+            run.history.append(EpochRecord(epoch + 1, loss, acc, val_loss, val_acc,
+                                           run.scheduler.get_last_lr()[0], time.monotonic() - epoch_start))
             if dist_info.main:
-                save_checkpoint(out_dir / CHECKPOINT_NAME, {
-                    "model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
-                    "config": config.to_dict(), "history": [h.to_dict() for h in history],
-                    "training_seconds": earlier_s + time.monotonic() - start})
+                _save_checkpoint(run, config, epoch + 1, run.earlier_s + time.monotonic() - start)
             emit(TrainProgress("epoch", epoch + 1, config.epochs, steps, steps, loss, acc,
-                               time.monotonic() - start, history=list(history),
+                               time.monotonic() - start, history=list(run.history),
                                message=f"val accuracy {val_acc:.3f}"))
             dist_info.barrier()
 
         metrics = None
         if dist_info.main:
-            report("evaluating on the test galaxies")
-            card = replace(card, history=tuple(history), provenance=replace(
-                card.provenance, training_seconds=round(earlier_s + time.monotonic() - start, 1)))
-
-            def evaluating(event: EvaluateProgress) -> None:
-                emit(TrainProgress("evaluate", config.epochs, config.epochs, event.done, event.total,
-                                   elapsed_s=time.monotonic() - start, history=history,
-                                   message="evaluating on the validation and test galaxies"))
-
-            metrics = finish(ModelBundle(model, card, config.precision), dataset, plan, evaluating)
-            emit(TrainProgress("done", config.epochs, config.epochs, elapsed_s=time.monotonic() - start,
-                               history=history, message=f"test accuracy {metrics.accuracy:.3f}"))
+            metrics = _measure_and_save(run, dataset, plan, config, emit, start)
         # No barrier here: the other ranks have nothing left to do, and waiting for rank 0's
         # test evaluation could outlast the process group's timeout on a large test split.
-    return TrainResult(out_dir, False, config.epochs, history, metrics, views.counts_before,
-                       views.counts_after, split.sizes())
+    return result(False, config.epochs, run.history, metrics)
+
+
+def _measure_and_save(run: _Run, dataset: PackedDataset, plan: TrainingPlan, config: TrainConfig,
+                      emit: Callable[[TrainProgress], None], start: float) -> Metrics:
+    """Rank 0's last step: the card gets the history and time, then ``finish`` measures and saves."""
+    emit(TrainProgress("prepare", epochs=config.epochs, message="evaluating on the test galaxies",
+                       elapsed_s=time.monotonic() - start))
+    card = replace(run.card, history=tuple(run.history), provenance=replace(
+        run.card.provenance, training_seconds=round(run.earlier_s + time.monotonic() - start, 1)))
+
+    def evaluating(event: EvaluateProgress) -> None:
+        emit(TrainProgress("evaluate", config.epochs, config.epochs, event.done, event.total,
+                           elapsed_s=time.monotonic() - start, history=run.history,
+                           message="evaluating on the validation and test galaxies"))
+
+    metrics = finish(ModelBundle(run.model, card, config.precision), dataset, plan, evaluating)
+    emit(TrainProgress("done", config.epochs, config.epochs, elapsed_s=time.monotonic() - start,
+                       history=run.history, message=f"test accuracy {metrics.accuracy:.3f}"))
+    return metrics
 
 
 def finish(bundle: ModelBundle, dataset: PackedDataset, plan: TrainingPlan,
