@@ -97,6 +97,30 @@ def test_malformed_model_card_is_refused_by_name(model_copy: Path) -> None:
         load_bundle(model_copy)
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda t: t.masked_fill(torch.ones_like(t, dtype=torch.bool).tril_(), float("nan")) if t.dim() == 2
+     else t.fill_(float("nan")), "holds NaN or infinite values"),
+    (lambda t: t.fill_(float("inf")), "holds NaN or infinite values"),
+    (lambda t: t.to(torch.int8), "is int8, not the float32"),
+    (lambda t: t.to(torch.float16), "is float16, not the float32"),
+], ids=["nan", "inf", "int8", "float16"])
+def test_weights_that_would_answer_nonsense_are_refused_by_tensor(model_copy: Path, damage, message: str,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(model_copy / WEIGHTS_NAME))
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[name] = damage(state[name].clone()).contiguous()
+    save_file(state, str(model_copy / WEIGHTS_NAME))
+    with pytest.raises(BundleError, match=f"tensor {name} {message}"):
+        load_bundle(model_copy)
+    image = model_copy.parent / "galaxy.png"
+    Image.new("RGB", (64, 64), (90, 80, 70)).save(image)
+    assert main(["predict", "--model", str(model_copy), str(image)]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert name in err and "Traceback" not in err
+
+
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("secure") / "d", n_per_class=6)
