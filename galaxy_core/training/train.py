@@ -23,8 +23,9 @@ from galaxy_core.training.batches import BatchSource, prefetch
 from galaxy_core.model.bundle import Evaluation, ModelBundle, new_card, save_bundle
 from galaxy_core.data.cache import ImageRows, PackedDataset
 from galaxy_core.model.card import DataSummary, EpochRecord
-from galaxy_core.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, no_lock, output_lock, save_checkpoint
-from galaxy_core.base.config import CLASSES, ConfigError, TrainConfig
+from galaxy_core.training.checkpoint import (
+    CHECKPOINT_NAME, DATA_KEY, data_fingerprint, load_checkpoint, no_lock, output_lock, save_checkpoint)
+from galaxy_core.base.config import CLASSES, ConfigError, GalaxyError, TrainConfig
 from galaxy_core.data.dataset import TrainingPlan, plan_training
 from galaxy_core.training.distributed import Distributed, pick_device, setup_distributed
 from galaxy_core.serving.evaluate import HELD_OUT_PASSES, EvaluateProgress, ProgressTally, calibrate, held_out_metrics
@@ -38,6 +39,10 @@ from galaxy_core.model.network import Architecture, build_model
 from galaxy_core.model.card_markdown import write_model_card
 from galaxy_core.data.normalise import input_statistics
 from galaxy_core.model.precision import autocast
+
+
+class TrainingDiverged(GalaxyError):
+    """The loss became NaN or infinite: the weights are lost, only the last good checkpoint is kept."""
 
 
 @dataclass
@@ -227,7 +232,10 @@ def _train(config: TrainConfig, device: torch.device, dist_info: Distributed,
         scheduler = one_cycle_schedule(optimiser, config.epochs * steps)
         history: list[EpochRecord] = []
         start_epoch, earlier_s = 0, 0.0
-        checkpoint = load_checkpoint(out_dir / CHECKPOINT_NAME, config) if dist_info.main else None
+        ids = dataset.ids
+        data_print = data_fingerprint(ids, dataset.labels, {name: ids[getattr(split, name)]
+                                                           for name in ("train", "val", "test")}, dataset.meta["key"])
+        checkpoint = load_checkpoint(out_dir / CHECKPOINT_NAME, config, data_print) if dist_info.main else None
         checkpoint = dist_info.from_main(checkpoint)
         if checkpoint is not None:
             model.load_state_dict(checkpoint["model"])
@@ -267,6 +275,7 @@ def _train(config: TrainConfig, device: torch.device, dist_info: Distributed,
                                    views.counts_after, split.sizes())
             dist_info.sync_buffers(model)
             val_loss, val_acc = evaluate(ModelBundle(model, card, config.precision), dataset, split.val, dist_info)
+            check_finite(epoch + 1, loss, val_loss)  # the same sums on every process: all stop together
             history.append(EpochRecord(epoch + 1, loss, acc, val_loss, val_acc, scheduler.get_last_lr()[0],
                                        time.monotonic() - epoch_start))
             if dist_info.main:
@@ -274,7 +283,7 @@ def _train(config: TrainConfig, device: torch.device, dist_info: Distributed,
                     "model": model.state_dict(), "optimiser": optimiser.state_dict(),
                     "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
                     "config": config.to_dict(), "history": [h.to_dict() for h in history],
-                    "training_seconds": earlier_s + time.monotonic() - start})
+                    "training_seconds": earlier_s + time.monotonic() - start, DATA_KEY: data_print})
             emit(TrainProgress("epoch", epoch + 1, config.epochs, steps, steps, loss, acc,
                                time.monotonic() - start, history=list(history),
                                message=f"val accuracy {val_acc:.3f}"))
@@ -298,6 +307,15 @@ def _train(config: TrainConfig, device: torch.device, dist_info: Distributed,
         # test evaluation could outlast the process group's timeout on a large test split.
     return TrainResult(out_dir, False, config.epochs, history, metrics, views.counts_before,
                        views.counts_after, split.sizes())
+
+
+def check_finite(epoch: int, loss: float, val_loss: float) -> None:
+    """Stop a run whose loss is no longer a number before its weights are saved anywhere."""
+    if not (math.isfinite(loss) and math.isfinite(val_loss)):
+        kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no checkpoint was saved"
+        raise TrainingDiverged(f"training diverged in epoch {epoch} (training loss {loss:.4g}, validation loss "
+                               f"{val_loss:.4g}); nothing of it was saved and {kept}: lower --lr, or use "
+                               "--restart to start over")
 
 
 def finish(bundle: ModelBundle, dataset: PackedDataset, plan: TrainingPlan,
