@@ -5,7 +5,10 @@ redirect checked again), and no remote body is repeated in a message."""
 from __future__ import annotations
 
 import io
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import requests
 from PIL import Image
 
 from galaxy_core.base.config import DownloadConfig
@@ -495,3 +499,40 @@ def test_no_text_of_a_fetched_answer_reaches_a_visitor() -> None:
             assert "secret" not in str(caught.value) and stand.url(path) in str(caught.value)
         with pytest.raises(CatalogueError, match="found ok-secret"):  # the command line's own user sees why
             read_catalogue(stand.url("/plain"))
+
+
+@pytest.fixture
+def tls_certificate(tmp_path: Path) -> Path:
+    """A self-signed certificate (and key, in one file) for pinned.example.org."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    pem = tmp_path / "pinned.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=pinned.example.org", "-addext", "subjectAltName=DNS:pinned.example.org",
+                    "-keyout", str(pem), "-out", str(pem)], check=True, capture_output=True, timeout=60)
+    return pem
+
+
+def test_a_pinned_https_fetch_still_checks_the_certificate_for_the_host_name(
+        fake_dns: dict[str, list[str]], connections: list[str], tls_certificate: Path) -> None:
+    """Only the address is pinned: TLS sends the URL's host name (SNI) and checks the certificate
+    against it, so a name that merely resolves to the same address is refused by TLS."""
+    fake_dns["pinned.example.org"] = ["127.0.0.1"]
+    fake_dns["other.example.org"] = ["127.0.0.1"]
+    server_names: list[str | None] = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls_certificate)
+    context.sni_callback = lambda sock, name, ctx: server_names.append(name)
+    with Stand({"/cat.csv": lambda h: send(h, 200, CATALOGUE)}) as stand:
+        stand.httpd.socket = context.wrap_socket(stand.httpd.socket, server_side=True)
+        port = stand.httpd.server_address[1]
+        policy = HostPolicy.parse("pinned.example.org,other.example.org,127.0.0.1")
+        session = fetch.new_session(policy)
+        session.verify = str(tls_certificate)
+        answer = get(f"https://pinned.example.org:{port}/cat.csv", timeout_s=10.0, max_bytes=10_000,
+                     session=session, policy=policy)
+        assert answer.body == CATALOGUE and server_names == ["pinned.example.org"]
+        with pytest.raises(requests.exceptions.SSLError):
+            get(f"https://other.example.org:{port}/cat.csv", timeout_s=10.0, max_bytes=10_000,
+                session=session, policy=policy)
+    assert set(connections) == {"127.0.0.1"}
