@@ -14,12 +14,14 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Self
 
 import pandas as pd
 import pytest
 import requests
 from PIL import Image
 
+import galaxy_core.terminal  # noqa: F401 - the CLI's download loads it (and torch): here, so bounds time fetches
 from galaxy_core.base.config import DownloadConfig
 from galaxy_core.cli import EXIT_PARTIAL_FAILURE, main
 from galaxy_core.sources import catalogue_io, fetch
@@ -70,7 +72,7 @@ class Stand:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
 
-    def __enter__(self) -> Stand:
+    def __enter__(self) -> Self:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
 
@@ -349,6 +351,43 @@ def test_stop_ends_a_fetch_promptly_whatever_part_of_the_answer_it_waits_for(beh
     assert len(caught) == 1 and isinstance(caught[0], FetchStopped)
 
 
+def test_stop_ends_a_fetch_whose_connection_is_never_accepted() -> None:
+    """A 127.0.0.1 listener whose backlog is full drops further handshakes, as a firewalled host
+    would: the connection waits, and the stop event still ends it."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(8):  # fill the backlog: later handshakes go unanswered
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        stop, caught, started = threading.Event(), [], threading.Event()
+
+        def fetch_it() -> None:
+            started.set()
+            try:
+                get(f"http://127.0.0.1:{port}/x", timeout_s=120.0, max_bytes=1000, stop=stop)
+            except (FetchError, requests.RequestException) as exc:
+                caught.append(exc)
+
+        worker = threading.Thread(target=fetch_it)
+        worker.start()
+        assert started.wait(10)
+        stop.set()
+        stopped_at = time.monotonic()
+        worker.join(10)
+        assert not worker.is_alive() and time.monotonic() - stopped_at < 2.0
+        assert len(caught) == 1 and isinstance(caught[0], FetchStopped), caught
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
 @pytest.mark.parametrize("behaviour, reason", [(drip, "stalled: less than 1,024 bytes in 1 s"),
                                                (silent, "stalled: no data for 1 s")])
 def test_download_timeout_bounds_a_stalled_catalogue_and_names_the_stall(tmp_path: Path, capsys, behaviour,
@@ -434,15 +473,15 @@ def test_a_url_that_parsers_read_differently_is_refused(fake_dns: dict[str, list
 def connections(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The addresses sockets are opened to; only 127.0.0.1 is really connected to."""
     connected: list[str] = []
-    connect = fetch.urllib3_connection.create_connection
+    connect = fetch._connect
 
-    def recording_connect(address: tuple[str, int], *args, **kwargs):  # type: ignore[no-untyped-def]
-        connected.append(address[0])
-        if address[0] != "127.0.0.1":
+    def recording_connect(address, port, *args, **kwargs):  # type: ignore[no-untyped-def]
+        connected.append(str(address))
+        if str(address) != "127.0.0.1":
             raise ConnectionRefusedError("tests connect only to 127.0.0.1")
-        return connect(address, *args, **kwargs)
+        return connect(address, port, *args, **kwargs)
 
-    monkeypatch.setattr(fetch.urllib3_connection, "create_connection", recording_connect)
+    monkeypatch.setattr(fetch, "_connect", recording_connect)
     return connected
 
 

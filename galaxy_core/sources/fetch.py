@@ -17,8 +17,11 @@ public address when checked and to ``127.0.0.1`` when connected (DNS rebinding) 
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
+import os
 import re
+import select
 import socket
 import threading
 import time
@@ -33,7 +36,6 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
-from urllib3.util import connection as urllib3_connection
 
 from galaxy_core.base.config import GalaxyError
 
@@ -240,9 +242,7 @@ def _open_socket(conn: HTTPConnection, policy: UrlPolicy | None) -> socket.socke
     error: OSError | None = None
     for address in addresses:
         try:
-            sock = urllib3_connection.create_connection(
-                (str(address), port), conn.timeout, source_address=conn.source_address,
-                socket_options=conn.socket_options)
+            sock = _connect(address, port, conn.timeout, conn.source_address, conn.socket_options)
         except TimeoutError:
             raise ConnectTimeoutError(conn, f"connection to {host} timed out") from None
         except OSError as exc:
@@ -251,6 +251,39 @@ def _open_socket(conn: HTTPConnection, policy: UrlPolicy | None) -> socket.socke
         _watch_socket(sock)
         return sock
     raise NewConnectionError(conn, f"Failed to establish a new connection: {error or 'no address'}")
+
+
+def _connect(address: Address, port: int, timeout: float | None, source_address: tuple[str, int] | None,
+             socket_options: Sequence[tuple[int, int, int | bytes]] | None) -> socket.socket:
+    """A TCP connection to ``address`` made in short waits, so the request's stop event and
+    deadline end it even while the other side never answers the handshake."""
+    sock = socket.socket(socket.AF_INET6 if address.version == 6 else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        for level, option, value in socket_options or ():
+            sock.setsockopt(level, option, value)
+        if source_address:
+            sock.bind(source_address)
+        sock.setblocking(False)
+        end = time.monotonic() + (timeout if isinstance(timeout, (int, float)) else 60.0)
+        if _EXCHANGE.deadline is not None:
+            end = min(end, _EXCHANGE.deadline)
+        status = sock.connect_ex((str(address), port))
+        while status in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY, errno.EINTR):
+            if _EXCHANGE.stop is not None and _EXCHANGE.stop.is_set():
+                raise FetchStopped("stopped")
+            left = end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("connect timed out")
+            _, writable, _ = select.select([], [sock], [], min(left, WATCH_INTERVAL_S))
+            if writable:
+                status = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if status:
+            raise OSError(status, os.strerror(status))
+        sock.settimeout(timeout if isinstance(timeout, (int, float)) else None)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _pool_classes(policy: UrlPolicy | None) -> dict[str, type[HTTPConnectionPool]]:
