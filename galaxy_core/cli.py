@@ -148,7 +148,7 @@ def _download(args: argparse.Namespace) -> int:
                             pixel_scale=args.scale, workers=args.workers, retries=args.retries,
                             timeout_s=args.timeout, max_requests_per_s=args.max_rate, limit=args.limit)
     print(f"reading catalogue {args.catalogue}", file=sys.stderr)
-    catalogue = read_catalogue(args.catalogue, args.format)
+    catalogue = read_catalogue(args.catalogue, args.format, timeout_s=args.timeout)
     bar = CountBar("download")
     try:
         report = download_cutouts(catalogue, config, bar.download)

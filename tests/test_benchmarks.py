@@ -18,16 +18,15 @@ import torch
 from benchmarks.common import run_child
 from benchmarks.download_bench import bench_download, bench_download_scaling
 from benchmarks.predict_bench import bench_predict
-from galaxy_core.model import precision
 from benchmarks.run import main as run_main
-from benchmarks.train_bench import (bench_step_options, bench_train, epoch_seconds, shipped_settings,
-                                    train_config)
-from galaxy_core.model.card import ModelCard, Provenance
+from benchmarks.train_bench import bench_step_options, bench_train, epoch_seconds, shipped_settings, train_config
 from galaxy_core.base.config import TrainConfig
-from galaxy_core.model.network import Architecture
-from galaxy_core.data.normalise import ChannelStats
 from galaxy_core.data.cache import PackedDataset, build_cache
 from galaxy_core.data.geometry import InputGeometry, compose_dihedral, crop_and_resize, dihedral
+from galaxy_core.data.normalise import ChannelStats
+from galaxy_core.model import precision
+from galaxy_core.model.card import ModelCard, Provenance
+from galaxy_core.model.network import Architecture
 
 
 @pytest.fixture(autouse=True)

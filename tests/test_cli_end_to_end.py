@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from galaxy_core.model.bundle import read_card
 from galaxy_core.cli import main
+from galaxy_core.model.bundle import read_card
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,10 +15,10 @@ import requests
 from conftest import make_dataset
 from PIL import Image
 
+from galaxy_core.base.config import DownloadConfig
+from galaxy_core.cli import EXIT_USER_ERROR, main
 from galaxy_core.data.cache import build_cache
 from galaxy_core.sources.catalogue import CatalogueError, read_catalogue
-from galaxy_core.cli import EXIT_USER_ERROR, main
-from galaxy_core.base.config import DownloadConfig
 from galaxy_core.sources.cutout_server import CutoutIndex, CutoutServer
 from galaxy_core.sources.download import download_cutouts
 from galaxy_core.sources.folder import MANIFEST_NAME, DatasetError

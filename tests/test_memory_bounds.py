@@ -15,9 +15,8 @@ import pytest
 from conftest import REPO
 from PIL import Image, ImageDraw
 
-from galaxy_core.sources import catalogue_io
-
 from galaxy_core.serving import predict
+from galaxy_core.sources import catalogue_io
 from galaxy_core.sources.catalogue import CatalogueError, read_catalogue
 from galaxy_core.sources.catalogue_io import read_raw_table
 from galaxy_core.sources.images import MAX_DECODED_SIDE, load_image

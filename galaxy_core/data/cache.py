@@ -3,6 +3,11 @@
 Training reads batches straight from ``.npy`` shards with ``mmap``, so memory stays flat however
 many galaxies there are, and no JPEG is ever decoded twice. A cache is keyed by what made it
 (catalogue rows, image files, settings), so a changed dataset gets a new one.
+
+A cache on disk is not trusted either: ``meta.json`` records the size and SHA-256 of the index and
+of every shard. Sizes, the index and the shards' shapes are checked whenever a cache is opened (a
+damaged one met by ``build_cache`` is built again); a shard's content is hashed the first time it
+is read, so a flipped byte is an error, never a silently wrong image.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,13 +37,17 @@ from galaxy_core.sources.catalogue import fraction_columns, label_column, rule_f
 from galaxy_core.sources.folder import DatasetError, DatasetFolder
 from galaxy_core.sources.images import ImageLoadError, load_image, resize_square
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 DEFAULT_SHARD_SIZE = 10_000
 BUILD_LOCK_NAME = ".build.lock"
 META_NAME = "meta.json"
 INDEX_NAME = "index.csv"
 BLANK_RANGE = 2
 """An image whose pixels all lie within this many grey levels carries no signal (a black cutout)."""
+
+
+class CacheDamaged(DatasetError):
+    """A cache folder's files are not the ones written when it was built."""
 
 
 @dataclass
@@ -122,8 +132,11 @@ def _build_cache(folder: DatasetFolder, frame: pd.DataFrame, *, source_size: int
     key = cache_key(frame, data_dir, source_size, shard_size, framing)
     final = cache_root / key
     if (final / META_NAME).is_file():
-        meta = json.loads((final / META_NAME).read_text())
-        return BuildReport(final, meta["galaxies"], meta.get("failed", {}), 0.0, reused=True)
+        try:
+            meta = check_cache(final)
+            return BuildReport(final, meta["galaxies"], meta.get("failed", {}), 0.0, reused=True)
+        except CacheDamaged:  # built again below, under the same build lock
+            shutil.rmtree(final, ignore_errors=True)
     start = time.monotonic()
     tmp = _new_build_folder(cache_root, key, sole_builder, len(frame) * source_size**2 * 3)
     try:
@@ -222,7 +235,8 @@ def _write_index_and_meta(tmp: Path, frame: pd.DataFrame, written: _Written, *, 
     index["shard"] = np.repeat(np.arange(len(written.shards)), [n for _, n in written.shards])
     index["offset"] = np.concatenate([np.arange(n) for _, n in written.shards])
     index.to_csv(tmp / INDEX_NAME, index=False)
-    meta = {"format": CACHE_FORMAT, "key": key, "image_size": source_size,
+    files = {name: _file_check(tmp / name) for name in [INDEX_NAME, *(name for name, _ in written.shards)]}
+    meta = {"format": CACHE_FORMAT, "key": key, "image_size": source_size, "files": files,
             "framing": None if framing is None else framing.to_dict(),
             "galaxies": len(index), "shards": [name for name, _ in written.shards],
             "shard_size": shard_size, "failed": written.failed,
@@ -271,24 +285,80 @@ def _finish_partial_shard(tmp: Path, shards: list[list], source_size: int) -> No
         os.replace(tmp / f"{name}.trim", tmp / name)
 
 
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _file_check(path: Path) -> dict[str, int | str]:
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _damaged(cache_dir: Path, what: str) -> CacheDamaged:
+    return CacheDamaged(f"the image cache {cache_dir} is damaged ({what}); delete that folder and it is built again")
+
+
+def check_cache(cache_dir: Path) -> dict:
+    """The cache's meta after the cheap checks: every file of the size it was written with, the
+    index's own hash, and each shard's array shape. Raises CacheDamaged (a DatasetError)."""
+    try:
+        meta = json.loads((cache_dir / META_NAME).read_text())
+        files = meta["files"]
+        names = [INDEX_NAME, *meta["shards"]]
+        for name in names:
+            size = (cache_dir / name).stat().st_size
+            if size != files[name]["bytes"]:
+                raise _damaged(cache_dir, f"{name} is {size:,} bytes, {files[name]['bytes']:,} when written")
+    except FileNotFoundError as exc:
+        raise _damaged(cache_dir, f"{Path(exc.filename or '?').name} is missing") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _damaged(cache_dir, f"{META_NAME} is unreadable: {exc.__class__.__name__}") from None
+    if _sha256(cache_dir / INDEX_NAME) != files[INDEX_NAME]["sha256"]:
+        raise _damaged(cache_dir, f"{INDEX_NAME} is not the one written")
+    return meta
+
+
 class PackedDataset:
     """Read-only view of one cache folder: index table plus memory-mapped image shards, with the
     classes and vote fractions of one label rule (the cache itself serves both rules)."""
 
     def __init__(self, cache_dir: Path, label_rule: str = TrainConfig.label_rule):
         self.cache_dir = Path(cache_dir)
+        self.meta = check_cache(self.cache_dir)
         try:
-            self.meta = json.loads((self.cache_dir / META_NAME).read_text())
             self.index = pd.read_csv(self.cache_dir / INDEX_NAME, dtype={"id": str, **{
                 label_column(rule): str for rule in LABEL_RULES}}, keep_default_na=False,
                 na_values={column: [""] for column in self.fraction_names()})
             self.shards = [np.load(self.cache_dir / name, mmap_mode="r") for name in self.meta["shards"]]
         except (OSError, ValueError, KeyError) as exc:
-            raise DatasetError(f"cache {self.cache_dir} is unreadable ({exc}); delete it to rebuild") from None
+            raise _damaged(self.cache_dir, f"unreadable: {exc.__class__.__name__}") from None
         self.source_size = int(self.meta["image_size"])
         self.rule = label_rule
         self.shard_of = self.index["shard"].to_numpy(np.int64)
         self.offset_of = self.index["offset"].to_numpy(np.int64)
+        self._check_shapes()
+        self._verified: set[int] = set()
+        self._verify_lock = threading.Lock()
+
+    def _check_shapes(self) -> None:
+        side = self.source_size
+        rows = np.bincount(self.shard_of, minlength=len(self.shards)) if len(self.shard_of) else []
+        for number, (shard, name) in enumerate(zip(self.shards, self.meta["shards"])):
+            if shard.dtype != np.uint8 or shard.shape[1:] != (side, side, 3) or shard.shape[0] != rows[number]:
+                raise _damaged(self.cache_dir, f"{name} holds {shard.dtype} {shard.shape}, not the index's "
+                                               f"{rows[number]} images of {side}x{side}")
+        if len(self.shard_of) and (self.shard_of.max() >= len(self.shards) or self.offset_of.min() < 0):
+            raise _damaged(self.cache_dir, f"{INDEX_NAME} points outside the shards")
+
+    def verify_shard(self, number: int) -> None:
+        """Hash a shard against the build's record, once per dataset (at its first read)."""
+        with self._verify_lock:
+            if number in self._verified:
+                return
+            name = self.meta["shards"][number]
+            if _sha256(self.cache_dir / name) != self.meta["files"][name]["sha256"]:
+                raise _damaged(self.cache_dir, f"{name} is not the one written")
+            self._verified.add(number)
 
     @functools.cached_property
     def labels(self) -> np.ndarray:
@@ -321,6 +391,7 @@ class PackedDataset:
         out = np.empty((len(rows), self.source_size, self.source_size, 3), dtype=np.uint8)
         shards = self.shard_of[rows]
         for shard in np.unique(shards):
+            self.verify_shard(int(shard))
             where = np.flatnonzero(shards == shard)
             offsets = self.offset_of[rows[where]]
             order = np.argsort(offsets)

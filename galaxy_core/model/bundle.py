@@ -143,12 +143,27 @@ def load_bundle(model_dir: Path, device: str | torch.device = "cpu") -> ModelBun
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"{weights} is not a valid safetensors file ({exc})") from None
     model = build_model(card.architecture)
+    _check_tensors(state, model.state_dict(), weights)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise BundleError(f"{weights} does not match architecture {card.architecture.name}: "
                           f"{str(exc).splitlines()[0]}") from None
     return ModelBundle.ready(model.to(device), card, model_dir)
+
+
+def _check_tensors(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], weights: Path) -> None:
+    """Refuse weights that would load and then answer nonsense: ``load_state_dict`` casts any dtype
+    (int8 becomes float silently) and copies NaN and infinity as they are."""
+    for name, tensor in state.items():
+        want = expected.get(name)
+        if want is not None and tensor.dtype != want.dtype:
+            raise BundleError(f"{weights}: tensor {fields.clip(name, 100)} is {str(tensor.dtype).removeprefix('torch.')}, "
+                              f"not the {str(want.dtype).removeprefix('torch.')} this model holds; the file is "
+                              "damaged or not this model's")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise BundleError(f"{weights}: tensor {fields.clip(name, 100)} holds NaN or infinite values; the model "
+                              "is damaged (a diverged training run?): retrain it or restore the file")
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from galaxy_core.base.atomic import atomic_path
-from galaxy_core.base.config import ANSWERS, CLASS_THRESHOLD, CLASSES, LABEL_RULES
-from galaxy_core.base.fields import shown
+from galaxy_core.base.config import ANSWERS, CLASS_THRESHOLD, CLASSES, LABEL_RULES, DownloadConfig
+from galaxy_core.base.fields import clip, shown
 from galaxy_core.sources.catalogue_io import CatalogueError, read_raw_table
 from galaxy_core.sources.fetch import UrlPolicy
 
@@ -291,12 +291,27 @@ def validate_canonical(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_catalogue(source: str | os.PathLike[str], fmt: CatalogueFormat = "auto", *,
-                   policy: UrlPolicy | None = None, stop: threading.Event | None = None) -> pd.DataFrame:
+                   policy: UrlPolicy | None = None, stop: threading.Event | None = None,
+                   timeout_s: float = DownloadConfig.timeout_s) -> pd.DataFrame:
     """Read a GZ1, GZ2 or canonical catalogue from a path or URL into the canonical frame; a URL
-    must pass ``policy`` (the app's allowed hosts) when one is given, and ``stop`` ends its
-    download."""
+    must pass ``policy`` (the app's allowed hosts) when one is given, ``stop`` ends its download
+    and ``timeout_s`` bounds each wait in it.
+
+    A URL fetched under a ``policy`` is fetched for someone else: a message about its content
+    then names no text of it (column names, values), since that text may be a page of a server
+    the visitor could not otherwise read."""
     text = str(source)
-    frame = read_raw_table(source, policy=policy, stop=stop)
+    frame = read_raw_table(source, policy=policy, stop=stop, timeout_s=timeout_s)
+    try:
+        return _canonical(frame, fmt, text)
+    except CatalogueError:
+        if policy is None or not text.startswith(("http://", "https://")):
+            raise
+        raise CatalogueError(f"{clip(text, 200)}: the answer is not a Galaxy Zoo catalogue that can be read (its "
+                             "content is not repeated here; save it and open it as a file to see why)") from None
+
+
+def _canonical(frame: pd.DataFrame, fmt: CatalogueFormat, text: str) -> pd.DataFrame:
     empty = frame.isna().all(axis=1).to_numpy()
     if empty.any():
         raise CatalogueError(f"{text}: line {int(np.flatnonzero(empty)[0]) + 2} is empty")

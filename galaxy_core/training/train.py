@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from galaxy_core.base.config import CLASSES, ConfigError, TrainConfig
+from galaxy_core.base.config import CLASSES, ConfigError, GalaxyError, TrainConfig
 from galaxy_core.data.cache import ImageRows, PackedDataset
 from galaxy_core.data.dataset import TrainingPlan, plan_training
 from galaxy_core.data.framing import framing_spec
@@ -37,8 +37,20 @@ from galaxy_core.serving.inference import predict_probs
 from galaxy_core.sources.catalogue import rule_labels
 from galaxy_core.sources.folder import DatasetFolder
 from galaxy_core.training.batches import BatchSource, epoch_seed, prefetch
-from galaxy_core.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, no_lock, output_lock, save_checkpoint
+from galaxy_core.training.checkpoint import (
+    CHECKPOINT_NAME,
+    DATA_KEY,
+    data_fingerprint,
+    load_checkpoint,
+    no_lock,
+    output_lock,
+    save_checkpoint,
+)
 from galaxy_core.training.distributed import Distributed, pick_device, setup_distributed
+
+
+class TrainingDiverged(GalaxyError):
+    """The loss became NaN or infinite: the weights are lost, only the last good checkpoint is kept."""
 
 
 @dataclass
@@ -204,6 +216,7 @@ class _Run:
     source: BatchSource
     optimiser: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    data_print: str  # the catalogue, split and cache it trains on: a resume must find the same
     history: list[EpochRecord] = field(default_factory=list)
     start_epoch: int = 0
     earlier_s: float = 0.0  # training time of earlier sessions of this run
@@ -224,12 +237,16 @@ def _set_up(config: TrainConfig, dataset: PackedDataset, plan: TrainingPlan, dev
     source = BatchSource(dataset, views, stats, geometry, config)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = one_cycle_schedule(optimiser, config.epochs * source.steps_per_epoch())
-    return _Run(model, card, source, optimiser, scheduler)
+    ids = dataset.ids
+    data_print = data_fingerprint(ids, dataset.labels, {name: ids[getattr(split, name)]
+                                                       for name in ("train", "val", "test")}, dataset.meta["key"])
+    return _Run(model, card, source, optimiser, scheduler, data_print)
 
 
 def _resume(run: _Run, config: TrainConfig, dist_info: Distributed, report: Callable[[str], None]) -> None:
     """Continue from the output folder's checkpoint, read by rank 0 and shared with the others."""
-    checkpoint = load_checkpoint(Path(config.out_dir) / CHECKPOINT_NAME, config) if dist_info.main else None
+    checkpoint = (load_checkpoint(Path(config.out_dir) / CHECKPOINT_NAME, config, run.data_print)
+                  if dist_info.main else None)
     checkpoint = dist_info.from_main(checkpoint)
     if checkpoint is None:
         return
@@ -250,7 +267,7 @@ def _save_checkpoint(run: _Run, config: TrainConfig, epoch: int, seconds: float)
         "model": run.model.state_dict(), "optimiser": run.optimiser.state_dict(),
         "scheduler": run.scheduler.state_dict(), "epoch": epoch,
         "config": config.to_dict(), "history": [h.to_dict() for h in run.history],
-        "training_seconds": seconds})
+        "training_seconds": seconds, DATA_KEY: run.data_print})
 
 
 def _train(config: TrainConfig, device: torch.device, dist_info: Distributed,
@@ -304,6 +321,7 @@ def _train(config: TrainConfig, device: torch.device, dist_info: Distributed,
             dist_info.sync_buffers(run.model)
             val_loss, val_acc = evaluate(ModelBundle(run.model, run.card, config.precision), dataset, split.val,
                                          dist_info)
+            check_finite(epoch + 1, loss, val_loss)  # the same sums on every process: all stop together
             run.history.append(EpochRecord(epoch + 1, loss, acc, val_loss, val_acc,
                                            run.scheduler.get_last_lr()[0], time.monotonic() - epoch_start))
             if dist_info.main:
@@ -338,6 +356,15 @@ def _measure_and_save(run: _Run, dataset: PackedDataset, plan: TrainingPlan, con
     emit(TrainProgress("done", config.epochs, config.epochs, elapsed_s=time.monotonic() - start,
                        history=run.history, message=f"test accuracy {metrics.accuracy:.3f}"))
     return metrics
+
+
+def check_finite(epoch: int, loss: float, val_loss: float) -> None:
+    """Stop a run whose loss is no longer a number before its weights are saved anywhere."""
+    if not (math.isfinite(loss) and math.isfinite(val_loss)):
+        kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no checkpoint was saved"
+        raise TrainingDiverged(f"training diverged in epoch {epoch} (training loss {loss:.4g}, validation loss "
+                               f"{val_loss:.4g}); nothing of it was saved and {kept}: lower --lr, or use "
+                               "--restart to start over")
 
 
 def finish(bundle: ModelBundle, dataset: PackedDataset, plan: TrainingPlan,

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from app_fixtures import fresh_caches  # noqa: F401 (autouse)
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from galaxy_core.base.config import CLASSES
 from galaxy_core.serving.examples import list_examples
-from app_fixtures import fresh_caches  # noqa: F401 (autouse)
 
 REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "app.py")

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from app_fixtures import fresh_caches  # noqa: F401 (autouse)
 from conftest import make_dataset
 from streamlit.testing.v1 import AppTest
 from test_app import APP, TIMEOUT, by_label, fill_tiny_training, open_page, texts, wait_for
 
 from app_support.recent import RECENT_NAME, read_recent, remember
 from app_support.tables import job_fraction
-from galaxy_core.sources.download import DownloadProgress
 from galaxy_core.serving.examples import CREDIT, list_examples
+from galaxy_core.sources.download import DownloadProgress
 from galaxy_core.training.train import TrainProgress
-from app_fixtures import fresh_caches  # noqa: F401 (autouse)
 
 
 @pytest.fixture

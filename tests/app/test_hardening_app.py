@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_app import PAGES, by_label, fresh_caches, open_page, texts  # noqa: F401 - fresh_caches is autouse
 from stand_servers import Stand, drip
+from test_app import PAGES, by_label, fresh_caches, open_page, texts  # noqa: F401 - fresh_caches is autouse
 
 from galaxy_core.base.config import DEFAULT_CATALOGUE_URL, DEFAULT_CUTOUT_URL
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from galaxy_core.base.config import ConfigError, TrainConfig
 from app_support.jobs import Job, JobBusyError, JobRegistry, describe_error
 from app_support.tasks import training_task
+from galaxy_core.base.config import ConfigError, TrainConfig
 
 
 def finished(job: Job, timeout: float = 30.0) -> Job:

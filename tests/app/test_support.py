@@ -10,14 +10,21 @@ import numpy as np
 import pytest
 
 from app_support.folders import AppFolders, InvalidNameError, model_dir_for_training, new_dataset_dir, validate_name
-from app_support.tables import (format_duration, history_frame, misclassified_frame, page_bounds, per_class_frame,
-                              reliability_frame, row_normalise)
+from app_support.tables import (
+    format_duration,
+    history_frame,
+    misclassified_frame,
+    page_bounds,
+    per_class_frame,
+    reliability_frame,
+    row_normalise,
+)
 from app_support.tasks import download_task, uploaded_catalogue
-from galaxy_core.model.card import EpochRecord
-from galaxy_core.training.checkpoint import discard_checkpoint
 from galaxy_core.base.config import CLASSES, ConfigError, DownloadConfig
-from galaxy_core.sources.download import DownloadProgress
+from galaxy_core.model.card import EpochRecord
 from galaxy_core.model.metrics import ClassScores, Metrics, ReliabilityBin
+from galaxy_core.sources.download import DownloadProgress
+from galaxy_core.training.checkpoint import discard_checkpoint
 
 
 def test_folders_come_from_the_environment_or_the_repo(tmp_path: Path):

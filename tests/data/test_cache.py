@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from galaxy_core.sources.catalogue import read_catalogue
 from galaxy_core.base.config import DownloadConfig
-from galaxy_core.sources.cutout_server import ServerOptions
 from galaxy_core.data.cache import PackedDataset, _decode, _decode_in_order, build_cache
+from galaxy_core.sources.catalogue import read_catalogue
+from galaxy_core.sources.cutout_server import ServerOptions
 from galaxy_core.sources.download import DownloadError, download_cutouts, is_complete_jpeg
 from galaxy_core.sources.folder import MANIFEST_NAME, DatasetFolder
 

@@ -6,20 +6,22 @@ machine has a small disk to fill."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 from collections import namedtuple
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_dataset
 
-from galaxy_core.training import checkpoint
-from galaxy_core.data.cache import build_cache
-from galaxy_core.training.checkpoint import CheckpointError, save_checkpoint
 from galaxy_core.cli import EXIT_USER_ERROR, main
+from galaxy_core.data.cache import CacheDamaged, PackedDataset, build_cache
 from galaxy_core.sources.folder import DatasetError
+from galaxy_core.training import checkpoint
+from galaxy_core.training.checkpoint import CheckpointError, save_checkpoint
 
 Usage = namedtuple("Usage", "total used free")
 
@@ -85,3 +87,55 @@ def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path: 
         save_checkpoint(path, {"epoch": 2})
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
     assert torch.load(path, weights_only=True) == {"epoch": 1}
+
+
+# --- a cache on disk is checked against what was written --------------------------------------
+
+def built(small: Path, cache_root: Path) -> Path:
+    report = build_cache(small, cache_root=cache_root, shard_size=8)
+    return report.cache_dir
+
+
+def test_a_flipped_byte_in_a_shard_is_an_error_when_it_is_read(small: Path, tmp_path: Path) -> None:
+    cache_dir = built(small, tmp_path / "cache")
+    shard = cache_dir / "shard-00001.npy"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the content hash can tell
+    shard.write_bytes(bytes(data))
+    dataset = PackedDataset(cache_dir)
+    dataset.images(np.flatnonzero(dataset.shard_of == 0))  # an intact shard reads as ever
+    with pytest.raises(CacheDamaged, match=r"shard-00001.npy is not the one written\); delete that folder"):
+        dataset.images(np.arange(len(dataset)))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "index", "missing", "meta"])
+def test_a_damaged_cache_is_refused_on_opening_and_built_again(small: Path, tmp_path: Path, damage: str) -> None:
+    cache_dir = built(small, tmp_path / "cache")
+    before = PackedDataset(cache_dir).images(np.arange(3))
+    if damage == "truncate":
+        with open(cache_dir / "shard-00000.npy", "r+b") as handle:
+            handle.truncate(1000)
+    elif damage == "index":
+        text = (cache_dir / "index.csv").read_text()
+        (cache_dir / "index.csv").write_text(text.replace("Spiral", "Ellipt", 1) if "Spiral" in text
+                                             else text.replace("Elliptical", "Spiral0000", 1))
+    elif damage == "missing":
+        (cache_dir / "shard-00000.npy").unlink()
+    else:
+        (cache_dir / "meta.json").write_text("{not json")
+    with pytest.raises(CacheDamaged, match="damaged"):
+        PackedDataset(cache_dir)
+    report = build_cache(small, cache_root=tmp_path / "cache", shard_size=8)
+    assert not report.reused and report.cache_dir == cache_dir
+    assert np.array_equal(PackedDataset(cache_dir).images(np.arange(3)), before)
+
+
+def test_a_shard_of_another_shape_is_refused(small: Path, tmp_path: Path) -> None:
+    cache_dir = built(small, tmp_path / "cache")
+    meta = json.loads((cache_dir / "meta.json").read_text())
+    other = np.zeros((8, 4, 4, 3), np.uint8)
+    np.save(cache_dir / "shard-00000.npy", other)
+    meta["files"]["shard-00000.npy"] = {"bytes": (cache_dir / "shard-00000.npy").stat().st_size, "sha256": "x"}
+    (cache_dir / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CacheDamaged, match="shard-00000.npy holds uint8 .8, 4, 4, 3."):
+        PackedDataset(cache_dir)

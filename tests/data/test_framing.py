@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from galaxy_core.model.card import ModelCard
 from galaxy_core.base.fields import FieldError
 from galaxy_core.data.framing import NO_GALAXY, WARNINGS, FramingSpec, frame_image
+from galaxy_core.model.card import ModelCard
 from galaxy_core.serving.predict import answer_warning, vote_sentence
 
 SPEC = FramingSpec(0.3)
@@ -127,8 +127,8 @@ def test_framing_spec_is_validated_and_round_trips_through_the_card():
     with pytest.raises(FieldError, match="framing.radius_fraction"):
         FramingSpec.from_dict({"radius_fraction": 5})
     from galaxy_core.data.geometry import InputGeometry
-    from galaxy_core.model.network import Architecture
     from galaxy_core.data.normalise import ChannelStats
+    from galaxy_core.model.network import Architecture
 
     card = ModelCard(Architecture("resnet_small", 8, 1, 3), InputGeometry(), ChannelStats((0.1,) * 3, (0.2,) * 3),
                      label_rule="votes", framing=SPEC, confidence_floor=0.45)

@@ -11,15 +11,15 @@ import pytest
 import torch
 from conftest import make_dataset
 
+from galaxy_core.base.config import ConfigError, PredictConfig, TrainConfig
+from galaxy_core.cli import main
 from galaxy_core.model import precision as precision_module
 from galaxy_core.model.bundle import BundleError, load_bundle, read_card
-from galaxy_core.training.checkpoint import CHECKPOINT_NAME
-from galaxy_core.cli import main
-from galaxy_core.base.config import ConfigError, PredictConfig, TrainConfig
-from galaxy_core.serving.inference import outputs_for
 from galaxy_core.model.network import Architecture, build_model
 from galaxy_core.model.precision import autocast, inference_precision
+from galaxy_core.serving.inference import outputs_for
 from galaxy_core.serving.predict import Classifier
+from galaxy_core.training.checkpoint import CHECKPOINT_NAME
 from galaxy_core.training.train import train, training_loss
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from galaxy_core.model.bundle import load_bundle, read_card
-from galaxy_core.cli import main
 from galaxy_core.base.config import CLASSES, PredictConfig, default_model_dir
+from galaxy_core.cli import main
+from galaxy_core.model.bundle import load_bundle, read_card
 from galaxy_core.serving.predict import Classifier
 
 SHIPPED = default_model_dir()

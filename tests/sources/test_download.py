@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from galaxy_core.sources.catalogue import read_catalogue
 from galaxy_core.base.config import ConfigError, DownloadConfig
+from galaxy_core.sources.catalogue import read_catalogue
 from galaxy_core.sources.cutout_server import ServerOptions
 from galaxy_core.sources.cutouts import cutout_params
 from galaxy_core.sources.download import download_cutouts, image_relpath

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import make_dataset
-from galaxy_core.sources.catalogue import read_catalogue
+
 from galaxy_core.base.config import DownloadConfig
+from galaxy_core.sources.catalogue import read_catalogue
 from galaxy_core.sources.cutout_server import CutoutServer, ServerOptions
 from galaxy_core.sources.download import DownloadReport, download_cutouts
 from galaxy_core.sources.folder import IMAGES_DIR, MANIFEST_NAME

@@ -11,15 +11,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from galaxy_core.model.bundle import list_models
-from galaxy_core.data.cache import PackedDataset
 from galaxy_core.base.config import CLASSES, ConfigError
+from galaxy_core.data.cache import PackedDataset
+from galaxy_core.data.dataset import sample_galaxies
+from galaxy_core.data.normalise import pixel_statistics
+from galaxy_core.model.bundle import list_models
+from galaxy_core.serving.predict import Classifier, PredictConfig, classify_uploads
 from galaxy_core.sources.cutout_server import ServerOptions
 from galaxy_core.sources.cutouts import CutoutError, fetch_cutout
-from galaxy_core.data.dataset import sample_galaxies
 from galaxy_core.sources.folder import DatasetError, DatasetFolder, list_datasets
-from galaxy_core.data.normalise import pixel_statistics
-from galaxy_core.serving.predict import Classifier, PredictConfig, classify_uploads
 
 
 def test_datasets_are_listed_and_typed_folders_checked(tiny_dataset: Path, tmp_path: Path):

@@ -22,16 +22,16 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-
 from conftest import REPO, make_dataset
-from galaxy_core.model import network as model_module
-from galaxy_core.model.bundle import load_bundle, read_card
+
 from galaxy_core.base.config import TrainConfig
 from galaxy_core.data.geometry import InputGeometry
 from galaxy_core.data.normalise import ChannelStats
+from galaxy_core.model import network as model_module
+from galaxy_core.model.bundle import load_bundle, read_card
+from galaxy_core.training.batches import BatchSource
 from galaxy_core.training.checkpoint import CHECKPOINT_NAME, LOCK_NAME
 from galaxy_core.training.distributed import Distributed
-from galaxy_core.training.batches import BatchSource
 from galaxy_core.training.train import open_training_data, train
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),

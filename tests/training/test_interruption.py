@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, make_dataset
+
+from galaxy_core.base.config import DownloadConfig, TrainConfig
+from galaxy_core.cli import EXIT_USER_ERROR, main
 from galaxy_core.model.bundle import load_bundle
 from galaxy_core.sources.catalogue import read_catalogue
-from galaxy_core.cli import EXIT_USER_ERROR, main
-from galaxy_core.base.config import DownloadConfig, TrainConfig
 from galaxy_core.sources.cutout_server import ServerOptions
 from galaxy_core.sources.download import download_cutouts
 from galaxy_core.sources.folder import IMAGES_DIR

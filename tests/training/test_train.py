@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import threading
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from conftest import make_dataset, synthetic_galaxy
 from PIL import Image
 
-from conftest import make_dataset, synthetic_galaxy
-from galaxy_core.model.bundle import load_bundle, read_card
 from galaxy_core.base.config import CLASSES, ConfigError, EvaluateConfig, PredictConfig, TrainConfig
+from galaxy_core.cli import main
+from galaxy_core.data.geometry import InputGeometry
+from galaxy_core.model.bundle import load_bundle, read_card
+from galaxy_core.model.metrics import classification_metrics
+from galaxy_core.model.network import Architecture, build_model
 from galaxy_core.serving.evaluate import evaluate_bundle
 from galaxy_core.serving.inference import TurnedImages
-from galaxy_core.model.metrics import classification_metrics
-from galaxy_core.data.geometry import InputGeometry
-from galaxy_core.model.network import Architecture, build_model
 from galaxy_core.serving.predict import Classifier, predictions_csv
-from galaxy_core.training.checkpoint import CHECKPOINT_NAME
-from galaxy_core.training.train import train
+
+train_module = importlib.import_module("galaxy_core.training.train")  # the package exports the function by that name
+from galaxy_core.training.checkpoint import CHECKPOINT_NAME, CheckpointError
+from galaxy_core.training.train import TrainingDiverged, train
 
 
 def small_config(data: Path, out: Path, **overrides) -> TrainConfig:
@@ -101,6 +106,76 @@ def test_resume_refuses_changed_settings(tmp_path: Path) -> None:
     train(small_config(data, tmp_path / "m", epochs=1, batch_size=8))
     with pytest.raises(ConfigError, match="lr"):
         train(small_config(data, tmp_path / "m", epochs=1, batch_size=8, lr=0.01))
+
+
+def stopped_after_one_epoch(config: TrainConfig) -> None:
+    """Train ``config`` for its first epoch only: a checkpoint a rerun of it resumes from."""
+    stop = threading.Event()
+    result = train(config, lambda e: stop.set() if e.phase == "epoch" else None, stop)
+    assert result.stopped and torch.load(config.out_dir / CHECKPOINT_NAME, weights_only=True)["epoch"] == 1
+
+
+def test_resume_refuses_a_changed_or_truncated_catalogue(tmp_path: Path) -> None:
+    """A truncated catalogue plans another split: resuming on it would train on the galaxies the
+    model is then tested on (and report their accuracy as if they were held out)."""
+    data = make_dataset(tmp_path / "d", n_per_class=10)
+    config = small_config(data, tmp_path / "m", epochs=2, batch_size=8, cache_dir=tmp_path / "cache")
+    stopped_after_one_epoch(config)
+    catalogue = pd.read_csv(data / "catalogue.csv")
+    catalogue.iloc[:-4].to_csv(data / "catalogue.csv", index=False)
+    with pytest.raises(CheckpointError, match="the catalogue's galaxies or their classes, the train/validation/test "
+                                              "split, the image cache .* use --restart"):
+        train(config)
+    assert torch.load(tmp_path / "m" / CHECKPOINT_NAME, weights_only=True)["epoch"] == 1
+    assert train(config, restart=True).epochs_done == 2
+
+
+def test_resume_refuses_a_checkpoint_that_does_not_say_what_it_trained_on(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "d", n_per_class=10)
+    config = small_config(data, tmp_path / "m", epochs=2, batch_size=8, cache_dir=tmp_path / "cache")
+    stopped_after_one_epoch(config)
+    state = torch.load(tmp_path / "m" / CHECKPOINT_NAME, weights_only=True)
+    del state["data"]
+    torch.save(state, tmp_path / "m" / CHECKPOINT_NAME)
+    with pytest.raises(CheckpointError, match="does not record which galaxies"):
+        train(config)
+
+
+def poisoned_loss(monkeypatch: pytest.MonkeyPatch, poison: threading.Event) -> None:
+    """Once ``poison`` is set the training loss is NaN, as a diverging run's becomes."""
+    real = train_module.training_loss
+
+    def loss(*args, **kwargs):  # type: ignore[no-untyped-def]
+        value, logits = real(*args, **kwargs)
+        return (value * float("nan") if poison.is_set() else value), logits
+
+    monkeypatch.setattr(train_module, "training_loss", loss)
+
+
+def test_a_diverged_run_stops_naming_the_epoch_and_keeps_the_last_good_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = make_dataset(tmp_path / "d", n_per_class=10)
+    config = small_config(data, tmp_path / "m", epochs=3, batch_size=8, cache_dir=tmp_path / "cache")
+    poison = threading.Event()
+    poisoned_loss(monkeypatch, poison)
+    with pytest.raises(TrainingDiverged, match="diverged in epoch 2 .*the checkpoint of epoch 1 is kept"):
+        train(config, lambda e: poison.set() if e.phase == "epoch" else None)
+    assert torch.load(tmp_path / "m" / CHECKPOINT_NAME, weights_only=True)["epoch"] == 1
+    assert not (tmp_path / "m" / "card.json").exists()
+
+
+def test_cli_train_exits_non_zero_with_one_line_when_the_loss_diverges(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    data = make_dataset(tmp_path / "d", n_per_class=10)
+    poison = threading.Event()
+    poison.set()
+    poisoned_loss(monkeypatch, poison)
+    code = main(["train", "--data", str(data), "--out", str(tmp_path / "m"), "--epochs", "2", "--batch-size", "8",
+                 "--image-size", "32", "--width", "8", "--depth", "1", "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and "training diverged in epoch 1" in err[-1] and "no checkpoint was saved" in err[-1]
+    assert "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "m" / CHECKPOINT_NAME).exists() and not (tmp_path / "m" / "card.json").exists()
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -187,8 +262,8 @@ def test_models_build() -> None:
 
 
 def test_jitter_without_perturbation_is_the_plain_crop() -> None:
-    from galaxy_core.training.batches import jittered_crop, random_jitter
     from galaxy_core.data.geometry import InputGeometry, crop_and_resize
+    from galaxy_core.training.batches import jittered_crop, random_jitter
 
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 128, 128, 3), dtype=np.uint8))
     for geometry in (InputGeometry(128, 96, 64), InputGeometry(128, 96, 32)):  # source, crop, input
