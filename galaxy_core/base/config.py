@@ -15,7 +15,7 @@ ANSWERS: tuple[str, ...] = ("smooth", "features", "artifact")
 """The first Galaxy Zoo question's answers (smooth; features or disk; star or artifact), in the
 order of every vote-fraction vector."""
 
-ARCHITECTURES: tuple[str, ...] = ("resnet_small", "plain_cnn")
+ARCHITECTURES: tuple[str, ...] = ("resnet_small", "plain_cnn", "d4_resnet")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 BALANCE_CHOICES: tuple[str, ...] = ("off", "median", "max")
 """Class balancing of the training views: none, towards the median class count, or the largest."""

@@ -10,6 +10,7 @@ from torch import nn
 
 from galaxy_core.base import fields
 from galaxy_core.base.config import ARCHITECTURES, CLASSES, TRAIN_SETTINGS
+from galaxy_core.model.d4 import ORDER, FieldNorm, GroupBlock, LiftingConv
 
 WIDTH, DEPTH = TRAIN_SETTINGS["width"], TRAIN_SETTINGS["depth"]
 
@@ -157,7 +158,46 @@ class PlainCNN(nn.Module):
         return self.head.heads(self.features(x))
 
 
-NETWORKS = {"resnet_small": GalaxyResNet, "plain_cnn": PlainCNN}
+class D4ResNet(nn.Module):
+    """GalaxyResNet's shape with D4 group convolutions (model/d4.py): ``width // 4`` fields of 8
+    copies a stage (so half the weights of the plain ResNet of that width, and about 4x its
+    arithmetic); the head pools over the copies and space, so turning or mirroring the input
+    leaves the answer (all but) unchanged by construction, not only by training."""
+
+    def __init__(self, num_classes: int = 3, width: int = 32, depth: int = 2, dropout: float = 0.2,
+                 aux_outputs: int = 0, tree_outputs: int = 0):
+        super().__init__()
+        base = max(1, width // 4)
+        widths = [base, base * 2, base * 4, base * 8]
+        self.stem = nn.Sequential(LiftingConv(3, base, 3, 2, 1), FieldNorm(base), nn.ReLU(inplace=True))
+        layers, c_in = [], base
+        for i, c_out in enumerate(widths):
+            for j in range(depth):
+                layers.append(GroupBlock(c_in, c_out, 2 if (j == 0 and i > 0) else 1))
+                c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.head = PooledHead(c_in * ORDER, num_classes, dropout, aux_outputs, tree_outputs)
+        self.fields = c_in
+        for block in self.features:
+            nn.init.zeros_(block.bn2.norm.weight)
+
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Each field's copies averaged, repeated so the head's linear layers see invariant inputs."""
+        n, c, h, w = x.shape
+        return x.view(n, c // ORDER, ORDER, h, w).mean(2, keepdim=True).expand(n, c // ORDER, ORDER, h, w) \
+            .reshape(n, c, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self._pooled(self.features(self.stem(x))))
+
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.head.outputs(self._pooled(self.features(self.stem(x))))
+
+    def heads(self, x: torch.Tensor) -> Heads:
+        return self.head.heads(self._pooled(self.features(self.stem(x))))
+
+
+NETWORKS = {"resnet_small": GalaxyResNet, "plain_cnn": PlainCNN, "d4_resnet": D4ResNet}
 assert tuple(NETWORKS) == ARCHITECTURES, "config.ARCHITECTURES lists the names users may pass"
 
 
