@@ -21,6 +21,7 @@ from galaxy_core.serving import (
     list_examples,
     outline_framing,
     predictions_csv,
+    read_tree,
     vote_sentence,
 )
 from galaxy_core.sources import fetch_cutout
@@ -186,6 +187,15 @@ for i in range(start, stop):
             st.warning(prediction.warning, icon=":material/warning:")
         if prediction.votes:
             st.markdown(vote_sentence(prediction.votes, classifier.card.label_rule))
+        if prediction.tree and classifier.card.tree is not None:
+            reading = read_tree(prediction.tree, classifier.card.tree)
+            st.markdown(f"Down the Galaxy Zoo decision tree, most volunteers would say: {reading.sentence}")
+            with st.expander("Every answer of the decision tree"):
+                st.dataframe([{"question": a.question_words, "answer": a.words, "share": a.fraction,
+                               "asked": a.reach} for a in reading.answers], hide_index=True,
+                             column_config={k: st.column_config.ProgressColumn(format="percent", min_value=0,
+                                                                               max_value=1)
+                                            for k in ("share", "asked")})
         left, right = st.columns(2)
         width, height = item.size
         left.image(outline_framing(item.preview, item.framing, item.size), width="stretch",

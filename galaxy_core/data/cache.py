@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -377,6 +377,21 @@ class PackedDataset:
     def fractions(self, rows: np.ndarray) -> np.ndarray:
         """(n, 3) vote fractions of these rows under the label rule (smooth, features, artifact)."""
         return rule_fractions(self.index, self.rule)[np.asarray(rows, dtype=np.int64)]
+
+    def tree_answers(self, rows: np.ndarray, stems: Sequence[str], kind: str = "count") -> np.ndarray:
+        """(n, answers) float: each answer's vote ``count`` or ``weighted_fraction`` (TREE_KINDS)
+        for these rows, in ``stems`` order; NaN where the catalogue had no such column."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.full((len(rows), len(stems)), np.nan)
+        for k, stem in enumerate(stems):
+            column = f"{stem}_{kind}"
+            if column in self.index.columns:
+                out[:, k] = pd.to_numeric(self.index[column], errors="coerce").to_numpy(float)[rows]
+        return out
+
+    def has_tree(self, stems: Sequence[str]) -> bool:
+        """Whether every answer of a tree has vote counts here."""
+        return all(f"{stem}_count" in self.index.columns for stem in stems)
 
     def __len__(self) -> int:
         return len(self.index)

@@ -30,6 +30,7 @@ from galaxy_core.model.card import DataSummary, Machine, ModelCard, Provenance
 from galaxy_core.model.metrics import Metrics
 from galaxy_core.model.network import Architecture, build_model
 from galaxy_core.model.precision import inference_precision
+from galaxy_core.model.tree import training_tree
 
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "card.json"
@@ -77,10 +78,13 @@ def new_card(config: TrainConfig, geometry: InputGeometry, stats: ChannelStats, 
                       platform=platform.platform(), torch=torch.__version__)
     provenance = Provenance(config=config, seed=config.seed, trained_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                             training_seconds=round(seconds, 1), command=command, machine=machine, data=data)
-    return ModelCard(architecture=Architecture(config.arch, config.width, config.depth, config.aux_outputs),
+    tree = training_tree(config.tree_weight)
+    return ModelCard(architecture=Architecture(config.arch, config.width, config.depth, config.aux_outputs,
+                                               0 if tree is None else len(tree.stems)),
                      input=geometry, normalisation=stats, label_rule=config.label_rule, tta=config.tta,
                      precision=config.precision, provenance=provenance,
-                     framing=framing_spec(config.framing))
+                     framing=framing_spec(config.framing), tree=tree,
+                     trained_for_greyscale=config.greyscale > 0)
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

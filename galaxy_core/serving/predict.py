@@ -7,6 +7,7 @@ import csv
 import io
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -23,9 +24,14 @@ from galaxy_core.serving.gradcam import grad_cam, grad_cam_overlay
 from galaxy_core.serving.inference import Outputs, iter_chunks, predict_outputs
 from galaxy_core.sources.images import MAX_DECODED_SIDE, ImageLoadError, ImageSource, load_image
 
+FRAMING_THREADS = max(1, min(8, os.cpu_count() or 1))
+"""Threads that decode and frame a batch of inputs at once."""
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
 CSV_COLUMNS = ["path", "label", *[f"p_{c.lower()}" for c in CLASSES], "error",
                *[f"vote_{a}" for a in ANSWERS], "warning"]
+"""The columns of every predictions CSV; a model with a tree head adds one column per answer after
+them, named by its GZ2 column stem (``t02_edgeon_a04_yes``): the predicted share of the volunteers
+asked that question who would give that answer."""
 
 
 def answer_warning(framing: Framing | None, probabilities: np.ndarray, floor: float) -> str | None:
@@ -72,6 +78,7 @@ class Prediction:
     error: str | None = None
     votes: dict[str, float] | None = None
     warning: str | None = None
+    tree: dict[str, float] | None = None  # each tree answer's predicted share, by GZ2 column stem
 
     def row(self) -> dict[str, str]:
         probs, votes = self.probabilities or {}, self.votes or {}
@@ -79,7 +86,8 @@ class Prediction:
                 **{f"p_{c.lower()}": (f"{probs[c]:.6f}" if c in probs else "") for c in CLASSES},
                 "error": self.error or "",
                 **{f"vote_{a}": (f"{votes[a]:.6f}" if a in votes else "") for a in ANSWERS},
-                "warning": self.warning or ""}
+                "warning": self.warning or "",
+                **{stem: f"{value:.6f}" for stem, value in (self.tree or {}).items()}}
 
 
 class Classifier:
@@ -125,6 +133,8 @@ class Classifier:
             result.warning = answer_warning(framing, p, self.card.confidence_floor)
             if outputs.votes is not None:
                 result.votes = {a: float(v) for a, v in zip(ANSWERS, outputs.votes[j])}
+            if outputs.tree is not None and self.card.tree is not None:
+                result.tree = {stem: float(v) for stem, v in zip(self.card.tree.stems, outputs.tree[j])}
 
     def predict(self, sources: Sequence[ImageSource], names: Sequence[str] | None = None,
                 progress: Callable[[int, int], None] | None = None) -> list[Prediction]:
@@ -135,18 +145,29 @@ class Classifier:
         results = [Prediction(name) for name in names]
         # Each image is reduced as it is decoded and framed at once, so only its framed cutout is
         # kept: a folder of large photos never sits in memory, whatever the batch size.
-        for part in iter_chunks(len(sources), self.config.batch_size):
-            good: list[tuple[int, Framing]] = []
-            for i in range(part.start, part.stop):
-                try:
-                    image = load_image(sources[i], max_pixels=self.config.max_pixels, max_side=MAX_DECODED_SIDE)
-                    good.append((i, self.frame(image)))
-                except ImageLoadError as exc:
-                    results[i].error = str(exc)
-            self.classify_framed([f for _, f in good], [results[i] for i, _ in good])
-            if progress is not None:
-                progress(part.stop, len(sources))
+        # A batch's images are decoded and framed on a thread per core (PIL's decoders and
+        # scipy.ndimage release the GIL), so framing keeps pace with the batched forward pass.
+        with ThreadPoolExecutor(max_workers=FRAMING_THREADS) as pool:
+            for part in iter_chunks(len(sources), self.config.batch_size):
+                good: list[tuple[int, Framing]] = []
+                indices = range(part.start, part.stop)
+                for i, framed in zip(indices, pool.map(lambda k: self._load_and_frame(sources[k]), indices)):
+                    if isinstance(framed, str):
+                        results[i].error = framed
+                    else:
+                        good.append((i, framed))
+                self.classify_framed([f for _, f in good], [results[i] for i, _ in good])
+                if progress is not None:
+                    progress(part.stop, len(sources))
         return results
+
+    def _load_and_frame(self, source: ImageSource) -> Framing | str:
+        """One input decoded and framed, or why it cannot be read."""
+        try:
+            image = load_image(source, max_pixels=self.config.max_pixels, max_side=MAX_DECODED_SIDE)
+            return self.frame(image)
+        except ImageLoadError as exc:
+            return str(exc)
 
     def grad_cam(self, image: Image.Image, class_index: int | None = None) -> np.ndarray:
         return grad_cam(self.bundle, image, class_index)
@@ -206,9 +227,15 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     return paths
 
 
+def csv_columns(predictions: Sequence[Prediction]) -> list[str]:
+    """CSV_COLUMNS, then the tree answers' stems of the model that made these predictions."""
+    stems = next((list(p.tree) for p in predictions if p.tree), [])
+    return [*CSV_COLUMNS, *stems]
+
+
 def predictions_csv(predictions: Sequence[Prediction]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=csv_columns(predictions), lineterminator="\n", restval="")
     writer.writeheader()
     for p in predictions:
         writer.writerow(p.row())

@@ -14,9 +14,10 @@ targets of the vote-fraction head, not only the thresholded class.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
-from typing import Literal
+from typing import Iterable, Literal
 
 import numpy as np
 import pandas as pd
@@ -54,6 +55,28 @@ GZ2_PREFIX = "t01_smooth_or_features_"
 GZ2_ANSWERS = ("a01_smooth", "a02_features_or_disk", "a03_star_or_artifact")
 GZ2_SUFFIX = {"votes": "weighted_fraction", "debiased": "debiased"}
 GZ2_COLUMNS = ["ra", "dec", *(f"{GZ2_PREFIX}{a}_debiased" for a in GZ2_ANSWERS)]
+TREE_KINDS = ("count", "weighted_fraction")
+"""Per-answer columns of the whole GZ2 decision tree that are carried through to the canonical
+catalogue and the packed cache, named ``<GZ2 column stem>_<kind>``: the raw vote counts (the tree
+loss's targets) and the weighted fractions (what the tree's answers are scored against)."""
+TREE_COLUMN = re.compile(r"^t\d\d_[a-z0-9_]+_a\d\d_[a-z0-9_]+_(count|weighted_fraction)$")
+
+
+def tree_columns(columns: Iterable[str]) -> list[str]:
+    """The decision-tree answer columns among ``columns``, in their order."""
+    return [c for c in columns if TREE_COLUMN.match(str(c))]
+
+
+def _add_tree(out: pd.DataFrame, frame: pd.DataFrame) -> None:
+    """Copy the per-answer counts and fractions of the whole tree, when the source has them."""
+    for column in tree_columns(frame.columns):
+        values = _numeric(frame, column)
+        bad = (values < 0) | ((values > 1) if column.endswith("_fraction") else False)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise CatalogueError(f"line {row + 2}, column {column}: {shown(frame[column].iloc[row])} - "
+                                 "must be a vote count (>= 0) or a fraction in [0, 1]")
+        out[column] = values
 
 
 def label_from_fractions(frac_smooth: np.ndarray, frac_features: np.ndarray) -> np.ndarray:
@@ -164,6 +187,7 @@ def _from_gz2(frame: pd.DataFrame) -> pd.DataFrame:
         columns = [f"{GZ2_PREFIX}{answer}_{suffix}" for answer in GZ2_ANSWERS]
         if all(c in frame.columns for c in columns):
             _add_rule(out, rule, [_numeric(frame, c) for c in columns])
+    _add_tree(out, frame)
     if "image" in frame.columns:
         out["image"] = frame["image"].astype(str).to_numpy()
     return out
@@ -197,6 +221,7 @@ def _from_canonical(frame: pd.DataFrame) -> pd.DataFrame:
             out[label_column(rule)] = _labels(frame, label_column(rule))
             for column in columns:
                 out[column] = _numeric(frame, column)
+    _add_tree(out, frame)
     if "image" in frame.columns:
         out["image"] = frame["image"].astype(str).to_numpy()
     return out
@@ -240,10 +265,11 @@ def detect_format(columns: list[str]) -> CatalogueFormat:
         return "plain"
     if {"OBJID", "SPIRAL", "ELLIPTICAL", "UNCERTAIN"} <= cols:
         return "gz1"
-    if any(c.startswith(GZ2_PREFIX) for c in cols):
-        return "gz2"
+    # Ours first: a canonical catalogue may carry the tree's t01_..._count columns too.
     if "id" in cols and ("label" in cols or any(label_column(r) in cols for r in LABEL_RULES)):
         return "canonical"
+    if any(c.startswith(GZ2_PREFIX) for c in cols):
+        return "gz2"
     nearest = ""
     if "id" in cols:
         expected = LEGACY_COLUMNS if cols & set(LEGACY_COLUMNS[3:6]) else CANONICAL_COLUMNS
@@ -321,7 +347,7 @@ def _canonical(frame: pd.DataFrame, fmt: CatalogueFormat, text: str) -> pd.DataF
     if fmt not in readers:
         raise CatalogueError(f"unknown catalogue format {fmt!r}: use gz1, gz2, plain or auto")
     frame = validate_canonical(readers[fmt](frame))
-    return frame[[*CANONICAL_COLUMNS, *(["image"] if "image" in frame.columns else [])]]
+    return frame[[*CANONICAL_COLUMNS, *tree_columns(frame.columns), *(["image"] if "image" in frame.columns else [])]]
 
 
 def write_catalogue(frame: pd.DataFrame, path: Path) -> None:

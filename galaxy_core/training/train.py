@@ -26,13 +26,21 @@ from galaxy_core.data.dataset import TrainingPlan, plan_training
 from galaxy_core.data.framing import framing_spec
 from galaxy_core.data.geometry import InputGeometry
 from galaxy_core.data.normalise import input_statistics
-from galaxy_core.model.bundle import Evaluation, ModelBundle, new_card, save_bundle
+from galaxy_core.model.bundle import Evaluation, ModelBundle, load_bundle, new_card, read_evaluation, save_bundle
 from galaxy_core.model.card import DataSummary, EpochRecord, ModelCard
 from galaxy_core.model.card_markdown import write_model_card
 from galaxy_core.model.metrics import Metrics, misclassified
 from galaxy_core.model.network import Architecture, build_model
 from galaxy_core.model.precision import autocast
-from galaxy_core.serving.evaluate import HELD_OUT_PASSES, EvaluateProgress, ProgressTally, calibrate, held_out_metrics
+from galaxy_core.model.tree import training_tree, tree_loss
+from galaxy_core.serving.evaluate import (
+    HELD_OUT_PASSES,
+    EvaluateProgress,
+    ProgressTally,
+    calibrate,
+    held_out_metrics,
+    observed_tree,
+)
 from galaxy_core.serving.inference import predict_probs
 from galaxy_core.sources.catalogue import rule_labels
 from galaxy_core.sources.folder import DatasetFolder
@@ -96,13 +104,16 @@ def training_loss(model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
     galaxy is from the 0.8 threshold, which the class label alone does not."""
     with autocast(x.device, config.precision):
         outputs = model(x)
-    if config.aux_weight <= 0:
+    tree = training_tree(config.tree_weight)
+    if config.aux_weight <= 0 and tree is None:
         return soft_cross_entropy(outputs, targets, config.label_smoothing), outputs
-    logits, aux = outputs
-    k = len(CLASSES)
-    loss = soft_cross_entropy(logits, targets[:, :k], config.label_smoothing)
-    aux_loss = soft_cross_entropy(aux, targets[:, k:], 0.0)
-    return loss + config.aux_weight * aux_loss, logits
+    k, aux_k = len(CLASSES), len(CLASSES) + config.aux_outputs
+    loss = soft_cross_entropy(outputs.logits, targets[:, :k], config.label_smoothing)
+    if config.aux_weight > 0:
+        loss = loss + config.aux_weight * soft_cross_entropy(outputs.aux, targets[:, k:aux_k], 0.0)
+    if tree is not None:
+        loss = loss + config.tree_weight * tree_loss(outputs.tree, targets[:, aux_k:], tree)
+    return loss, outputs.logits
 
 
 def one_cycle_schedule(optimiser: torch.optim.Optimizer, total_steps: int,
@@ -123,7 +134,29 @@ def one_cycle_schedule(optimiser: torch.optim.Optimizer, total_steps: int,
 def new_model(config: TrainConfig) -> nn.Module:
     """The untrained network of a run, initialised from its seed."""
     torch.manual_seed(config.seed)
-    return build_model(Architecture(config.arch, config.width, config.depth, config.aux_outputs))
+    tree = training_tree(config.tree_weight)
+    return build_model(Architecture(config.arch, config.width, config.depth, config.aux_outputs,
+                                    0 if tree is None else len(tree.stems)))
+
+
+def start_from(model: nn.Module, config: TrainConfig, split_ids: dict[str, np.ndarray]) -> None:
+    """Load ``config.init_from``'s weights into ``model`` (heads it lacks keep their fresh start);
+    a ConfigError when its network differs, or when it was trained on this run's validation or
+    test galaxies (its figures would then be measured on galaxies it has seen)."""
+    source = load_bundle(config.init_from)
+    mine, theirs = Architecture(config.arch, config.width, config.depth), source.card.architecture
+    if (theirs.name, theirs.width, theirs.depth) != (mine.name, mine.width, mine.depth):
+        raise ConfigError(f"--init-from {config.init_from} is a {theirs.name} of width {theirs.width} and depth "
+                          f"{theirs.depth}; this run trains a {mine.name} of width {mine.width} and depth {mine.depth}")
+    evaluation = read_evaluation(config.init_from)
+    seen = set() if evaluation is None else set(evaluation.split_ids.get("train", []))
+    if evaluation is None or seen & (set(split_ids["val"]) | set(split_ids["test"])):
+        raise ConfigError(f"--init-from {config.init_from}: its training galaxies overlap this run's validation "
+                          "or test galaxies (or it has no evaluation.json saying which they were)")
+    state = source.model.state_dict()
+    ours = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in ours and ours[k].shape == v.shape}
+    model.load_state_dict(fitting, strict=False)
 
 
 def train_one_epoch(model: nn.Module, source: BatchSource, optimiser: torch.optim.Optimizer,
@@ -229,7 +262,10 @@ def _set_up(config: TrainConfig, dataset: PackedDataset, plan: TrainingPlan, dev
     geometry = InputGeometry(source_size=dataset.source_size, crop=config.crop, input_size=config.input_size)
     report("computing channel statistics")
     stats = input_statistics(dataset, split.train, geometry)
-    model = new_model(config).to(device).to(memory_format=torch.channels_last)
+    model = new_model(config)
+    if config.init_from is not None and not (Path(config.out_dir) / CHECKPOINT_NAME).is_file():
+        start_from(model, config, {name: dataset.ids[getattr(split, name)] for name in ("val", "test")})
+    model = model.to(device).to(memory_format=torch.channels_last)
     data = DataSummary(galaxies=sum(split.sizes().values()), cache=dataset.meta["key"], split=split.sizes(),
                        train_before_balancing=views.counts_before, train_after_balancing=views.counts_after)
     card = new_card(config, geometry, stats, command=command, seconds=0.0, device=device,
@@ -381,7 +417,8 @@ def finish(bundle: ModelBundle, dataset: PackedDataset, plan: TrainingPlan,
                        dataset.fractions(split.val))
     labels = dataset.labels[split.test]
     metrics, probs = held_out_metrics(bundle, ImageRows(dataset, split.test), labels,
-                                      fractions=dataset.fractions(split.test), tally=tally)
+                                      fractions=dataset.fractions(split.test), tally=tally,
+                                      tree_observed=observed_tree(dataset, split.test, bundle))
     tally.finish()
     metrics = replace(metrics, split="test", label_rule=dataset.rule)
     card = replace(bundle.card, metrics=metrics.without_reliability())
