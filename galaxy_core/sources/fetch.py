@@ -21,7 +21,7 @@ import errno
 import ipaddress
 import os
 import re
-import select
+import selectors
 import socket
 import threading
 import time
@@ -268,15 +268,16 @@ def _connect(address: Address, port: int, timeout: float | None, source_address:
         if _EXCHANGE.deadline is not None:
             end = min(end, _EXCHANGE.deadline)
         status = sock.connect_ex((str(address), port))
-        while status in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY, errno.EINTR):
-            if _EXCHANGE.stop is not None and _EXCHANGE.stop.is_set():
-                raise FetchStopped("stopped")
-            left = end - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("connect timed out")
-            _, writable, _ = select.select([], [sock], [], min(left, WATCH_INTERVAL_S))
-            if writable:
-                status = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        with selectors.DefaultSelector() as selector:  # not select(): no limit on descriptor numbers
+            selector.register(sock, selectors.EVENT_WRITE)
+            while status in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY, errno.EINTR):
+                if _EXCHANGE.stop is not None and _EXCHANGE.stop.is_set():
+                    raise FetchStopped("stopped")
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("connect timed out")
+                if selector.select(min(left, WATCH_INTERVAL_S)):
+                    status = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if status:
             raise OSError(status, os.strerror(status))
         sock.settimeout(timeout if isinstance(timeout, (int, float)) else None)
