@@ -187,7 +187,8 @@ def overview(data_dir: Path) -> None:
     left, right = st.columns(2)
     st.session_state[LABELS_KEY] = left.selectbox(
         TRAIN_SETTINGS["label_rule"].label, LABEL_RULES, index=LABEL_RULES.index(label_rule()),
-        format_func=LABEL_WORDS.get, help=TRAIN_SETTINGS["label_rule"].help + ". The Train page starts with the same choice.")
+        format_func=LABEL_WORDS.get,
+        help=TRAIN_SETTINGS["label_rule"].help + ". The Train page starts with the same choice.")
     st.session_state[BALANCE_KEY] = right.selectbox(
         "Class balancing for training", BALANCE_CHOICES, index=BALANCE_CHOICES.index(balance_choice()),
         format_func=BALANCE_WORDS.get, help="The Train page starts with the same choice.")

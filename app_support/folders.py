@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from galaxy_core.base import GalaxyError
 from galaxy_core.model import CARD_NAME
@@ -30,7 +30,7 @@ class AppFolders:
     cache_root: Path
 
     @classmethod
-    def from_env(cls, repo: Path, environ: Mapping[str, str] = os.environ) -> "AppFolders":
+    def from_env(cls, repo: Path, environ: Mapping[str, str] = os.environ) -> AppFolders:
         """GALAXY_DATA_ROOT / GALAXY_MODELS_ROOT / GALAXY_CACHE_DIR, else folders in the repo."""
         data_root = Path(environ.get("GALAXY_DATA_ROOT") or Path(repo) / "data")
         models_root = Path(environ.get("GALAXY_MODELS_ROOT") or Path(repo) / "models")

@@ -12,8 +12,9 @@ import itertools
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from galaxy_core.base import GalaxyError
 
@@ -78,7 +79,7 @@ class Job:
         self._finished: float | None = None
         self._thread = threading.Thread(target=self._run, name=f"job-{kind}-{self.id}", daemon=True)
 
-    def start(self) -> "Job":
+    def start(self) -> Job:
         self._thread.start()
         return self
 

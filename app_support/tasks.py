@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from app_support.jobs import Task
 from galaxy_core.base import DownloadConfig, GalaxyError, TrainConfig, write_bytes_atomic

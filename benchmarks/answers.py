@@ -35,13 +35,13 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from benchmarks.common import EDGE_ON_CLASS, WIDEFIELD_HALVES, default_data_root, widefield_half  # noqa: E402
-from galaxy_core.model.bundle import read_evaluation  # noqa: E402
-from galaxy_core.sources.catalogue import rule_labels  # noqa: E402
 from galaxy_core.base.config import CLASSES, PredictConfig, default_model_dir  # noqa: E402
-from galaxy_core.sources.folder import DatasetFolder  # noqa: E402
 from galaxy_core.data.framing import NO_GALAXY  # noqa: E402
-from galaxy_core.sources.images import load_image  # noqa: E402
+from galaxy_core.model.bundle import read_evaluation  # noqa: E402
 from galaxy_core.serving.predict import Classifier  # noqa: E402
+from galaxy_core.sources.catalogue import rule_labels  # noqa: E402
+from galaxy_core.sources.folder import DatasetFolder  # noqa: E402
+from galaxy_core.sources.images import load_image  # noqa: E402
 
 SPIRAL, ELLIPTICAL = CLASSES.index("Spiral"), CLASSES.index("Elliptical")
 

@@ -8,8 +8,9 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -51,7 +52,7 @@ EDGE_ON_CLASS = 3
 """``gz1_plurality_class`` of the wide-field images whose volunteers mostly said "edge-on" (labelled Spiral)."""
 
 
-def widefield_half(table: "pd.DataFrame", half: str) -> "pd.DataFrame":
+def widefield_half(table: pd.DataFrame, half: str) -> pd.DataFrame:
     """The wide-field GZ1 images split once, by objid, into a development half (for tuning and
     choosing models) and a test half (for reporting only); ``all`` is both."""
     import numpy as np

@@ -13,8 +13,8 @@ import os
 import shlex
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from galaxy_core.base.config import (
     ARCHITECTURES,

@@ -36,7 +36,7 @@ def galaxy(size: int = 128, seed: int = 0) -> Image.Image:
 def good_images() -> dict[str, bytes]:
     """Real images in every awkward mode and size: all must be classified."""
     g = galaxy()
-    grey16 = Image.fromarray((np.asarray(g.convert("L"), dtype=np.uint16) * 257))
+    grey16 = Image.fromarray(np.asarray(g.convert("L"), dtype=np.uint16) * 257)
     return {
         "rgb.jpg": encode(g, "JPEG"),
         "grey.png": encode(g.convert("L"), "PNG"),

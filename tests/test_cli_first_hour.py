@@ -64,7 +64,11 @@ def test_training_time_sums_every_session_and_the_final_evaluation_reports_progr
     config = TrainConfig(data_dir=data, out_dir=tmp_path / "model", epochs=2, batch_size=8, input_size=32,
                          crop=96, width=4, depth=1, tta=False, cache_dir=tmp_path / "cache")
     stop = threading.Event()
-    stop_in_epoch_2 = lambda e: stop.set() if e.phase == "train" and e.epoch == 2 else None
+
+    def stop_in_epoch_2(event) -> None:
+        if event.phase == "train" and event.epoch == 2:
+            stop.set()
+
     assert train(config, stop_in_epoch_2, stop).stopped
     events = []
     result = train(config, events.append)

@@ -44,8 +44,8 @@ def capped(cap_bytes: int, *args: str, cwd: Path, headroom: int = 2 * GB) -> sub
             "resource.setrlimit(resource.RLIMIT_AS, (cap, cap)); "
             f"sys.argv = ['galaxy_core', *{list(args)!r}]; "
             "runpy.run_module('galaxy_core', run_name='__main__')")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=CHILD_ENV, check=False,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=CHILD_ENV,
+                          check=False, timeout=120)
 
 
 def test_a_gzip_bomb_catalogue_is_refused_early_under_a_4gb_cap(tmp_path: Path) -> None:

@@ -263,7 +263,7 @@ class TrainConfig:
                  f"unknown architecture {self.arch!r}: choose from {', '.join(ARCHITECTURES)}")
         _require(self.device in DEVICES, f"device must be auto, cpu or cuda, got {self.device!r}")
         check_precision(self.precision)
-        self.split  # validates the split fractions and the seed
+        _ = self.split  # validates the split fractions and the seed
 
     @property
     def split(self) -> SplitConfig:
@@ -281,7 +281,7 @@ class TrainConfig:
         return out
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """From a checkpoint's or card's config, including those saved before a setting was
         renamed (``image_size``; ``balance`` with ``balance_target``) or added (its default)."""
         values = dict(values)

@@ -16,4 +16,8 @@ from galaxy_core.data.normalise import (
     tensor_to_image,
 )
 
-__all__ = ["ChannelStats", "InputGeometry", "PackedDataset", "PixelStatistics", "balance", "build_cache", "compute_channel_stats", "dataset_summary", "image_to_tensor", "pixel_statistics", "sample_galaxies", "split_dataset", "tensor_to_image"]
+__all__ = [
+    "ChannelStats", "InputGeometry", "PackedDataset", "PixelStatistics", "balance", "build_cache",
+    "compute_channel_stats", "dataset_summary", "image_to_tensor", "pixel_statistics", "sample_galaxies",
+    "split_dataset", "tensor_to_image",
+]

@@ -21,11 +21,11 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -371,7 +371,7 @@ class PackedDataset:
 
     @classmethod
     def open(cls, data_dir: Path, source_size: int = CUTOUT_SIZE, label_rule: str = TrainConfig.label_rule,
-             **build_kwargs) -> "PackedDataset":
+             **build_kwargs) -> PackedDataset:
         return cls(build_cache(data_dir, source_size=source_size, **build_kwargs).cache_dir, label_rule)
 
     def fractions(self, rows: np.ndarray) -> np.ndarray:

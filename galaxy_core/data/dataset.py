@@ -6,9 +6,10 @@ Everything here works on galaxy ids, class indices and cache rows, never on pixe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -195,9 +196,10 @@ def plan_training(ids: np.ndarray, labels: np.ndarray, config: TrainConfig, worl
     return TrainingPlan(split, views)
 
 
-def dataset_summary(data_dir: Path, config: SplitConfig = SplitConfig(), balance_choice: str = "median",
+def dataset_summary(data_dir: Path, config: SplitConfig | None = None, balance_choice: str = "median",
                     cache_root: Path | None = None, label_rule: str = TrainConfig.label_rule) -> dict[str, Any]:
     """Class counts, split sizes and the training views of one label rule and balance choice."""
+    config = config or SplitConfig()
     dataset = PackedDataset.open(data_dir, label_rule=label_rule, cache_root=cache_root)
     split = split_dataset(dataset.ids, dataset.labels, config)
     views = balanced_views(split.train, dataset.labels, config.seed, balance_choice)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -52,7 +53,7 @@ class ModelBundle:
     path: Path | None = None
 
     @classmethod
-    def ready(cls, model: nn.Module, card: ModelCard, path: Path | None = None) -> "ModelBundle":
+    def ready(cls, model: nn.Module, card: ModelCard, path: Path | None = None) -> ModelBundle:
         """In evaluation mode, channels-last, in the card's precision where this device has it natively."""
         model = model.eval().to(memory_format=torch.channels_last)
         device = next(model.parameters()).device
@@ -162,7 +163,8 @@ def _check_tensors(state: Mapping[str, torch.Tensor], expected: Mapping[str, tor
     for name, tensor in state.items():
         want = expected.get(name)
         if want is not None and tensor.dtype != want.dtype:
-            raise BundleError(f"{weights}: tensor {fields.clip(name, 100)} is {str(tensor.dtype).removeprefix('torch.')}, "
+            raise BundleError(f"{weights}: tensor {fields.clip(name, 100)} is "
+                              f"{str(tensor.dtype).removeprefix('torch.')}, "
                               f"not the {str(want.dtype).removeprefix('torch.')} this model holds; the file is "
                               "damaged or not this model's")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
@@ -183,7 +185,7 @@ class Evaluation:
                 "misclassified": self.misclassified}
 
     @classmethod
-    def from_dict(cls, values: Any) -> "Evaluation":
+    def from_dict(cls, values: Any) -> Evaluation:
         values = fields.section(values, "")
         ids = fields.section(values.get("split_ids", {}), "split_ids")
         split_ids = {}

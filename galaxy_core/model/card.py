@@ -9,8 +9,9 @@ raises an error naming the field; cards of the first format still load.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from galaxy_core.base import fields
 from galaxy_core.base.config import (
@@ -60,7 +61,7 @@ class EpochRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], path: str) -> "EpochRecord":
+    def from_dict(cls, values: Mapping[str, Any], path: str) -> EpochRecord:
         values = fields.section(values, path.rstrip("."))
         finite = dict(low=0.0, high=1e9)
         return cls(epoch=fields.integer(values, "epoch", path, low=1, high=10**6),
@@ -84,7 +85,7 @@ class Machine:
     torch: str = ""
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], path: str = "provenance.machine.") -> "Machine":
+    def from_dict(cls, values: Mapping[str, Any], path: str = "provenance.machine.") -> Machine:
         values = fields.section(values, path.rstrip("."))
         return cls(device=fields.text(values, "device", path, default="?", max_length=100),
                    processes=fields.integer(values, "processes", path, low=1, high=10**6, default=1),
@@ -116,7 +117,7 @@ class DataSummary:
                 f"{s['test']:,} test")
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], path: str = "provenance.data.") -> "DataSummary":
+    def from_dict(cls, values: Mapping[str, Any], path: str = "provenance.data.") -> DataSummary:
         values = fields.section(values, path.rstrip("."))
         return cls(galaxies=fields.integer(values, "galaxies", path, low=0, high=10**9),
                    cache=fields.text(values, "cache", path, default="", max_length=200),
@@ -143,7 +144,7 @@ class Provenance:
         return out
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], path: str = "provenance.", rule: str | None = None) -> "Provenance":
+    def from_dict(cls, values: Mapping[str, Any], path: str = "provenance.", rule: str | None = None) -> Provenance:
         """``rule``: the card's label rule, which the stored config leaves out."""
         values = fields.section(values, path.rstrip("."))
         try:
@@ -213,7 +214,7 @@ class ModelCard:
         }
 
     @classmethod
-    def from_dict(cls, values: Any) -> "ModelCard":
+    def from_dict(cls, values: Any) -> ModelCard:
         values = fields.section(values, "")
         version = values.get("format", 1)
         if version == 1:

@@ -4,8 +4,9 @@ each for its own medium."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 
@@ -82,11 +83,11 @@ class Metrics:
             del out["reliability"]
         return {k: v for k, v in out.items() if v is not None or k == "spiral_vs_elliptical_accuracy"}
 
-    def without_reliability(self) -> "Metrics":
+    def without_reliability(self) -> Metrics:
         return replace(self, reliability=[])
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], path: str = "metrics.") -> "Metrics":
+    def from_dict(cls, values: Mapping[str, Any], path: str = "metrics.") -> Metrics:
         """Validated: a hand-edited card or evaluation file gives an error naming the field."""
         values = fields.section(values, path.rstrip("."))
         frac = dict(low=0.0, high=1.0)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -30,7 +31,7 @@ class Architecture:
                 "tree_outputs": self.tree_outputs}
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], path: str = "architecture.") -> "Architecture":
+    def from_dict(cls, values: Mapping[str, Any], path: str = "architecture.") -> Architecture:
         values = fields.section(values, path.rstrip("."))
         return cls(name=fields.choice(values, "name", path, options=ARCHITECTURES),
                    width=fields.integer(values, "width", path, low=int(WIDTH.low), high=int(WIDTH.high)),

@@ -132,7 +132,7 @@ class TreeSchema:
         return {"questions": [q.to_dict() for q in self.questions]}
 
     @classmethod
-    def from_dict(cls, values: Any, path: str = "tree.") -> "TreeSchema":
+    def from_dict(cls, values: Any, path: str = "tree.") -> TreeSchema:
         values = fields.section(values, path.rstrip("."))
         questions = []
         for i, raw in enumerate(fields.rows(values, "questions", path, max_items=100)):
@@ -257,7 +257,7 @@ class ClassRule:
         return {"name": self.name, "edge_weight": self.edge_weight}
 
     @classmethod
-    def from_dict(cls, values: Any, path: str = "class_rule.") -> "ClassRule":
+    def from_dict(cls, values: Any, path: str = "class_rule.") -> ClassRule:
         values = fields.section(values, path.rstrip("."))
         return cls(name=fields.choice(values, "name", path, options=CLASS_RULES),
                    edge_weight=fields.number(values, "edge_weight", path, low=0, high=100, default=0.0))

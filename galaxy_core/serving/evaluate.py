@@ -3,8 +3,9 @@ checks, and the evaluation of a saved bundle on a labelled dataset folder."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

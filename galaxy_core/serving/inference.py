@@ -6,8 +6,9 @@ Every function takes a ``ModelBundle``: the network with the card that says how 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -76,7 +77,7 @@ class ViewLogProbs:
         return torch.cat([combine_views(self.tree[:, :, part], tta) for part in tree.slices()], dim=1)
 
     @staticmethod
-    def cat(parts: list["ViewLogProbs"], classes: int) -> "ViewLogProbs":
+    def cat(parts: list[ViewLogProbs], classes: int) -> ViewLogProbs:
         if not parts:
             return ViewLogProbs(torch.zeros(8, 0, classes))
         votes = None if parts[0].votes is None else torch.cat([p.votes for p in parts], dim=1)

@@ -7,10 +7,10 @@ import csv
 import io
 import os
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -101,7 +101,7 @@ class Classifier:
         self.tta = bundle.card.tta if self.config.tta is None else self.config.tta
 
     @classmethod
-    def load(cls, config: PredictConfig | None = None, device: str = "cpu") -> "Classifier":
+    def load(cls, config: PredictConfig | None = None, device: str = "cpu") -> Classifier:
         config = config or PredictConfig()
         return cls(load_bundle(config.model_dir, device=device), config)
 

@@ -6,8 +6,8 @@ The words come from the card's tree schema, so a model trained on another tree r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 

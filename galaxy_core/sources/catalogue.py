@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -279,7 +280,8 @@ def detect_format(columns: list[str]) -> CatalogueFormat:
     raise CatalogueError(
         "cannot tell the catalogue format: expected Galaxy Zoo 1 table 2 columns (OBJID, RA, DEC, "
         "SPIRAL, ELLIPTICAL, UNCERTAIN, ...), Galaxy Zoo 2 columns (ra, dec, "
-        f"{GZ2_PREFIX}..._debiased) or a plain image,label table; found {', '.join(sorted(cols)[:8]) or 'no columns'}{nearest}")
+        f"{GZ2_PREFIX}..._debiased) or a plain image,label table; found "
+        f"{', '.join(sorted(cols)[:8]) or 'no columns'}{nearest}")
 
 
 def validate_canonical(frame: pd.DataFrame) -> pd.DataFrame:

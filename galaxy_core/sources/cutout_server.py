@@ -75,7 +75,7 @@ class CutoutIndex:
         return None
 
     @classmethod
-    def from_catalogue(cls, root: Path, catalogue: Path | None = None) -> "CutoutIndex":
+    def from_catalogue(cls, root: Path, catalogue: Path | None = None) -> CutoutIndex:
         import pandas as pd
 
         from galaxy_core.sources.folder import DatasetFolder
@@ -116,7 +116,7 @@ class CutoutServer:
     def total_requests(self) -> int:
         return sum(self.requests.values())
 
-    def __enter__(self) -> "CutoutServer":
+    def __enter__(self) -> CutoutServer:
         self.thread.start()
         return self
 

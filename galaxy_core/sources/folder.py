@@ -107,7 +107,7 @@ class DatasetFolder:
         return (self.catalogue.stat().st_mtime_ns, images.stat().st_mtime_ns if images.is_dir() else 0)
 
     @classmethod
-    def from_user(cls, text: str) -> "DatasetFolder":
+    def from_user(cls, text: str) -> DatasetFolder:
         """A folder typed by a user, to read from: it must hold the catalogue and the images."""
         text = text.strip()
         if not text:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import queue
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch

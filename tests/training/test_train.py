@@ -23,10 +23,10 @@ from galaxy_core.model.network import Architecture, build_model
 from galaxy_core.serving.evaluate import evaluate_bundle
 from galaxy_core.serving.inference import TurnedImages
 from galaxy_core.serving.predict import Classifier, predictions_csv
-
-train_module = importlib.import_module("galaxy_core.training.train")  # the package exports the function by that name
 from galaxy_core.training.checkpoint import CHECKPOINT_NAME, CheckpointError
 from galaxy_core.training.train import TrainingDiverged, train
+
+train_module = importlib.import_module("galaxy_core.training.train")  # the package exports the function by that name
 
 
 def small_config(data: Path, out: Path, **overrides) -> TrainConfig:
