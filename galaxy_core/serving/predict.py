@@ -3,13 +3,14 @@ a file that cannot be read gets its reason and the others are still classified."
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -175,10 +176,13 @@ class Classified:
 
 
 def classify_uploads(classifier: Classifier, items: Sequence[tuple[str, bytes]],
-                     preview_size: int = 256) -> list[Classified]:
+                     preview_size: int = 256, forward_lock: ContextManager[Any] | None = None) -> list[Classified]:
     """Classify uploads (name, bytes), decoding one at a time and keeping only a preview and the
     framed cutout the network reads: many large photos then fit in memory, and the predictions
-    equal those for the full images. A bad file gets an error; the rest carry on."""
+    equal those for the full images. A bad file gets an error; the rest carry on.
+
+    ``forward_lock`` (a model shared between threads) is held for the forward pass only, never
+    while images are decoded and framed."""
     out: list[Classified] = []
     for name, data in items:
         try:
@@ -190,7 +194,8 @@ def classify_uploads(classifier: Classifier, items: Sequence[tuple[str, bytes]],
         preview.thumbnail((preview_size, preview_size))
         out.append(Classified(Prediction(name), preview, image.size, classifier.frame(image)))
     good = [c for c in out if c.framing is not None]  # batched by the forward pass itself
-    classifier.classify_framed([c.framing for c in good], [c.prediction for c in good])
+    with forward_lock if forward_lock is not None else contextlib.nullcontext():
+        classifier.classify_framed([c.framing for c in good], [c.prediction for c in good])
     return out
 
 
