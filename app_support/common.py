@@ -4,6 +4,7 @@ and the active dataset and model kept in ``st.session_state``."""
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,14 +13,12 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from streamlit.runtime.scriptrunner import get_script_run_ctx
-
 from app_support.folders import SHIPPED_MODEL, AppFolders
 from app_support.jobs import JobRegistry
 from app_support.limits import ServerLimits
 from app_support.tables import job_fraction
 from app_support.text import escape_markdown, public_text
-from galaxy_core.base import PredictConfig, SplitConfig, TrainConfig
+from galaxy_core.base import PredictConfig, SplitConfig, TrainConfig, clip
 from galaxy_core.data import (
     PackedDataset,
     PixelStatistics,
@@ -54,6 +53,7 @@ EXAMPLE_PARAM = "example"
 DATASET_KEY = "dataset_dir"
 DATASET_PARAM = "dataset"
 EXTRA_DATASETS_KEY = "extra_datasets"
+OWNER_KEY = "_owner"
 
 
 @dataclass(frozen=True)
@@ -87,10 +87,10 @@ def server_limits() -> ServerLimits:
     return ServerLimits.from_env()
 
 
-def session_owner() -> str | None:
-    """The browser session running this script: the owner of the jobs it starts."""
-    ctx = get_script_run_ctx()
-    return ctx.session_id if ctx is not None else None
+def session_owner() -> str:
+    """A token of the browser session running this script, the owner of the jobs it starts: kept
+    in the session's own state, so a new tab or a reload is a new visitor."""
+    return st.session_state.setdefault(OWNER_KEY, secrets.token_hex(16))
 
 
 def public(text: object, limit: int = 300) -> str:
@@ -240,7 +240,7 @@ def readable_dataset(text: str) -> Path:
                 return target
     if text in (EXAMPLES_DIR.name, str(EXAMPLES_DIR)) and DatasetFolder(EXAMPLES_DIR).exists():
         return EXAMPLES_DIR  # the labelled examples shipped with the app
-    raise DatasetError(f"{escape_markdown(text, 80)} is not a dataset folder this server offers: name a folder "
+    raise DatasetError(f"{clip(text, 80)} is not a dataset folder this server offers: name a folder "
                        f"inside its data folder that holds {CATALOGUE_NAME} and {IMAGES_DIR}/")
 
 

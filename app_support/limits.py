@@ -85,8 +85,8 @@ class ServerLimits:
                              f"{self.max_upload_files} per request")
         pixels = sum(w * h for w, h in sizes) / 1e6
         if pixels > self.max_upload_megapixels:
-            raise LimitError(f"these images hold {pixels:,.0f} megapixels in all; this server decodes at most "
-                             f"{self.max_upload_megapixels:,.0f} megapixels per request")
+            raise LimitError(f"these images hold {pixels:,.1f} megapixels in all; this server decodes at most "
+                             f"{self.max_upload_megapixels:g} megapixels per request")
 
     def check_download(self, galaxies: int) -> None:
         if galaxies > self.max_download_galaxies:
@@ -95,7 +95,7 @@ class ServerLimits:
 
     def upload_note(self) -> str:
         """The upload caps in words, for beside the uploader."""
-        return (f"Up to {self.max_upload_files} images and {self.max_upload_megapixels:,.0f} megapixels "
+        return (f"Up to {self.max_upload_files} images and {self.max_upload_megapixels:g} megapixels "
                 f"per request, {UPLOAD_MB} MB a file.")
 
 
