@@ -13,6 +13,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
+from app_support.disk import mark_used, trim_caches
 from app_support.folders import SHIPPED_MODEL, AppFolders
 from app_support.jobs import JobRegistry
 from app_support.limits import ServerLimits
@@ -319,8 +320,10 @@ def ensure_cache(data_dir: Path) -> None:
         bar.progress(event.done / max(event.total, 1),
                      text=f"Decoding images into the cache: {event.done:,} / {event.total:,}")
 
-    build_cache(data_dir, cache_root=folders().cache_root, progress=progress)
+    report = build_cache(data_dir, cache_root=folders().cache_root, progress=progress)
     bar.empty()
+    mark_used(report.cache_dir)
+    trim_caches(folders().cache_root, server_limits().max_cache_bytes, keep=[report.cache_dir])
     built.add(key)
 
 

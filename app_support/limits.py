@@ -68,6 +68,10 @@ class ServerLimits:
             demo_mode=demo in ("1", "true", "yes"))
 
     @property
+    def max_cache_bytes(self) -> int:
+        return int(self.max_cache_gb * GB)
+
+    @property
     def max_job_bytes(self) -> int:
         return int(self.max_job_memory_gb * GB)
 

@@ -377,3 +377,24 @@ def test_the_model_lock_is_held_for_the_forward_pass_only(stocked) -> None:
                                forward_lock=held)
     assert framed_while_held == [False, False]
     assert all(r.prediction.label for r in results)
+
+
+def test_caches_are_kept_under_the_cap_least_recently_used_first(tmp_path: Path) -> None:
+    from app_support.disk import mark_used, trim_caches
+
+    root = tmp_path / "cache"
+    caches = []
+    for i, name in enumerate(["old", "middle", "new"]):
+        folder = root / name
+        folder.mkdir(parents=True)
+        (folder / "meta.json").write_text("{}")
+        (folder / "shard-0.npy").write_bytes(b"\0" * 1000)
+        os.utime(folder / "meta.json", (1_000_000 + i, 1_000_000 + i))
+        caches.append(folder)
+    building = root / ".new-1234"  # a build in progress: no meta.json yet
+    building.mkdir()
+    (building / "part.npy").write_bytes(b"\0" * 5000)
+    mark_used(caches[0])  # the oldest was just used again
+    assert trim_caches(root, 2500) == [caches[1]]
+    assert trim_caches(root, 100, keep=[caches[2]]) == [caches[0]]
+    assert caches[2].is_dir() and building.is_dir()
