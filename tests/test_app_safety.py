@@ -398,3 +398,14 @@ def test_caches_are_kept_under_the_cap_least_recently_used_first(tmp_path: Path)
     assert trim_caches(root, 2500) == [caches[1]]
     assert trim_caches(root, 100, keep=[caches[2]]) == [caches[0]]
     assert caches[2].is_dir() and building.is_dir()
+
+
+def test_a_thin_image_and_a_huge_echoed_value_give_one_short_line(stocked) -> None:
+    at = open_page("app_pages/classify.py")
+    at.file_uploader[0].set_value([("thin.png", png_bytes((40000, 5)), "image/png")]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    at = open_page("app_pages/classify.py")
+    by_label(at.text_input, "Cutout URL").input("http://" + "x" * 200_000)
+    by_label(at.button, "Fetch and classify").click().run()
+    assert not at.exception
+    assert at.error and all(len(e.value) < 1000 and "\n" not in e.value for e in at.error)

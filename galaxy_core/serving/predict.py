@@ -57,7 +57,8 @@ def outline_framing(preview: Image.Image, framing: Framing, size: tuple[int, int
     out = preview.copy()
     scale = preview.size[0] / size[0]
     left, top, side = (v * scale for v in framing.box)
-    ImageDraw.Draw(out).rectangle((left, top, left + side - 1, top + side - 1), outline=(80, 220, 255),
+    reach = max(side - 1, 0)  # a 40000x5 photo's thumbnail is one pixel high: the box shrinks to it
+    ImageDraw.Draw(out).rectangle((left, top, left + reach, top + reach), outline=(80, 220, 255),
                                   width=max(1, round(preview.size[0] / 128)))
     return out
 
