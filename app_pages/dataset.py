@@ -52,6 +52,7 @@ from galaxy_core.base import (
 from galaxy_core.sources import CATALOGUE_NAME, IMAGES_DIR, DownloadProgress, DownloadReport
 
 POLL_S = 1.0
+OTHERS_POLL_S = 10.0
 MY_DATASETS_KEY = "_my_datasets"  # the dataset names this browser session started: only these resume
 
 
@@ -183,7 +184,9 @@ def download_panel() -> None:
     snap = registry.snapshot("download")
     st.session_state["_download_seen"] = None if snap is None else (snap.id, snap.state)
 
-    @st.fragment(run_every=POLL_S if snap is not None and snap.running else None)
+    poll = (POLL_S if snap.owned_by(me) else OTHERS_POLL_S) if snap is not None and snap.running else None
+
+    @st.fragment(run_every=poll)  # another visitor only needs to learn, now and then, that it ended
     def live() -> None:
         now = registry.snapshot("download")
         if now is None or not now.owned_by(me):  # another visitor's download, and its outcome, are theirs

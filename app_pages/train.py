@@ -43,6 +43,7 @@ from galaxy_core.base import (
 from galaxy_core.training import TrainProgress, TrainResult, estimate_training_memory
 
 POLL_S = 1.0
+OTHERS_POLL_S = 10.0
 MY_MODELS_KEY = "_my_models"  # the model names this browser session started: only these resume
 DEFAULTS = TrainConfig(Path("."), Path("."))
 S = TRAIN_SETTINGS  # each setting's words, help and range
@@ -203,7 +204,8 @@ def show_job(snap: JobSnapshot) -> None:
     curves(result.history)
 
 
-@st.fragment(run_every=POLL_S if running else None)
+# The owner watches every second; another visitor only needs to learn, now and then, that it ended.
+@st.fragment(run_every=(POLL_S if snap.owned_by(me) else OTHERS_POLL_S) if running else None)
 def job_panel() -> None:
     now = registry.snapshot("train")
     if now is None:

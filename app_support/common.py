@@ -403,17 +403,21 @@ JOB_PAGES = (("train", "Training", "train"), ("download", "Downloading", "datase
 
 
 def job_sidebar(poll_s: float = 2.0) -> None:
-    """A running training or download job, with its progress, on every page and after a reload
-    (the jobs belong to the server, not to the browser tab that started them)."""
+    """The session's own running training or download job, with its progress, on every page; a
+    note that the server is busy for another visitor's. Only the owner's sidebar polls: a timed
+    rerun in every visitor's session would keep restarting a page that takes longer to draw
+    than the poll on a busy server."""
     registry = job_registry()
+    me = session_owner()
 
     def running() -> list[tuple]:
         return [(snap, verb, page) for kind, verb, page in JOB_PAGES
                 if (snap := registry.snapshot(kind)) is not None and snap.running]
 
-    @st.fragment(run_every=poll_s if running() else None)
+    mine = any(snap.owned_by(me) for snap, _, _ in running())
+
+    @st.fragment(run_every=poll_s if mine else None)
     def status() -> None:
-        me = session_owner()
         for snap, verb, page in running():
             if not snap.owned_by(me):  # another visitor's job: only that the server is busy
                 st.caption(f":material/hourglass_top: {verb} for another visitor")

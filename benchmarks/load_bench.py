@@ -158,7 +158,8 @@ async def visitor(browser, url: str, photo: Path, ready: asyncio.Event, go: asyn
         await upload.set_input_files(str(photo))
         await page.get_by_role("heading", name="Predicted:").first.wait_for(timeout=ANSWER_TIMEOUT_S * 1000)
         return time.perf_counter() - start
-    except Exception:  # noqa: BLE001 - no answer is a result here, counted as such
+    except Exception as exc:  # noqa: BLE001 - no answer is a result here, counted as such
+        print(f"a visitor got no answer: {str(exc).splitlines()[0][:200]}", file=sys.stderr)
         ready.set()
         return None
     finally:
