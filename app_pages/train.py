@@ -140,11 +140,11 @@ def training_form(data_dir: Path) -> None:
 
 def live_progress(event: TrainProgress, snap: JobSnapshot) -> None:
     if event is None or event.phase == "prepare" or not event.epochs:
-        st.progress(0.0, text=(event.message.capitalize() if event else "Starting…"))
+        st.progress(0.0, text=(public(event.message.capitalize()) if event else "Starting…"))
         return
     if event.phase == "evaluate" and event.batches:
         st.progress(min(event.batch / event.batches, 1.0),
-                    text=f"**{snap.label}**: {event.message}: {event.batch:,} / {event.batches:,} images · "
+                    text=f"**{snap.label}**: {public(event.message)}: {event.batch:,} / {event.batches:,} images · "
                          f"{format_duration(event.elapsed_s)} elapsed")
         return
     if event.phase == "train" and event.batches:
@@ -153,7 +153,7 @@ def live_progress(event: TrainProgress, snap: JobSnapshot) -> None:
         score = f" · loss {event.loss:.3f} · accuracy {event.accuracy:.1%}"
     else:
         done = event.epoch / event.epochs
-        where, score = f"epoch {event.epoch}/{event.epochs} done", f" · {event.message}"
+        where, score = f"epoch {event.epoch}/{event.epochs} done", f" · {public(event.message)}"
     st.progress(min(done, 1.0), text=f"**{snap.label}**: {where}{score} · "
                                      f"{format_duration(event.elapsed_s)} elapsed · "
                                      f"about {format_duration(event.eta_s)} left")
