@@ -17,7 +17,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from app_support.jobs import Task, describe_error
 from galaxy_core.base import GalaxyError

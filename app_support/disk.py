@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from galaxy_core.base import file_lock
 from galaxy_core.data import BUILD_LOCK_NAME, META_NAME

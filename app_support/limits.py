@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from PIL import Image
 
@@ -51,7 +51,7 @@ class ServerLimits:
     demo_mode: bool = False
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "ServerLimits":
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> ServerLimits:
         """GALAXY_MAX_JOB_MEMORY_GB, GALAXY_MAX_UPLOAD_FILES, GALAXY_MAX_UPLOAD_MEGAPIXELS,
         GALAXY_MAX_DOWNLOAD_GALAXIES, GALAXY_MAX_CACHE_GB and GALAXY_DEMO_MODE (1: classify and
         results only)."""

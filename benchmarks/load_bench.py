@@ -75,7 +75,7 @@ class PeakSampler:
             self.peak = max(self.peak, tree_rss_bytes(self.pid))
             self._stop.wait(self.every_s)
 
-    def __enter__(self) -> "PeakSampler":
+    def __enter__(self) -> PeakSampler:
         self._thread.start()
         return self
 
@@ -115,11 +115,11 @@ def start_app(folder: Path, data: Path | None) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "GALAXY_MODELS_ROOT": str(models), "GALAXY_DATA_ROOT": str(data_root),
            "GALAXY_CACHE_DIR": str(folder / "cache")}
     port = free_port()
-    log = open(folder / "streamlit.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
-         str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(folder / "streamlit.log", "w") as log:  # the server keeps its own copy of the handle
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
+             str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=default_data_root() / "gz2-sdss-128")
     parser.add_argument("--photo", type=Path, default=None, help="default: a GZ1 wide-field photo")
     args = parser.parse_args()
-    photo = args.photo or sorted((default_data_root() / "gz1-widefield-423" / "images").iterdir())[0]
+    photo = args.photo or min((default_data_root() / "gz1-widefield-423" / "images").iterdir())
     with tempfile.TemporaryDirectory() as folder:
         process, url = start_app(Path(folder), args.data if args.training else None)
         try:

@@ -13,17 +13,17 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from test_app import APP, REPO, TIMEOUT, by_label, fill_tiny_training, open_page, png_bytes, texts, wait_for
-from streamlit.testing.v1 import AppTest
-
 from app_fixtures import fresh_caches  # noqa: F401 (autouse)
+from streamlit.testing.v1 import AppTest
+from test_app import REPO, by_label, fill_tiny_training, open_page, png_bytes, texts, wait_for
+
 from app_support.child import in_child
 from app_support.common import job_registry
 from app_support.jobs import JobBusyError, JobRegistry, NotYourJobError
 from app_support.limits import UPLOAD_MB, LimitError, ServerLimits, image_sizes
 from app_support.tasks import download_task
 from app_support.text import escape_markdown, public_text
-from galaxy_core.base import ConfigError, DownloadConfig, TrainConfig
+from galaxy_core.base import ConfigError, DownloadConfig, GalaxyError, TrainConfig
 from galaxy_core.model.bundle import MAX_CARD_BYTES, list_models
 from galaxy_core.training.memory import estimate_training_memory
 
@@ -122,7 +122,7 @@ def test_one_upload_size_and_no_error_details_in_the_server_settings() -> None:
 def test_a_catalogue_that_cannot_be_read_leaves_no_folder(tmp_path: Path) -> None:
     out = tmp_path / "data" / "bad"
     task = download_task(out, b"\x00\x01 not a catalogue", DownloadConfig(out_dir=out))
-    with pytest.raises(Exception):
+    with pytest.raises(GalaxyError):
         task(lambda event: None, threading.Event())
     assert not out.exists()
 
@@ -153,7 +153,7 @@ def test_only_the_session_that_started_a_job_stops_it() -> None:
     assert job.snapshot().owned_by("alice") and not job.snapshot().owned_by("mallory")
 
 
-def ignores_stop(report, stop):  # noqa: ANN001, ANN201 - run in the child by name
+def ignores_stop():  # noqa: ANN201 - made in the child by name
     """A task whose loop never looks at its stop event: only terminating the child ends it."""
     def run(report, stop):
         report("started")
@@ -161,7 +161,7 @@ def ignores_stop(report, stop):  # noqa: ANN001, ANN201 - run in the child by na
     return run
 
 
-def crashes(code: int):  # noqa: ANN201
+def crashes(code: int):
     def run(report, stop):
         report("started")
         if code < 0:
@@ -170,7 +170,7 @@ def crashes(code: int):  # noqa: ANN201
     return run
 
 
-def counts(n: int):  # noqa: ANN201
+def counts(n: int):
     def run(report, stop):
         for i in range(n):
             report(i)
@@ -179,19 +179,17 @@ def counts(n: int):  # noqa: ANN201
 
 
 def test_a_child_job_reports_progress_and_runs_politely_in_another_process() -> None:
-    seen: list = []
     job = JobRegistry().start("demo", "count", in_child(counts, 3))
     assert job.wait(60)
     snap = job.snapshot()
     assert snap.state == "done", snap.error
     assert snap.result["pid"] != os.getpid() and snap.result["nice"] > os.nice(0)
     assert snap.progress == 2
-    del seen
 
 
 def test_stop_ends_a_child_that_never_looks_at_its_stop_event() -> None:
     registry = JobRegistry()
-    job = registry.start("demo", "stubborn", in_child(ignores_stop, None, None))
+    job = registry.start("demo", "stubborn", in_child(ignores_stop))
     wait_until(lambda: job.snapshot().progress == "started")
     registry.stop("demo")
     assert job.wait(10)
@@ -348,7 +346,7 @@ def test_demo_mode_offers_nothing_that_writes(stocked, monkeypatch) -> None:
 
 
 def test_the_model_list_is_read_from_disk_only_when_a_card_changes(stocked, monkeypatch) -> None:
-    import app_support.common as common
+    from app_support import common
 
     reads = []
     real = common.list_models
