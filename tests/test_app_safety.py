@@ -153,7 +153,7 @@ def test_only_the_session_that_started_a_job_stops_it() -> None:
     assert job.snapshot().owned_by("alice") and not job.snapshot().owned_by("mallory")
 
 
-def ignores_stop():  # noqa: ANN201 - made in the child by name
+def ignores_stop():
     """A task whose loop never looks at its stop event: only terminating the child ends it."""
     def run(report, stop):
         report("started")
