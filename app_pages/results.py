@@ -15,6 +15,8 @@ from app_support.common import (
     folders,
     known_dataset_folder,
     point_to,
+    public,
+    readable_dataset,
     set_active_model,
     usable_models,
 )
@@ -27,6 +29,7 @@ from app_support.tables import (
     reliability_frame,
     row_normalise,
 )
+from app_support.text import escape_markdown as esc
 from galaxy_core.base import CLASSES, EvaluateConfig, GalaxyError
 from galaxy_core.model import metric_rows, read_evaluation
 from galaxy_core.serving import EXAMPLES_DIR, EvaluateProgress, evaluate_bundle
@@ -59,7 +62,7 @@ model = next(m for m in models if str(m.path) == choice)
 st.query_params[MODEL_PARAM] = st.session_state[LINKED_KEY] = model.name
 card = model.card
 metrics, prov = card.metrics, card.provenance
-st.caption(f"This model answers **{card.question}** (labels `{card.label_rule}`)"
+st.caption(f"This model answers **{esc(card.question)}** (labels {esc(card.label_rule)})"
            + (f", with galaxies framed so their r90 is {card.framing.radius_fraction:.0%} of the side."
               if card.framing else ", on cutouts as downloaded."))
 
@@ -71,13 +74,13 @@ for col, (key, label) in zip(cols, HEADLINE.items()):
 cols[3].metric("Test galaxies", f"{metrics.n:,}" if metrics is not None else "–")
 cols[4].metric("Training time", format_duration(prov.training_seconds if prov is not None else None))
 if prov is not None and prov.data is not None:
-    st.caption(f"Trained {prov.trained_at or '–'} on {prov.data.split_text} · "
-               f"{card.architecture.name} at {card.input.input_size} px on {prov.machine.device}")
+    st.caption(f"Trained {esc(prov.trained_at or '–')} on {esc(prov.data.split_text)} · "
+               f"{esc(card.architecture.name)} at {card.input.input_size} px on {esc(prov.machine.device)}")
 
 try:
     evaluation = read_evaluation(model.path)
 except GalaxyError as exc:
-    st.error(str(exc))
+    st.error(public(exc))
     evaluation = None
 
 left, right = st.columns(2)
@@ -98,7 +101,7 @@ with right:
             k: st.column_config.NumberColumn(format="%.3f") for k in ("precision", "recall", "f1")})
     for row in rows.values():
         if row.key not in HEADLINE and row.key != "n":
-            st.caption(f"{row.label.capitalize()}: {row.text()}")
+            st.caption(f"{esc(row.label.capitalize())}: {esc(row.text())}")
 
 left, right = st.columns(2)
 with left:
@@ -120,7 +123,7 @@ def evaluate_elsewhere(model_dir: Path) -> None:
     """Score the model on another labelled folder: a Galaxy Zoo catalogue or a plain image,label one."""
     with st.expander("Evaluate this model on another labelled folder"):
         with st.form("evaluate_elsewhere", border=False):
-            typed = st.text_input("Dataset folder", value=str(EXAMPLES_DIR) if EXAMPLES_DIR.is_dir() else "",
+            typed = st.text_input("Dataset folder", value=EXAMPLES_DIR.name if EXAMPLES_DIR.is_dir() else "",
                                   help=f"A folder with {CATALOGUE_NAME} and {IMAGES_DIR}/: a Galaxy Zoo "
                                        "catalogue, or a plain image,label list (Spiral, Elliptical, "
                                        "Uncertain or Unsure, any case)")
@@ -135,16 +138,16 @@ def evaluate_elsewhere(model_dir: Path) -> None:
                               "turned and mirrored copies)")
 
         try:
-            data_dir = DatasetFolder.from_user(typed).root
+            data_dir = readable_dataset(typed)
             result = evaluate_bundle(EvaluateConfig(data_dir=data_dir, model_dir=model_dir,
                                                     cache_dir=folders().cache_root), progress)
         except GalaxyError as exc:
             bar.empty()
-            st.error(str(exc))
+            st.error(public(exc))
             return
         bar.empty()
         found = result.metrics
-        st.success(f"{found.n:,} galaxies of {data_dir.name} ({found.split}): accuracy {found.accuracy:.1%}, "
+        st.success(f"{found.n:,} galaxies of {esc(data_dir.name)} ({esc(found.split)}): accuracy {found.accuracy:.1%}, "
                    f"balanced accuracy {found.balanced_accuracy:.1%}")
         left, right = st.columns(2)
         left.plotly_chart(charts.confusion(np.asarray(found.confusion, dtype=float), False), key="elsewhere")
@@ -176,7 +179,7 @@ page = (st.number_input(f"Page (of {pages})", 1, pages, 1, help=f"{PER_PAGE} gal
         if pages > 1 else 1)
 start, stop, _ = page_bounds(len(table), int(page), PER_PAGE)
 if data_dir is None:
-    st.warning(f"The training images ({trained_on}) are not in a dataset folder this app knows (under its "
+    st.warning(f"The training images ({public(trained_on)}) are not in a dataset folder this app knows (under its "
                "data root, or chosen on the Dataset page); showing the table only.")
 cols = st.columns(4)
 for i, row in enumerate(table.iloc[start:stop].itertuples()):
@@ -184,8 +187,8 @@ for i, row in enumerate(table.iloc[start:stop].itertuples()):
         path = DatasetFolder(data_dir).image(row.image) if data_dir is not None else None
         if path is not None:
             draw_thumbnail(path, 160, width="stretch")
-        st.markdown(f"true **{row.true}** → predicted **{row.predicted}**")
+        st.markdown(f"true **{esc(row.true)}** → predicted **{esc(row.predicted)}**")
         st.caption(" · ".join(f"{c} {getattr(row, 'p_' + c.lower()):.0%}" for c in CLASSES))
-        st.caption(row.id)  # plain caption text (14 px): an inline-code id drew at 10.5 px
+        st.caption(esc(row.id))  # plain caption text (14 px): an inline-code id drew at 10.5 px
 with st.expander("All listed galaxies as a table"):
     st.dataframe(table, hide_index=True)

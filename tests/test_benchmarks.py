@@ -160,3 +160,23 @@ def test_compose_dihedral(k: int, turns: int) -> None:
     x = torch.arange(16.0).view(1, 1, 4, 4)
     composed = int(compose_dihedral(torch.tensor([k]), torch.tensor([turns]))[0])
     assert torch.equal(dihedral(x, composed), dihedral(dihedral(x, turns), k))
+
+
+def test_load_bench_parts_count_answers_and_the_memory_of_a_process_tree() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.load_bench import free_port, summarise, tree_rss_bytes
+
+    summary = summarise([3.0, None, 1.0, 2.0])
+    assert (summary.asked, summary.answered, summary.median_s, summary.slowest_s) == (4, 3, 2.0, 3.0)
+    assert summary.line() == "3 of 4 answered, median 2.0 s, slowest 3.0 s"
+    assert summarise([None]).line() == "0 of 1 answered"
+    assert 0 < free_port() < 65536
+    alone = tree_rss_bytes(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        assert tree_rss_bytes(os.getpid()) > alone  # the child's memory counts with its parent's
+    finally:
+        child.communicate(b"")

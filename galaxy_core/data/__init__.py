@@ -4,7 +4,7 @@ around its galaxy, input geometry, and normalisation by the dataset's own statis
 Imports only ``base`` and ``sources``.
 """
 
-from galaxy_core.data.cache import PackedDataset, build_cache
+from galaxy_core.data.cache import BUILD_LOCK_NAME, META_NAME, PackedDataset, build_cache
 from galaxy_core.data.dataset import balance, dataset_summary, sample_galaxies, split_dataset
 from galaxy_core.data.geometry import InputGeometry
 from galaxy_core.data.normalise import (
@@ -17,7 +17,7 @@ from galaxy_core.data.normalise import (
 )
 
 __all__ = [
-    "ChannelStats", "InputGeometry", "PackedDataset", "PixelStatistics", "balance", "build_cache",
-    "compute_channel_stats", "dataset_summary", "image_to_tensor", "pixel_statistics", "sample_galaxies",
-    "split_dataset", "tensor_to_image",
+    "BUILD_LOCK_NAME", "ChannelStats", "InputGeometry", "META_NAME", "PackedDataset", "PixelStatistics",
+    "balance", "build_cache", "compute_channel_stats", "dataset_summary", "image_to_tensor",
+    "pixel_statistics", "sample_galaxies", "split_dataset", "tensor_to_image",
 ]

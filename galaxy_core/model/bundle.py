@@ -37,6 +37,8 @@ WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "card.json"
 EVALUATION_NAME = "evaluation.json"
 MAX_SIDE_FILE_BYTES = 256 * 1024**2
+MAX_CARD_BYTES = 1024**2
+"""A card is a few kB; the app lists every card on each page, so a huge one is refused unread."""
 
 
 class BundleError(GalaxyError):
@@ -108,11 +110,11 @@ def save_bundle(out_dir: Path, model: nn.Module, card: ModelCard, evaluation: Ma
     write_json_atomic(out_dir / CARD_NAME, card.to_dict())
 
 
-def read_json_file(path: Path) -> Any:
+def read_json_file(path: Path, limit: int = MAX_SIDE_FILE_BYTES) -> Any:
     """A small JSON side file, whatever its damage, as data or a BundleError naming the file."""
     try:
-        if path.stat().st_size > MAX_SIDE_FILE_BYTES:
-            raise BundleError(f"{path} is larger than {MAX_SIDE_FILE_BYTES // 1024**2} MB")
+        if path.stat().st_size > limit:
+            raise BundleError(f"{path} is larger than {limit / 1024**2:g} MB")
         return json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
         raise BundleError(f"{path} is not UTF-8 text") from None
@@ -126,7 +128,7 @@ def read_card(model_dir: Path) -> ModelCard:
         raise BundleError(f"{model_dir} is not a model folder (no {CARD_NAME}); train one with "
                           "`python -m galaxy_core train` or pass --model")
     try:
-        return ModelCard.from_dict(read_json_file(path))
+        return ModelCard.from_dict(read_json_file(path, MAX_CARD_BYTES))
     except fields.FieldError as exc:
         section = exc.field.split(".", 1)[0]
         if section == "architecture":

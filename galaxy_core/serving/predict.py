@@ -3,14 +3,17 @@ a file that cannot be read gets its reason and the others are still classified."
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -62,7 +65,8 @@ def outline_framing(preview: Image.Image, framing: Framing, size: tuple[int, int
     out = preview.copy()
     scale = preview.size[0] / size[0]
     left, top, side = (v * scale for v in framing.box)
-    ImageDraw.Draw(out).rectangle((left, top, left + side - 1, top + side - 1), outline=(80, 220, 255),
+    reach = max(side - 1, 0)  # a 40000x5 photo's thumbnail is one pixel high: the box shrinks to it
+    ImageDraw.Draw(out).rectangle((left, top, left + reach, top + reach), outline=(80, 220, 255),
                                   width=max(1, round(preview.size[0] / 128)))
     return out
 
@@ -196,10 +200,13 @@ class Classified:
 
 
 def classify_uploads(classifier: Classifier, items: Sequence[tuple[str, bytes]],
-                     preview_size: int = 256) -> list[Classified]:
+                     preview_size: int = 256, forward_lock: ContextManager[Any] | None = None) -> list[Classified]:
     """Classify uploads (name, bytes), decoding one at a time and keeping only a preview and the
     framed cutout the network reads: many large photos then fit in memory, and the predictions
-    equal those for the full images. A bad file gets an error; the rest carry on."""
+    equal those for the full images. A bad file gets an error; the rest carry on.
+
+    ``forward_lock`` (a model shared between threads) is held for the forward pass only, never
+    while images are decoded and framed."""
     out: list[Classified] = []
     for name, data in items:
         try:
@@ -211,7 +218,8 @@ def classify_uploads(classifier: Classifier, items: Sequence[tuple[str, bytes]],
         preview.thumbnail((preview_size, preview_size))
         out.append(Classified(Prediction(name), preview, image.size, classifier.frame(image)))
     good = [c for c in out if c.framing is not None]  # batched by the forward pass itself
-    classifier.classify_framed([c.framing for c in good], [c.prediction for c in good])
+    with forward_lock if forward_lock is not None else contextlib.nullcontext():
+        classifier.classify_framed([c.framing for c in good], [c.prediction for c in good])
     return out
 
 

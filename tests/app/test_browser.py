@@ -65,7 +65,8 @@ def app_url(tmp_path: Path, trained_tiny_model: Path, isolated_cache: Path):
     data.mkdir()
     (data / "tiny").symlink_to(trained_tiny_model.parent.parent / "data", target_is_directory=True)
     env = {**os.environ, "GALAXY_MODELS_ROOT": str(models), "GALAXY_DATA_ROOT": str(data),
-           "GALAXY_CACHE_DIR": str(isolated_cache)}
+           "GALAXY_CACHE_DIR": str(isolated_cache),
+           "GALAXY_READ_ROOTS": str(tmp_path)}  # where the first-hour test puts the folder it types
     port = free_port()
     log = tmp_path / "streamlit.log"
     with open(log, "w") as out:

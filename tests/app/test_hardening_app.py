@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 from stand_servers import Stand, drip
-from test_app import PAGES, by_label, fresh_caches, open_page, texts  # noqa: F401 - fresh_caches is autouse
+from test_app import (  # noqa: F401 - fresh_caches is autouse
+    PAGES,
+    by_label,
+    fresh_caches,
+    open_page,
+    rendered,  # noqa: F401 - fresh_caches is autouse
+    texts,
+)
 
 from galaxy_core.base.config import DEFAULT_CATALOGUE_URL, DEFAULT_CUTOUT_URL
 
@@ -40,7 +47,7 @@ def bad_folder(own: dict[str, Path], name: str, card: bytes) -> None:
 
 
 def sidebar_captions(at) -> str:
-    return "\n".join(c.value for c in at.sidebar.caption)
+    return "\n".join(rendered(c.value) for c in at.sidebar.caption)
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -113,7 +120,7 @@ def test_the_app_refuses_internal_urls_and_paths_by_default(own, tiny_dataset, c
             by_label(at.text_input, "Catalogue URL").input(catalogue)
             by_label(at.text_input, "Cutout URL").input(cutouts)
             by_label(at.button, "Download").click().run()
-            assert any(message in e.value for e in at.error), [e.value for e in at.error]
+            assert any(message in rendered(e.value) for e in at.error), [e.value for e in at.error]
         assert server.total_requests == 0
         at = open_page("app_pages/classify.py")
         by_label(at.text_input, "Cutout URL").input(server.url)

@@ -30,9 +30,11 @@ from galaxy_core.training.checkpoint import discard_checkpoint
 def test_folders_come_from_the_environment_or_the_repo(tmp_path: Path):
     repo = tmp_path / "repo"
     plain = AppFolders.from_env(repo, {})
-    assert plain == AppFolders(repo / "data", repo / "models", repo / "data" / ".cache")
+    assert plain == AppFolders(repo / "data", repo / "models", repo / "data" / ".cache", repo=repo)
     env = {"GALAXY_DATA_ROOT": "/d", "GALAXY_MODELS_ROOT": "/m", "GALAXY_CACHE_DIR": "/c"}
-    assert AppFolders.from_env(repo, env) == AppFolders(Path("/d"), Path("/m"), Path("/c"))
+    assert AppFolders.from_env(repo, env) == AppFolders(Path("/d"), Path("/m"), Path("/c"), repo=repo)
+    shelves = AppFolders.from_env(repo, {"GALAXY_READ_ROOTS": "/a:/b"})
+    assert shelves.read_roots == (Path("/a"), Path("/b")) and shelves.roots()[0] == repo / "data"
     assert AppFolders.from_env(repo, {"GALAXY_DATA_ROOT": "/d"}).cache_root == Path("/d/.cache")
 
 
@@ -124,7 +126,7 @@ def test_download_job_from_an_uploaded_catalogue_resumes(tiny_dataset: Path, tmp
         task = download_task(out_dir, uploaded, config)
         report = task(events.append, threading.Event())
         assert (report.total, report.downloaded, report.skipped, report.failed) == (9, 9, 0, {})
-        assert isinstance(events[0], str) and "reading catalogue" in events[0]
+        assert isinstance(events[0], str) and "reading the uploaded catalogue" in events[0]
         progress = [e for e in events if isinstance(e, DownloadProgress)]
         assert progress[-1].done == 9 and progress[-1].total == 9
         assert uploaded_catalogue(out_dir).read_bytes() == uploaded
