@@ -11,7 +11,7 @@ folder as a page and skip this script's sidebar.
 
 import streamlit as st
 
-from app_support.common import PAGE_INFO, folders, job_sidebar, model_sidebar
+from app_support.common import PAGE_INFO, job_sidebar, model_sidebar, server_limits
 
 st.set_page_config(page_title="Galaxy Zoo classifier", page_icon=":material/blur_on:", layout="wide")
 
@@ -20,8 +20,7 @@ navigation = st.navigation([st.Page(page.script, title=page.title, icon=page.ico
 
 model_sidebar()
 job_sidebar()
-with st.sidebar:
-    paths = folders()
-    st.caption(f"Data: `{paths.data_root}`  \nModels: `{paths.models_root}`")
+if server_limits().demo_mode:
+    st.sidebar.caption(":material/visibility: A public demo: classify galaxies and see the results.")
 
 navigation.run()

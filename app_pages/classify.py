@@ -7,8 +7,19 @@ import time
 import streamlit as st
 
 from app_support import charts
-from app_support.common import EXAMPLE_PARAM, active_model, draw_thumbnail, fetch_policy, load_classifier, point_to
+from app_support.common import (
+    EXAMPLE_PARAM,
+    active_model,
+    draw_thumbnail,
+    fetch_policy,
+    load_classifier,
+    point_to,
+    public,
+    server_limits,
+)
+from app_support.limits import image_sizes
 from app_support.tables import page_bounds
+from app_support.text import escape_markdown
 from galaxy_core.base import CLASSES, DEFAULT_CUTOUT_URL, GalaxyError
 from galaxy_core.serving import (
     CAPTION,
@@ -21,6 +32,7 @@ from galaxy_core.serving import (
     list_examples,
     outline_framing,
     predictions_csv,
+    read_tree,
     vote_sentence,
 )
 from galaxy_core.sources import fetch_cutout
@@ -102,11 +114,11 @@ if model is None:
 try:
     classifier, model_lock = load_classifier(model.path)
 except GalaxyError as exc:
-    st.error(f"The model {model.name} cannot be loaded: {exc}")
+    st.error(f"The model {escape_markdown(model.name)} cannot be loaded: {public(exc)}")
     st.stop()
 size = classifier.bundle.geometry
 framing = classifier.card.framing
-st.caption(f"Model **{model.name}** answers {classifier.card.question}. "
+st.caption(f"Model **{escape_markdown(model.name)}** answers {escape_markdown(classifier.card.question)}. "
            + (f"Each image is framed as in training: the galaxy nearest the centre is found against the sky "
               f"and cut out so that the radius holding 90% of its light is {framing.radius_fraction:.0%} of "
               f"the side; " if framing else "Each image is cropped to a centred square; ")
@@ -118,9 +130,11 @@ example_tab, upload_tab, sky_tab = st.tabs(["Try an example", "Upload images", "
 with example_tab:
     example_picker()
 with upload_tab:
+    limits = server_limits()
     uploads = st.file_uploader("Galaxy images", type=UPLOAD_TYPES, accept_multiple_files=True,
                                key="uploads", help="Any size, framing or colour mode: the galaxy "
                                                    "is found and framed like an SDSS cutout.")
+    st.caption(limits.upload_note())
 sky: list[tuple[str, str, bytes]] = st.session_state.setdefault(SKY_KEY, [])
 with sky_tab:
     with st.form("sky"):
@@ -137,7 +151,7 @@ with sky_tab:
                 data = fetch_cutout(ra, dec, cutout_url, size=size.source_size, scale=size.pixel_scale,
                                     policy=fetch_policy())
         except GalaxyError as exc:
-            st.error(str(exc))
+            st.error(public(exc))
         else:
             key = f"sky:{ra:.5f}:{dec:+.5f}:{cutout_url}"
             sky[:] = [item for item in sky if item[0] != key][-(MAX_SKY - 1):]
@@ -145,7 +159,13 @@ with sky_tab:
     if sky and st.button("Clear fetched cutouts"):
         sky.clear()
 
-inputs = [(f"upload:{f.file_id}", f.name, f.getvalue()) for f in uploads or []] + list(sky) + chosen_example()
+uploaded = [(f"upload:{f.file_id}", f.name, f.getvalue()) for f in uploads or []]
+try:  # read from the files' headers, before anything is decoded
+    limits.check_uploads(image_sizes([data for _, _, data in uploaded]))
+except GalaxyError as exc:
+    st.error(str(exc))
+    uploaded = []
+inputs = uploaded + list(sky) + chosen_example()
 if not inputs:
     st.info("Try one of the example galaxies, upload one or more galaxy images, or fetch an SDSS cutout "
             "by its coordinates. Any JPEG or PNG works; for the best results use a colour SDSS-like "
@@ -157,8 +177,8 @@ run_key = (str(model.path), model.card_mtime, tuple(key for key, _, _ in inputs)
 stored = st.session_state.get(RESULT_KEY)
 fresh = stored is None or stored["key"] != run_key
 if fresh:
-    with model_lock:  # a Grad-CAM hook from another session must not see these forward passes
-        results = classify_uploads(classifier, [(name, data) for _, name, data in inputs])
+    # The lock keeps a Grad-CAM hook from another session off the forward pass; decoding runs outside it.
+    results = classify_uploads(classifier, [(name, data) for _, name, data in inputs], forward_lock=model_lock)
     stored = {"key": run_key, "results": results, "cams": {}, "seconds": None}
     st.session_state[RESULT_KEY] = stored
 results, cams = stored["results"], stored["cams"]
@@ -191,9 +211,9 @@ columns = st.columns(3)
 for slot, i in enumerate(order[start:stop]):
     prediction, item = predictions[i], results[i]
     with columns[slot % 3].container(border=True):
-        st.markdown(f"**{prediction.name}**")
+        st.markdown(f"**{escape_markdown(prediction.name)}**")
         if prediction.error is not None:
-            st.error(f"Not classified: {prediction.error}")
+            st.error(f"Not classified: {public(prediction.error)}")
             continue
         if not prediction.classified:
             st.warning(f"Not classified: {prediction.warning}", icon=":material/block:")
@@ -207,6 +227,15 @@ for slot, i in enumerate(order[start:stop]):
             st.warning(prediction.warning, icon=":material/warning:")
         if prediction.votes:
             st.markdown(vote_sentence(prediction.votes, classifier.card.label_rule))
+        if prediction.tree and classifier.card.tree is not None:
+            reading = read_tree(prediction.tree, classifier.card.tree)
+            st.markdown(f"Down the Galaxy Zoo decision tree, most volunteers would say: {reading.sentence}")
+            with st.expander("Every answer of the decision tree"):
+                st.dataframe([{"question": a.question_words, "answer": a.words, "share": a.fraction,
+                               "asked": a.reach} for a in reading.answers], hide_index=True,
+                             column_config={k: st.column_config.ProgressColumn(format="percent", min_value=0,
+                                                                               max_value=1)
+                                            for k in ("share", "asked")})
         left, right = st.columns(2)
         left.image(outline_framing(item.preview, item.framing, item.size), width="stretch", caption=item.caption)
         if not show_cam:

@@ -27,14 +27,19 @@ from app_support.common import (
     known_datasets,
     label_rule,
     pixel_stats,
+    public,
+    readable_dataset,
     samples,
+    server_limits,
+    session_owner,
     set_active_dataset,
     summary,
 )
 from app_support.folders import new_dataset_dir
 from app_support.jobs import JobSnapshot
+from app_support.limits import UPLOAD_MB
 from app_support.tables import format_duration, histogram_frame
-from app_support.tasks import download_task, uploaded_catalogue
+from app_support.tasks import download_job, uploaded_catalogue
 from galaxy_core.base import (
     BALANCE_CHOICES,
     DEFAULT_CATALOGUE_URL,
@@ -45,15 +50,18 @@ from galaxy_core.base import (
     GalaxyError,
 )
 from galaxy_core.serving import EXAMPLES_DIR, list_examples
-from galaxy_core.sources import CATALOGUE_NAME, IMAGES_DIR, DatasetFolder, DownloadProgress, DownloadReport
+from galaxy_core.sources import CATALOGUE_NAME, IMAGES_DIR, DownloadProgress, DownloadReport
 
 POLL_S = 1.0
-CATALOGUE_MB = 200
+OTHERS_POLL_S = 10.0
+MY_DATASETS_KEY = "_my_datasets"  # the dataset names this browser session started: only these resume
 
 
 st.title("Dataset")
 paths = folders()
 registry = job_registry()
+me = session_owner()
+limits = server_limits()
 
 
 def choose_dataset() -> Path | None:
@@ -61,17 +69,17 @@ def choose_dataset() -> Path | None:
     if known_datasets():
         current = dataset_selectbox("Dataset folder", current)
     else:
-        st.info(f"No dataset under `{paths.data_root}` yet. Download one below, or type the path of "
-                f"an existing folder that holds {CATALOGUE_NAME} and {IMAGES_DIR}/.")
+        st.info(f"No dataset under the data folder yet. Download one below, or type the name of "
+                f"an existing folder there that holds {CATALOGUE_NAME} and {IMAGES_DIR}/.")
     with st.form("extra_dataset", border=False):
         left, right = st.columns([4, 1], vertical_alignment="bottom")
         typed = left.text_input("Or read another folder (read-only)",
-                                placeholder=f"/path/to/folder with {CATALOGUE_NAME} and {IMAGES_DIR}/")
+                                placeholder=f"a folder in the data folder with {CATALOGUE_NAME} and {IMAGES_DIR}/")
         if right.form_submit_button("Use this folder"):
             try:
-                folder = DatasetFolder.from_user(typed).root
+                folder = readable_dataset(typed)
             except GalaxyError as exc:
-                st.error(str(exc))
+                st.error(public(exc))
             else:
                 add_extra_dataset(folder)
                 st.rerun()
@@ -90,6 +98,9 @@ def choose_dataset() -> Path | None:
 def download_form() -> None:
     """Start (or resume) a download into a named folder under the data root."""
     running = (snap := registry.snapshot("download")) is not None and snap.running
+    if running and not snap.owned_by(me):
+        st.info("The server is busy downloading a dataset for another visitor; one download at a time. "
+                "Try again when it has finished.")
     # Outside the form, so that changing it shows the one input it needs at once.
     source = st.radio("Catalogue", ["From a URL", "Upload a file"], horizontal=True)
     url, upload = "", None
@@ -100,11 +111,12 @@ def download_form() -> None:
             url = st.text_input("Catalogue URL", value=DEFAULT_CATALOGUE_URL,
                                 help="Galaxy Zoo 1 table 2 or Galaxy Zoo 2 (Hart et al. 2016), CSV or .csv.gz")
         else:
-            upload = st.file_uploader("Catalogue file", type=["csv", "gz"], max_upload_size=CATALOGUE_MB,
-                                      help=f"Up to {CATALOGUE_MB} MB; for the full GZ1 table give its URL")
+            upload = st.file_uploader("Catalogue file", type=["csv", "gz"],
+                                      help=f"Up to {UPLOAD_MB} MB; for the full GZ1 table give its URL")
         left, right = st.columns(2)
-        limit = left.number_input("How many galaxies", min_value=3, max_value=1_000_000, value=500,
-                                  step=100)
+        most = limits.max_download_galaxies
+        limit = left.number_input("How many galaxies", min_value=3, max_value=most, value=min(500, most),
+                                  step=100, help=f"This server downloads at most {most:,} galaxies per dataset.")
         workers = right.number_input("Requests in flight", min_value=1, max_value=64, value=8,
                                      help="Be polite to SkyServer: a few parallel requests are plenty.")
         cutout_url = st.text_input("Cutout URL", value=DEFAULT_CUTOUT_URL,
@@ -115,6 +127,9 @@ def download_form() -> None:
     policy = fetch_policy()
     try:
         out_dir = new_dataset_dir(paths.data_root, name)
+        if out_dir.exists() and out_dir.name not in st.session_state.get(MY_DATASETS_KEY, set()):
+            raise GalaxyError(f"a dataset named {out_dir.name!r} already exists; choose another name")
+        limits.check_download(int(limit))
         if source == "Upload a file":
             catalogue: str | bytes | None = upload.getvalue() if upload is not None else None
             if catalogue is None:
@@ -128,10 +143,11 @@ def download_form() -> None:
         config = DownloadConfig(out_dir=out_dir, cutout_url=cutout_url.strip(), limit=int(limit),
                                 workers=int(workers))
         policy.check(config.cutout_url, resolve=False)  # addresses are checked as it is fetched
-        registry.start("download", out_dir.name, download_task(out_dir, catalogue, config, policy=policy))
+        registry.start("download", out_dir.name, download_job(out_dir, catalogue, config, policy=policy), owner=me)
     except GalaxyError as exc:
-        st.error(str(exc))
+        st.error(public(exc))
         return
+    st.session_state.setdefault(MY_DATASETS_KEY, set()).add(out_dir.name)
     st.rerun()
 
 
@@ -147,14 +163,17 @@ def show_download(snap: JobSnapshot) -> None:
                              f"{format_duration(snap.elapsed_s)} elapsed · about "
                              f"{format_duration(left)} left")
         else:
-            st.progress(0.0, text=str(progress or "starting…"))
+            st.progress(0.0, text=public(progress or "starting…"))
         if st.button("Stop download", icon=":material/stop:", disabled=snap.stop_requested):
-            registry.stop("download")
+            registry.stop("download", me)
         return
     if snap.state == "failed":
-        st.error(f"Download of {snap.label} failed: {snap.error}")
+        st.error(f"Download of {snap.label} failed: {public(snap.error)}")
         return
     report: DownloadReport = snap.result
+    if not isinstance(report, DownloadReport):  # stopped before the child could answer
+        st.warning(f"**{snap.label}**: stopped. Download again with the same name to continue.")
+        return
     text = (f"**{snap.label}**: {report.downloaded:,} downloaded, {report.skipped:,} already present, "
             f"{len(report.failed):,} failed, of {report.total:,} galaxies "
             f"in {format_duration(report.elapsed_s)}.")
@@ -175,10 +194,12 @@ def download_panel() -> None:
     snap = registry.snapshot("download")
     st.session_state["_download_seen"] = None if snap is None else (snap.id, snap.state)
 
-    @st.fragment(run_every=POLL_S if snap is not None and snap.running else None)
+    poll = (POLL_S if snap.owned_by(me) else OTHERS_POLL_S) if snap is not None and snap.running else None
+
+    @st.fragment(run_every=poll)  # another visitor only needs to learn, now and then, that it ended
     def live() -> None:
         now = registry.snapshot("download")
-        if now is None:
+        if now is None or not now.owned_by(me):  # another visitor's download, and its outcome, are theirs
             return
         if (now.id, now.state) != st.session_state.get("_download_seen"):
             st.rerun()  # finished: redraw the whole page (form, dataset list)
@@ -197,7 +218,8 @@ def overview(data_dir: Path) -> None:
     left, right = st.columns(2)
     st.session_state[LABELS_KEY] = left.selectbox(
         TRAIN_SETTINGS["label_rule"].label, LABEL_RULES, index=LABEL_RULES.index(label_rule()),
-        format_func=LABEL_WORDS.get, help=TRAIN_SETTINGS["label_rule"].help + ". The Train page starts with the same choice.")
+        format_func=LABEL_WORDS.get,
+        help=TRAIN_SETTINGS["label_rule"].help + ". The Train page starts with the same choice.")
     st.session_state[BALANCE_KEY] = right.selectbox(
         "Class balancing for training", BALANCE_CHOICES, index=BALANCE_CHOICES.index(balance_choice()),
         format_func=BALANCE_WORDS.get, help="The Train page starts with the same choice.")
@@ -206,7 +228,7 @@ def overview(data_dir: Path) -> None:
         facts = summary(str(data_dir), dataset_fingerprint(data_dir), str(paths.cache_root), balance_choice(),
                         label_rule())
     except GalaxyError as exc:
-        st.error(str(exc))
+        st.error(public(exc))
         return
 
     st.subheader(f"{facts['galaxies']:,} galaxies")
@@ -261,13 +283,16 @@ def overview(data_dir: Path) -> None:
 
 
 data_dir = choose_dataset()
-with st.expander("Download a dataset from Galaxy Zoo and SDSS",
-                 expanded=data_dir is None or registry.snapshot("download") is not None):
-    download_form()
-    download_panel()
+if limits.demo_mode:
+    st.info("Downloading is turned off on this public demo: the datasets above are the ones it offers.")
+else:
+    with st.expander("Download a dataset from Galaxy Zoo and SDSS",
+                     expanded=data_dir is None or registry.snapshot("download") is not None):
+        download_form()
+        download_panel()
 if data_dir is not None:
     try:
         overview(data_dir)
     except GalaxyError as exc:
-        st.error(str(exc))
+        st.error(public(exc))
     st.page_link(PAGES["train"], label="Train a model on this dataset", icon=":material/arrow_forward:")

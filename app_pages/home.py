@@ -11,9 +11,11 @@ from app_support.common import (
     dataset_fingerprint,
     draw_thumbnail,
     label_rule,
+    public,
     samples,
 )
 from app_support.tables import format_duration
+from app_support.text import escape_markdown as esc
 from galaxy_core.base import GalaxyError
 from galaxy_core.serving import CREDIT, list_examples
 
@@ -44,7 +46,7 @@ if dataset is not None and not any(shipped.values()):
     try:
         samples_of = samples(str(dataset), dataset_fingerprint(dataset), 1, 0, label_rule())
     except (GalaxyError, OSError) as exc:
-        st.warning(f"Could not read example galaxies from {dataset}: {exc}")
+        st.warning(f"Could not read example galaxies from {public(dataset)}: {public(exc)}")
 
 columns = st.columns(3)
 for column, (name, text) in zip(columns, CLASS_TEXT.items()):
@@ -58,7 +60,7 @@ for column, (name, text) in zip(columns, CLASS_TEXT.items()):
                          query_params={EXAMPLE_PARAM: example.id})
         elif samples_of.get(name):
             row = samples_of[name][0]
-            draw_thumbnail(row["path"], IMAGE_PX, caption=f"{row['id']} ({dataset.name})", width="stretch")
+            draw_thumbnail(row["path"], IMAGE_PX, caption=f"{esc(row['id'])} ({esc(dataset.name)})", width="stretch")
 if any(shipped.values()):
     st.caption(f"{sum(map(len, shipped.values()))} example galaxies ship with the app: try them all on the "
                f"Classify page. {CREDIT}")
@@ -81,12 +83,12 @@ else:
     cols[2].metric("Galaxies", f"{data.galaxies:,}" if data is not None else "–",
                    help=data.split_text if data is not None else None)
     cols[3].metric("Training time", format_duration(prov.training_seconds if prov is not None else None))
-    st.caption((f"{data.split_text} · " if data is not None else "")
-               + f"trained {prov.trained_at if prov is not None else 'at an unknown time'} · "
-               f"{card.architecture.name} at {card.input.input_size} px · balanced accuracy "
+    st.caption((f"{esc(data.split_text)} · " if data is not None else "")
+               + f"trained {esc(prov.trained_at) if prov is not None else 'at an unknown time'} · "
+               f"{esc(card.architecture.name)} at {card.input.input_size} px · balanced accuracy "
                + (f"{metrics.balanced_accuracy:.1%} on {metrics.n:,} held-out test galaxies"
                   if metrics is not None else "–")
-               + f" · answers {card.question}")
+               + f" · answers {esc(card.question)}")
 
 st.header("Where to go")
 links = [

@@ -16,6 +16,8 @@ from app_support.common import (
     known_dataset_folder,
     load_classifier,
     point_to,
+    public,
+    readable_dataset,
     set_active_model,
     usable_models,
 )
@@ -28,6 +30,7 @@ from app_support.tables import (
     reliability_frame,
     row_normalise,
 )
+from app_support.text import escape_markdown as esc
 from galaxy_core.base import CLASSES, EvaluateConfig, GalaxyError
 from galaxy_core.model import metric_rows, read_evaluation
 from galaxy_core.serving import EXAMPLES_DIR, EvaluateProgress, classify_uploads, evaluate_bundle, list_examples
@@ -60,7 +63,7 @@ model = next(m for m in models if str(m.path) == choice)
 st.query_params[MODEL_PARAM] = st.session_state[LINKED_KEY] = model.name
 card = model.card
 metrics, prov = card.metrics, card.provenance
-st.caption(f"This model answers **{card.question}** (labels `{card.label_rule}`)"
+st.caption(f"This model answers **{esc(card.question)}** (labels {esc(card.label_rule)})"
            + (f", with galaxies framed so their r90 is {card.framing.radius_fraction:.0%} of the side."
               if card.framing else ", on cutouts as downloaded."))
 
@@ -72,13 +75,13 @@ for col, (key, label) in zip(cols, HEADLINE.items()):
 cols[3].metric("Test galaxies", f"{metrics.n:,}" if metrics is not None else "–")
 cols[4].metric("Training time", format_duration(prov.training_seconds if prov is not None else None))
 if prov is not None and prov.data is not None:
-    st.caption(f"Trained {prov.trained_at or '–'} on {prov.data.split_text} · "
-               f"{card.architecture.name} at {card.input.input_size} px on {prov.machine.device}")
+    st.caption(f"Trained {esc(prov.trained_at or '–')} on {esc(prov.data.split_text)} · "
+               f"{esc(card.architecture.name)} at {card.input.input_size} px on {esc(prov.machine.device)}")
 
 try:
     evaluation = read_evaluation(model.path)
 except GalaxyError as exc:
-    st.error(str(exc))
+    st.error(public(exc))
     evaluation = None
 
 left, right = st.columns(2)
@@ -99,7 +102,7 @@ with right:
             k: st.column_config.NumberColumn(format="%.3f") for k in ("precision", "recall", "f1")})
     for row in rows.values():
         if row.key not in HEADLINE and row.key != "n":
-            st.caption(f"{row.label.capitalize()}: {row.text()}")
+            st.caption(f"{esc(row.label.capitalize())}: {esc(row.text())}")
 
 left, right = st.columns(2)
 with left:
@@ -121,7 +124,7 @@ def evaluate_elsewhere(model_dir: Path) -> None:
     """Score the model on another labelled folder: a Galaxy Zoo catalogue or a plain image,label one."""
     with st.expander("Evaluate this model on another labelled folder"):
         with st.form("evaluate_elsewhere", border=False):
-            typed = st.text_input("Dataset folder", value=str(EXAMPLES_DIR) if EXAMPLES_DIR.is_dir() else "",
+            typed = st.text_input("Dataset folder", value=EXAMPLES_DIR.name if EXAMPLES_DIR.is_dir() else "",
                                   help=f"A folder with {CATALOGUE_NAME} and {IMAGES_DIR}/: a Galaxy Zoo "
                                        "catalogue, or a plain image,label list (Spiral, Elliptical, "
                                        "Uncertain or Unsure, any case)")
@@ -136,16 +139,16 @@ def evaluate_elsewhere(model_dir: Path) -> None:
                               "turned and mirrored copies of each)")
 
         try:
-            data_dir = DatasetFolder.from_user(typed).root
+            data_dir = readable_dataset(typed)
             result = evaluate_bundle(EvaluateConfig(data_dir=data_dir, model_dir=model_dir,
                                                     cache_dir=folders().cache_root), progress)
         except GalaxyError as exc:
             bar.empty()
-            st.error(str(exc))
+            st.error(public(exc))
             return
         bar.empty()
         found = result.metrics
-        st.success(f"{found.n:,} galaxies of {data_dir.name} ({found.split}): accuracy {found.accuracy:.1%}, "
+        st.success(f"{found.n:,} galaxies of {esc(data_dir.name)} ({esc(found.split)}): accuracy {found.accuracy:.1%}, "
                    f"balanced accuracy {found.balanced_accuracy:.1%}")
         st.caption(result.comparison())
         left, right = st.columns(2)
@@ -156,7 +159,7 @@ def evaluate_elsewhere(model_dir: Path) -> None:
 def shipped_examples(model_dir: Path, trained_on: Path | None) -> None:
     """Where the gallery of mistakes would come from, and meanwhile what ships: the example
     galaxies with the volunteers' class and this model's answer."""
-    st.info(f"The gallery shows this model's mistakes with the images of the folder it was trained on"
+    st.info("The gallery shows this model's mistakes with the images of the folder it was trained on"
             + (f" (`{trained_on}`)" if trained_on is not None else "") + ", which this app does not have. "
             "To see it, download that dataset or choose its folder on the Dataset page. Below: the "
             "example galaxies that ship with the app, with the volunteers' class and this model's answer.",
@@ -215,8 +218,8 @@ for i, row in enumerate(table.iloc[start:stop].itertuples()):
         path = DatasetFolder(data_dir).image(row.image) if data_dir is not None else None
         if path is not None:
             draw_thumbnail(path, 160, width="stretch")
-        st.markdown(f"true **{row.true}** → predicted **{row.predicted}**")
+        st.markdown(f"true **{esc(row.true)}** → predicted **{esc(row.predicted)}**")
         st.caption(" · ".join(f"{c} {getattr(row, 'p_' + c.lower()):.0%}" for c in CLASSES))
-        st.caption(row.id)  # plain caption text (14 px): an inline-code id drew at 10.5 px
+        st.caption(esc(row.id))  # plain caption text (14 px): an inline-code id drew at 10.5 px
 with st.expander("All listed galaxies as a table"):
     st.dataframe(table, hide_index=True)

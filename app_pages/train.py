@@ -17,16 +17,20 @@ from app_support.common import (
     active_dataset,
     balance_choice,
     dataset_selectbox,
+    dataset_size,
     folders,
     job_registry,
     label_rule,
     point_to,
+    public,
+    server_limits,
+    session_owner,
     set_active_model,
 )
 from app_support.folders import model_dir_for_training
 from app_support.jobs import JobSnapshot
 from app_support.tables import format_duration, history_frame
-from app_support.tasks import training_task
+from app_support.tasks import training_job
 from galaxy_core.base import (
     BALANCE_CHOICES,
     CUTOUT_SIZE,
@@ -38,9 +42,11 @@ from galaxy_core.base import (
 )
 from galaxy_core.data import DatasetFacts, dataset_facts, fit_to_data
 from galaxy_core.sources import DatasetFolder
-from galaxy_core.training import TrainProgress, TrainResult
+from galaxy_core.training import TrainProgress, TrainResult, estimate_training_memory
 
 POLL_S = 1.0
+OTHERS_POLL_S = 10.0
+MY_MODELS_KEY = "_my_models"  # the model names this browser session started: only these resume
 CHANGES_KEY = "_train_changes"
 DEFAULTS = TrainConfig(Path("."), Path("."))
 S = TRAIN_SETTINGS  # each setting's words, help and range
@@ -63,6 +69,8 @@ paths = folders()
 registry = job_registry()
 snap = registry.snapshot("train")
 running = snap is not None and snap.running
+me = session_owner()
+limits = server_limits()
 st.session_state["_train_seen"] = None if snap is None else (snap.id, snap.state)
 
 
@@ -118,7 +126,7 @@ def training_form(data_dir: Path) -> None:
             framing = c2.toggle(S["framing"].label, value=DEFAULTS.framing is not None,
                                 help=f"Scale every cutout so the galaxy's r90 is {DEFAULTS.framing:.0%} of the side "
                                      "(off: the cutouts as downloaded)")
-            restart = st.checkbox("Start over (discard this model's checkpoint)")
+            restart = st.checkbox("Start over (discard the checkpoint of a model you started here)")
         submitted = st.form_submit_button("Start training", type="primary", disabled=running)
     if not submitted:
         return
@@ -126,6 +134,8 @@ def training_form(data_dir: Path) -> None:
     st.session_state[LABELS_KEY] = labels
     try:
         out_dir = model_dir_for_training(paths.models_root, name)
+        if out_dir.exists() and out_dir.name not in st.session_state.get(MY_MODELS_KEY, set()):
+            raise GalaxyError(f"a model named {out_dir.name!r} already exists; choose another name")
         config = TrainConfig(data_dir=data_dir, out_dir=out_dir, epochs=int(epochs),
                              batch_size=int(batch_size), lr=float(lr), input_size=int(input_size),
                              crop=int(crop), width=int(width), depth=int(depth), seed=int(seed),
@@ -133,24 +143,27 @@ def training_form(data_dir: Path) -> None:
                              jitter=bool(jitter), aux_weight=float(aux_weight),
                              weight_decay=float(weight_decay), precision=str(precision),
                              max_galaxies=int(max_galaxies) or None, cache_dir=paths.cache_root,
-                             label_rule=str(labels), framing=DEFAULTS.framing if framing else None)
+                             label_rule=str(labels), framing=DEFAULTS.framing if framing else None,
+                             num_threads=1)
         config, changes = fit_to_data(config, dataset_facts(config))
         st.session_state[CHANGES_KEY] = changes
-        registry.start("train", out_dir.name, training_task(config, restart=restart),
-                       stopped=lambda result: result.stopped)
+        limits.check_job_memory(estimate_training_memory(config, dataset_size(data_dir)))
+        registry.start("train", out_dir.name, training_job(config, restart=restart),
+                       stopped=lambda result: result.stopped, owner=me)
     except GalaxyError as exc:
-        st.error(str(exc))
+        st.error(public(exc))
         return
+    st.session_state.setdefault(MY_MODELS_KEY, set()).add(out_dir.name)
     st.rerun()
 
 
 def live_progress(event: TrainProgress, snap: JobSnapshot) -> None:
     if event is None or event.phase == "prepare" or not event.epochs:
-        st.progress(0.0, text=(event.message.capitalize() if event else "Starting…"))
+        st.progress(0.0, text=(public(event.message.capitalize()) if event else "Starting…"))
         return
     if event.phase == "evaluate" and event.batches:
         st.progress(min(event.batch / event.batches, 1.0),
-                    text=f"**{snap.label}**: {event.message}: {event.batch:,} / {event.batches:,} images · "
+                    text=f"**{snap.label}**: {public(event.message)}: {event.batch:,} / {event.batches:,} images · "
                          f"{format_duration(event.elapsed_s)} elapsed")
         return
     if event.phase == "train" and event.batches:
@@ -159,7 +172,7 @@ def live_progress(event: TrainProgress, snap: JobSnapshot) -> None:
         score = f" · loss {event.loss:.3f} · accuracy {event.accuracy:.1%}"
     else:
         done = event.epoch / event.epochs
-        where, score = f"epoch {event.epoch}/{event.epochs} done", f" · {event.message}"
+        where, score = f"epoch {event.epoch}/{event.epochs} done", f" · {public(event.message)}"
     st.progress(min(done, 1.0), text=f"**{snap.label}**: {where}{score} · "
                                      f"{format_duration(event.elapsed_s)} elapsed · "
                                      f"about {format_duration(event.eta_s)} left")
@@ -182,24 +195,27 @@ def show_job(snap: JobSnapshot) -> None:
     if snap.running:
         live_progress(event, snap)
         if st.button("Stop", icon=":material/stop:", disabled=snap.stop_requested,
-                     help="Stops after the current batch; the last finished epoch is kept"):
-            registry.stop("train")
+                     help="Stops within a second or two; the last finished epoch is kept"):
+            registry.stop("train", me)
         if snap.stop_requested:
             st.caption("Stopping…")
         curves(event.history if event else [])
         return
     if snap.state == "failed":
-        st.error(f"Training {snap.label} failed: {snap.error}")
+        st.error(f"Training {snap.label} failed: {public(snap.error)}")
         return
     result: TrainResult = snap.result
     if result.stopped:
-        st.warning(f"**{snap.label}** stopped after {result.epochs_done} finished epoch(s). Start "
-                   "again with the same name and settings to resume from there.")
+        done = getattr(result, "epochs_done", None)
+        st.warning(f"**{snap.label}** stopped" + (f" after {done} finished epoch(s)" if done is not None else "")
+                   + ". Start again with the same name and settings to resume from its last finished epoch.")
+        if not hasattr(result, "history"):
+            return
     else:
         accuracy = result.metrics.accuracy
         st.success(f"**{snap.label}** finished in {format_duration(snap.elapsed_s)}: test accuracy "
-                   f"{accuracy:.1%} on {result.split_sizes['test']} held-out galaxies. Saved to "
-                   f"`{result.out_dir}`.")
+                   f"{accuracy:.1%} on {result.split_sizes['test']} held-out galaxies. Saved as "
+                   f"model **{Path(result.out_dir).name}**.")
         left, right = st.columns(2)
         left.button("Use it as the active model", type="primary", on_click=set_active_model,
                     args=(str(result.out_dir),))
@@ -209,17 +225,27 @@ def show_job(snap: JobSnapshot) -> None:
     curves(result.history)
 
 
-@st.fragment(run_every=POLL_S if running else None)
+# The owner watches every second; another visitor only needs to learn, now and then, that it ended.
+@st.fragment(run_every=(POLL_S if snap.owned_by(me) else OTHERS_POLL_S) if running else None)
 def job_panel() -> None:
     now = registry.snapshot("train")
     if now is None:
         return
     if (now.id, now.state) != st.session_state.get("_train_seen"):
         st.rerun()  # started elsewhere or finished: redraw the form too
+    if not now.owned_by(me):  # another visitor's job is theirs to watch
+        if now.running:
+            st.info("The server is busy training a model for another visitor; one job at a time. "
+                    "Try again when it has finished.")
+        return
     show_job(now)
 
 
 data_dir = active_dataset()
+if limits.demo_mode:
+    st.info("Training is turned off on this public demo. Classify galaxies on the Classify page, or see "
+            "how the shipped models do on the Results page.")
+    st.stop()
 if data_dir is None:
     point_to("dataset", "There is no dataset to train on yet: download one (or point to an existing "
              "folder) on the Dataset page.")
@@ -231,8 +257,10 @@ else:
         point_to("dataset", f"`{data_dir.name}` cannot be trained on: {exc}. Finish its download on the "
                  "Dataset page, or choose another folder.")
         data_dir = None
-    if running:
-        st.info(f"A training job ({snap.label}) is running; one job at a time. Its progress is below.")
+    if running and snap.owned_by(me):
+        st.info(f"Your training job ({snap.label}) is running; one job at a time. Its progress is below.")
     if data_dir is not None:
         training_form(data_dir)
+        st.caption(f"This server runs one training job at a time, of up to {limits.max_job_memory_gb:g} GB of "
+                   "memory (estimated from the settings before it starts).")
 job_panel()

@@ -3,6 +3,8 @@ and the active dataset and model kept in ``st.session_state``."""
 
 from __future__ import annotations
 
+import os
+import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +13,12 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
+from app_support.disk import mark_used, trim_caches
 from app_support.folders import SHIPPED_MODEL, AppFolders
 from app_support.jobs import JobRegistry
-from app_support.recent import read_recent, remember
+from app_support.limits import ServerLimits
 from app_support.tables import job_fraction
+from app_support.text import escape_markdown, public_text
 from galaxy_core.base import PredictConfig, SplitConfig, TrainConfig, clip
 from galaxy_core.data import (
     PackedDataset,
@@ -25,8 +29,18 @@ from galaxy_core.data import (
     sample_galaxies,
 )
 from galaxy_core.model import CARD_NAME, LABEL_QUESTIONS, BundleError, ModelInfo, list_models
-from galaxy_core.serving import Classifier
-from galaxy_core.sources import MAX_DECODED_SIDE, DatasetFolder, HostPolicy, ImageLoadError, list_datasets, load_image
+from galaxy_core.serving import EXAMPLES_DIR, Classifier
+from galaxy_core.sources import (
+    CATALOGUE_NAME,
+    IMAGES_DIR,
+    MAX_DECODED_SIDE,
+    DatasetError,
+    DatasetFolder,
+    HostPolicy,
+    ImageLoadError,
+    list_datasets,
+    load_image,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 BALANCE_KEY = "balance_choice"
@@ -40,6 +54,7 @@ EXAMPLE_PARAM = "example"
 DATASET_KEY = "dataset_dir"
 DATASET_PARAM = "dataset"
 EXTRA_DATASETS_KEY = "extra_datasets"
+OWNER_KEY = "_owner"
 
 
 @dataclass(frozen=True)
@@ -68,6 +83,33 @@ def folders() -> AppFolders:
     return AppFolders.from_env(REPO)
 
 
+def server_limits() -> ServerLimits:
+    """What this server allows a visitor (GALAXY_MAX_* and GALAXY_DEMO_MODE, read on every run)."""
+    return ServerLimits.from_env()
+
+
+def session_owner() -> str:
+    """A token of the browser session running this script, the owner of the jobs it starts: kept
+    in the session's own state, so a new tab or a reload is a new visitor."""
+    return st.session_state.setdefault(OWNER_KEY, secrets.token_hex(16))
+
+
+def public(text: object, limit: int = 300) -> str:
+    """Untrusted text for a markdown element: server folders by their short names, clipped, escaped."""
+    return public_text(text, folders().public_names(), limit)
+
+
+def public_path(path: Path | str) -> str:
+    """A server folder as a visitor sees it: relative to the data, models or a read root."""
+    target = os.path.abspath(path)
+    for root, name in folders().public_names():
+        base = os.path.abspath(root)
+        if target == base or target.startswith(base.rstrip("/") + "/"):
+            rel = os.path.relpath(target, base)
+            return rel if root == folders().data_root or root == folders().models_root else f"{name}/{rel}"
+    return Path(path).name
+
+
 def fetch_policy() -> HostPolicy:
     """The hosts the app fetches from for its visitors (GALAXY_ALLOWED_HOSTS, read on every run)."""
     return HostPolicy.from_env()
@@ -89,19 +131,46 @@ def load_classifier(model_dir: Path) -> tuple[Classifier, threading.Lock]:
     """The cached model; a retrained bundle (new card) is loaded afresh."""
     card = Path(model_dir) / CARD_NAME
     if not card.is_file():
-        raise BundleError(f"{model_dir} holds no model (no {CARD_NAME})")
+        raise BundleError(f"{Path(model_dir).name} holds no model (no {CARD_NAME})")
     return _classifier(str(model_dir), card.stat().st_mtime)
 
 
 # --- active model ----------------------------------------------------------------------------
 
+def _card_signature(models_root: Path) -> tuple:
+    """(name, mtime, size) of every card under ``models_root``: changes when a card is written."""
+    found = []
+    try:
+        entries = sorted(os.scandir(models_root), key=lambda e: e.name)
+    except OSError:
+        return ()
+    for entry in entries:
+        try:
+            info = os.stat(os.path.join(entry.path, CARD_NAME))
+        except OSError:
+            continue
+        found.append((entry.name, info.st_mtime_ns, info.st_size))
+    return tuple(found)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _models(models_root: str, signature: tuple) -> list[ModelInfo]:
+    return list_models(Path(models_root))
+
+
+def all_models() -> list[ModelInfo]:
+    """The model folders, read from disk only when a card has changed (a page asks several times)."""
+    root = folders().models_root
+    return _models(str(root), _card_signature(root))
+
+
 def usable_models() -> list[ModelInfo]:
-    return [m for m in list_models(folders().models_root) if m.card is not None]
+    return [m for m in all_models() if m.card is not None]
 
 
 def unusable_models() -> list[ModelInfo]:
     """Model folders whose card cannot be used (damaged, hand-edited, another format)."""
-    return [m for m in list_models(folders().models_root) if m.card is None]
+    return [m for m in all_models() if m.card is None]
 
 
 def unusable_models_note() -> None:
@@ -110,7 +179,7 @@ def unusable_models_note() -> None:
     if bad:
         with st.expander(f":material/warning: {len(bad)} unusable model folder{'s' if len(bad) > 1 else ''}"):
             for info in bad:
-                st.caption(f"**{info.name}**: {clip(info.error or 'unreadable', 300)}")
+                st.caption(f"**{escape_markdown(info.name)}**: {public(info.error or 'unreadable')}")
 
 
 def active_model() -> ModelInfo | None:
@@ -144,48 +213,78 @@ def model_sidebar() -> None:
         names = [str(m.path) for m in models]
         choice = st.selectbox("Active model", names, index=names.index(str(current.path)),
                               format_func=lambda p: Path(p).name,
-                              help=f"Models are folders with card.json under {folders().models_root}")
+                              help=f"Models are folders with {CARD_NAME} in the models folder")
         if choice != st.session_state.get(MODEL_KEY):
             set_active_model(choice)
 
 
 # --- active dataset --------------------------------------------------------------------------
-# The choice lives in the session, in the URL (?dataset=...) so a reload or a shared link keeps
-# it, and in a remembered list of folders used (app_support/recent.py) so a new tab finds it too.
-# A URL may only name a folder the app already knows: one under the data root or one a user
-# typed in before; a new folder has to be typed on the Dataset page.
+# The choice lives in the session and in the URL (?dataset=NAME, relative to the data folder), so
+# a reload or a shared link keeps it. Only dataset folders under the data root or a read root
+# (GALAXY_READ_ROOTS) are ever looked at: what one visitor types is that visitor's alone, and a
+# typed path never probes the rest of the server's disk.
+
+def readable_dataset(text: str) -> Path:
+    """The dataset folder a visitor named (a path, or a name as the app shows it), if it lies in
+    one of the app's folders; one message for everything else, so nothing about the disk leaks."""
+    text = text.strip()
+    if not text:
+        raise DatasetError(f"type the name of a dataset folder (one holding {CATALOGUE_NAME} and {IMAGES_DIR}/)")
+    paths = folders()
+    candidates = [Path(text)] if os.path.isabs(text) else [root / text for root in paths.roots()]
+    candidates += [root.parent / text for root in paths.read_roots]  # "rootname/sub" as shown
+    for candidate in candidates:
+        target = Path(os.path.normpath(candidate))
+        for root in paths.roots():
+            base = Path(os.path.abspath(root))
+            if target != base and target.is_relative_to(base) and DatasetFolder(target).exists():
+                return target
+    if text in (EXAMPLES_DIR.name, str(EXAMPLES_DIR)) and DatasetFolder(EXAMPLES_DIR).exists():
+        return EXAMPLES_DIR  # the labelled examples shipped with the app
+    raise DatasetError(f"{clip(text, 80)} is not a dataset folder this server offers: name a folder "
+                       f"inside its data folder that holds {CATALOGUE_NAME} and {IMAGES_DIR}/")
+
 
 def known_datasets() -> list[Path]:
-    """Datasets under the data root, then remembered folders and those typed in this session."""
-    paths = folders()
-    found = list_datasets(paths.data_root)
-    for path in [*read_recent(paths.data_root), *map(Path, st.session_state.get(EXTRA_DATASETS_KEY, []))]:
-        if path not in found and DatasetFolder(path).exists():
+    """Datasets under the data root, then the folders this session chose or its URL names."""
+    found = list_datasets(folders().data_root)
+    chosen = [*st.session_state.get(EXTRA_DATASETS_KEY, []), st.query_params.get(DATASET_PARAM)]
+    for text in chosen:
+        if not text:
+            continue
+        try:
+            path = readable_dataset(text)
+        except DatasetError:
+            continue
+        if path not in found:
             found.append(path)
     return found
 
 
 def active_dataset() -> Path | None:
-    """The session's choice, else the URL's, else the folder used last, else the first one."""
+    """The session's choice, else the URL's, else the first one."""
     datasets = known_datasets()
-    recent = [p for p in read_recent(folders().data_root) if p in datasets]
     wanted = [st.session_state.get(DATASET_KEY), st.query_params.get(DATASET_PARAM)]
     for chosen in wanted:
-        if chosen and Path(chosen) in datasets:
-            pick = Path(chosen)
+        if not chosen:
+            continue
+        try:
+            path = readable_dataset(chosen)
+        except DatasetError:
+            continue
+        if path in datasets:
+            pick = path
             break
     else:
-        pick = recent[0] if recent else (datasets[0] if datasets else None)
+        pick = datasets[0] if datasets else None
     if pick is not None:
-        st.session_state[DATASET_KEY] = str(pick)
-        st.query_params[DATASET_PARAM] = str(pick)
+        set_active_dataset(pick)
     return pick
 
 
 def set_active_dataset(path: Path | str) -> None:
     st.session_state[DATASET_KEY] = str(path)
-    st.query_params[DATASET_PARAM] = str(path)
-    remember(folders().data_root, Path(path))
+    st.query_params[DATASET_PARAM] = public_path(path)
 
 
 def add_extra_dataset(path: Path) -> None:
@@ -200,6 +299,15 @@ def dataset_fingerprint(data_dir: Path) -> tuple[int, int]:
     return DatasetFolder(data_dir).fingerprint()
 
 
+def dataset_size(data_dir: Path) -> int:
+    """How many images a dataset folder holds (what its packed cache will hold), without opening one."""
+    try:
+        with os.scandir(DatasetFolder(data_dir).images) as entries:
+            return sum(1 for _ in entries)
+    except OSError:
+        return 0
+
+
 def ensure_cache(data_dir: Path) -> None:
     """Decode the dataset into the packed cache once per session, with a progress bar."""
     key = (str(data_dir), dataset_fingerprint(data_dir))
@@ -212,8 +320,10 @@ def ensure_cache(data_dir: Path) -> None:
         bar.progress(event.done / max(event.total, 1),
                      text=f"Decoding images into the cache: {event.done:,} / {event.total:,}")
 
-    build_cache(data_dir, cache_root=folders().cache_root, progress=progress)
+    report = build_cache(data_dir, cache_root=folders().cache_root, progress=progress)
     bar.empty()
+    mark_used(report.cache_dir)
+    trim_caches(folders().cache_root, server_limits().max_cache_bytes, keep=[report.cache_dir])
     built.add(key)
 
 
@@ -250,7 +360,7 @@ def draw_thumbnail(path: Path | str, size: int, **image_options) -> bool:
     """Show an image's thumbnail, or a note that it was skipped and why; True if shown."""
     picture = thumbnail(str(path), size)
     if isinstance(picture, str):
-        st.caption(f":material/broken_image: skipped {Path(path).name}: {clip(picture, 200)}")
+        st.caption(f":material/broken_image: skipped {escape_markdown(Path(path).name, 80)}: {public(picture, 200)}")
         return False
     st.image(picture, **image_options)
     return True
@@ -273,7 +383,7 @@ def dataset_selectbox(label: str, current: Path) -> Path:
     """Choose among the known dataset folders; the choice becomes the active dataset."""
     names = [str(p) for p in known_datasets()]
     choice = st.selectbox(label, names, index=names.index(str(current)),
-                          format_func=lambda p: f"{Path(p).name}  ({p})")
+                          format_func=public_path)
     if choice != str(current):
         set_active_dataset(choice)
     return Path(choice)
@@ -293,18 +403,26 @@ JOB_PAGES = (("train", "Training", "train"), ("download", "Downloading", "datase
 
 
 def job_sidebar(poll_s: float = 2.0) -> None:
-    """A running training or download job, with its progress, on every page and after a reload
-    (the jobs belong to the server, not to the browser tab that started them)."""
+    """The session's own running training or download job, with its progress, on every page; a
+    note that the server is busy for another visitor's. Only the owner's sidebar polls: a timed
+    rerun in every visitor's session would keep restarting a page that takes longer to draw
+    than the poll on a busy server."""
     registry = job_registry()
+    me = session_owner()
 
     def running() -> list[tuple]:
         return [(snap, verb, page) for kind, verb, page in JOB_PAGES
                 if (snap := registry.snapshot(kind)) is not None and snap.running]
 
-    @st.fragment(run_every=poll_s if running() else None)
+    mine = any(snap.owned_by(me) for snap, _, _ in running())
+
+    @st.fragment(run_every=poll_s if mine else None)
     def status() -> None:
         for snap, verb, page in running():
-            st.progress(job_fraction(snap.progress), text=f"{verb} **{snap.label}**")
+            if not snap.owned_by(me):  # another visitor's job: only that the server is busy
+                st.caption(f":material/hourglass_top: {verb} for another visitor")
+                continue
+            st.progress(job_fraction(snap.progress), text=f"{verb} **{escape_markdown(snap.label)}**")
             st.page_link(PAGES[page], label=f"Follow it on the {page.capitalize()} page",
                          icon=":material/hourglass_top:")
 

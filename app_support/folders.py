@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from galaxy_core.base import GalaxyError
 from galaxy_core.model import CARD_NAME
@@ -28,14 +28,29 @@ class AppFolders:
     data_root: Path
     models_root: Path
     cache_root: Path
+    read_roots: tuple[Path, ...] = ()
+    """Other folders whose dataset folders a visitor may name (read-only); nothing else is looked at."""
+    repo: Path | None = None
 
     @classmethod
-    def from_env(cls, repo: Path, environ: Mapping[str, str] = os.environ) -> "AppFolders":
-        """GALAXY_DATA_ROOT / GALAXY_MODELS_ROOT / GALAXY_CACHE_DIR, else folders in the repo."""
+    def from_env(cls, repo: Path, environ: Mapping[str, str] = os.environ) -> AppFolders:
+        """GALAXY_DATA_ROOT / GALAXY_MODELS_ROOT / GALAXY_CACHE_DIR, else folders in the repo;
+        GALAXY_READ_ROOTS: more folders (separated by ':') holding dataset folders to read."""
         data_root = Path(environ.get("GALAXY_DATA_ROOT") or Path(repo) / "data")
         models_root = Path(environ.get("GALAXY_MODELS_ROOT") or Path(repo) / "models")
         cache_root = Path(environ.get("GALAXY_CACHE_DIR") or data_root / ".cache")
-        return cls(data_root, models_root, cache_root)
+        read_roots = tuple(Path(p) for p in environ.get("GALAXY_READ_ROOTS", "").split(os.pathsep) if p.strip())
+        return cls(data_root, models_root, cache_root, read_roots, Path(repo))
+
+    def public_names(self) -> list[tuple[Path, str]]:
+        """Each server folder and the name a visitor sees for it instead of its path."""
+        names = [(self.data_root, "data"), (self.models_root, "models"), (self.cache_root, "cache")]
+        names += [(root, root.name or "read") for root in self.read_roots]
+        return names + ([(self.repo, "app")] if self.repo is not None else [])
+
+    def roots(self) -> list[Path]:
+        """The folders whose dataset subfolders the app may read: the data root first."""
+        return [self.data_root, *self.read_roots]
 
 
 def validate_name(name: str, what: str) -> str:
@@ -62,6 +77,5 @@ def model_dir_for_training(models_root: Path, name: str) -> Path:
         raise InvalidNameError(f"'{name}' is a shipped model; choose another name")
     out_dir = Path(models_root) / name
     if (out_dir / CARD_NAME).is_file() and not (out_dir / CHECKPOINT_NAME).is_file():
-        raise InvalidNameError(f"a finished model named {name!r} already exists in {models_root}; "
-                               "choose another name")
+        raise InvalidNameError(f"a finished model named {name!r} already exists; choose another name")
     return out_dir

@@ -12,8 +12,9 @@ import itertools
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from galaxy_core.base import GalaxyError
 
@@ -23,6 +24,10 @@ Task = Callable[[Callable[[Any], None], threading.Event], Any]
 
 class JobBusyError(GalaxyError):
     """A job of the same kind is still running."""
+
+
+class NotYourJobError(GalaxyError):
+    """A visitor tried to stop or replace a job another browser session started."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,11 @@ class JobSnapshot:
     started_at: float
     finished_at: float | None
     stop_requested: bool
+    owner: str | None = None
+
+    def owned_by(self, owner: str | None) -> bool:
+        """Whether ``owner`` (a browser session) started this job; a job without an owner is everyone's."""
+        return self.owner is None or self.owner == owner
 
     @property
     def running(self) -> bool:
@@ -62,9 +72,10 @@ class Job:
 
     _ids = itertools.count(1)
 
-    def __init__(self, kind: str, label: str, task: Task, stopped: Callable[[Any], bool] | None = None):
+    def __init__(self, kind: str, label: str, task: Task, stopped: Callable[[Any], bool] | None = None,
+                 owner: str | None = None):
         self.id = next(self._ids)
-        self.kind, self.label = kind, label
+        self.kind, self.label, self.owner = kind, label, owner
         self.stop_event = threading.Event()
         self._task = task
         self._stopped = stopped
@@ -78,7 +89,7 @@ class Job:
         self._finished: float | None = None
         self._thread = threading.Thread(target=self._run, name=f"job-{kind}-{self.id}", daemon=True)
 
-    def start(self) -> "Job":
+    def start(self) -> Job:
         self._thread.start()
         return self
 
@@ -112,14 +123,15 @@ class Job:
     def snapshot(self) -> JobSnapshot:
         with self._lock:
             return JobSnapshot(self.id, self.kind, self.label, self._state, self._progress, self._result,
-                               self._error, self._started, self._finished, self.stop_event.is_set())
+                               self._error, self._started, self._finished, self.stop_event.is_set(), self.owner)
 
 
 class JobRegistry:
     """At most one running job per kind; the last job of each kind stays readable when it ends.
 
     The app keeps one registry per server process, so two browser tabs see (and cannot
-    duplicate) the same training job.
+    duplicate) the same training job. A job started with an ``owner`` (the browser session) is
+    stopped only by that owner; others learn that the server is busy.
     """
 
     def __init__(self) -> None:
@@ -127,14 +139,16 @@ class JobRegistry:
         self._jobs: dict[str, Job] = {}
 
     def start(self, kind: str, label: str, task: Task,
-              stopped: Callable[[Any], bool] | None = None) -> Job:
+              stopped: Callable[[Any], bool] | None = None, owner: str | None = None) -> Job:
         """Run ``task(report, stop)`` in the background; ``stopped(result)`` tells a stop from a finish."""
         with self._lock:
             current = self._jobs.get(kind)
             if current is not None and current.snapshot().running:
+                if current.owner is not None and current.owner != owner:
+                    raise JobBusyError(f"the server is busy with another visitor's {kind} job; try again later")
                 raise JobBusyError(f"a {kind} job is already running ({current.label}); "
                                    "wait for it to finish or stop it first")
-            job = Job(kind, label, task, stopped)
+            job = Job(kind, label, task, stopped, owner)
             self._jobs[kind] = job
         return job.start()
 
@@ -146,10 +160,13 @@ class JobRegistry:
         job = self.get(kind)
         return None if job is None else job.snapshot()
 
-    def stop(self, kind: str) -> bool:
-        """Ask the running job of ``kind`` to stop; False if none is running."""
+    def stop(self, kind: str, owner: str | None = None) -> bool:
+        """Ask the running job of ``kind`` to stop; False if none is running. Only the session that
+        started a job may stop it."""
         job = self.get(kind)
         if job is None or not job.snapshot().running:
             return False
+        if job.owner is not None and job.owner != owner:
+            raise NotYourJobError(f"this {kind} job was started by another visitor; only they can stop it")
         job.stop()
         return True

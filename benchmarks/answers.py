@@ -6,6 +6,11 @@ Prints one ``name: value`` line per figure:
 - ``widefield_*``: Spiral vs Elliptical on the wide-field Galaxy Zoo 1 images (423 px, the galaxy
   small and surrounded by sky; labelled by the plurality of GZ1 votes): p_spiral > p_elliptical
   for the galaxies labelled Spiral, below it for those labelled Elliptical.
+- ``widefield_edge_on_recall``: of those labelled Spiral, the edge-on disks (GZ1 plurality
+  "edge-on") called Spiral rather than Elliptical; ``--half dev|test`` takes one half of the images
+  (``benchmarks.common.widefield_half``: models are tuned and chosen on ``dev`` only).
+- ``greyscale_copy_agreement``: the share of the model's own test galaxies whose greyscale copy gets
+  the class their colour image gets.
 - ``framing_accuracy_*``: 3-class accuracy on the model's own test galaxies as downloaded, shrunk
   2x and 3x into a wider synthetic sky, enlarged 1.5x, and shifted 15% of the side off centre.
 - ``warned_*``: the share of real test galaxies that get any warning (and by kind), and whether
@@ -29,14 +34,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.common import default_data_root  # noqa: E402
-from galaxy_core.model.bundle import read_evaluation  # noqa: E402
-from galaxy_core.sources.catalogue import rule_labels  # noqa: E402
+from benchmarks.common import EDGE_ON_CLASS, WIDEFIELD_HALVES, default_data_root, widefield_half  # noqa: E402
 from galaxy_core.base.config import CLASSES, PredictConfig, default_model_dir  # noqa: E402
-from galaxy_core.sources.folder import DatasetFolder  # noqa: E402
 from galaxy_core.data.framing import NO_GALAXY  # noqa: E402
-from galaxy_core.sources.images import load_image  # noqa: E402
+from galaxy_core.model.bundle import read_evaluation  # noqa: E402
 from galaxy_core.serving.predict import Classifier  # noqa: E402
+from galaxy_core.sources.catalogue import rule_labels  # noqa: E402
+from galaxy_core.sources.folder import DatasetFolder  # noqa: E402
+from galaxy_core.sources.images import load_image  # noqa: E402
 
 SPIRAL, ELLIPTICAL = CLASSES.index("Spiral"), CLASSES.index("Elliptical")
 
@@ -58,8 +63,8 @@ def spiral_vs_elliptical(probs: np.ndarray, labels: np.ndarray) -> dict[str, flo
             "elliptical_recall": float((~says_spiral[elliptical]).mean()), "galaxies": int(spiral.sum() + elliptical.sum())}
 
 
-def bench_widefield(classifier: Classifier, folder: Path, limit: int | None) -> dict[str, float]:
-    table = pd.read_csv(folder / "catalogue.csv")
+def bench_widefield(classifier: Classifier, folder: Path, limit: int | None, half: str = "all") -> dict[str, float]:
+    table = widefield_half(pd.read_csv(folder / "catalogue.csv"), half)
     table = table[table["label"].isin(["Spiral", "Elliptical"])]
     if limit:
         table = table.sample(n=min(limit, len(table)), random_state=0)
@@ -68,7 +73,18 @@ def bench_widefield(classifier: Classifier, folder: Path, limit: int | None) -> 
     for start in range(0, len(table), 256):  # decoded a batch at a time
         images = [load_image(folder / rel) for rel in table["image"].iloc[start:start + 256]]
         probs.append(probabilities(classifier, images)[0])
-    return {f"widefield_{k}": v for k, v in spiral_vs_elliptical(np.concatenate(probs), labels).items()}
+    probs = np.concatenate(probs)
+    out = spiral_vs_elliptical(probs, labels)
+    edge = (table["gz1_plurality_class"] == EDGE_ON_CLASS).to_numpy()
+    out["edge_on_recall"] = float((probs[edge, SPIRAL] > probs[edge, ELLIPTICAL]).mean()) if edge.any() else float("nan")
+    out["edge_on_galaxies"] = int(edge.sum())
+    return {f"widefield_{half + '_' if half != 'all' else ''}{k}": v for k, v in out.items()}
+
+
+def greyscale_agreement(classifier: Classifier, images: list[Image.Image], colour: np.ndarray) -> float:
+    """How often a greyscale copy of an image gets the class its colour original gets."""
+    grey = probabilities(classifier, [im.convert("L") for im in images])[0]
+    return float((grey.argmax(1) == colour.argmax(1)).mean())
 
 
 def sky_like(image: np.ndarray, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -139,13 +155,15 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=default_data_root() / "gz2-sdss-128")
     parser.add_argument("--widefield", type=Path, default=default_data_root() / "gz1-widefield-423")
     parser.add_argument("--quick", action="store_true", help="a few hundred galaxies per figure")
+    parser.add_argument("--half", choices=WIDEFIELD_HALVES, default="all",
+                        help="wide-field images: the development half (tuning), the test half, or all")
     args = parser.parse_args()
     limit = 200 if args.quick else None
     classifier = Classifier.load(PredictConfig(model_dir=args.model))
     print(f"model: {args.model} (labels {classifier.card.label_rule}, framing "
           f"{classifier.card.framing.radius_fraction if classifier.card.framing else 'off'})")
     started = time.perf_counter()
-    for name, value in bench_widefield(classifier, args.widefield, limit).items():
+    for name, value in bench_widefield(classifier, args.widefield, limit, args.half).items():
         print(f"{name}: {value:.4f}" if isinstance(value, float) else f"{name}: {value}")
     images, labels = test_galaxies(classifier, args.data, limit)
     rng = np.random.default_rng(0)
@@ -154,6 +172,7 @@ def main() -> None:
         answers = np.where(np.isnan(probs).any(axis=1), -1, np.nan_to_num(probs).argmax(axis=1))  # -1: none
         print(f"framing_accuracy_{how}: {float((answers == labels).mean()):.4f}")
         if how == "native":
+            print(f"greyscale_copy_agreement: {greyscale_agreement(classifier, images, probs):.4f}")
             kinds = Counter((w or "").split(":")[0] for w in warnings if w)
             print(f"warned_real_test_galaxies: {sum(w is not None for w in warnings) / len(warnings):.4f} "
                   f"({len(warnings)} galaxies)")

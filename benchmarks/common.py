@@ -8,8 +8,11 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,3 +45,24 @@ def run_child(args: list[str], timeout_s: float = 1800) -> dict[str, Any]:
     if done.returncode != 0:
         raise RuntimeError(f"benchmark child {args[0]} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+WIDEFIELD_HALVES = ("dev", "test", "all")
+EDGE_ON_CLASS = 3
+"""``gz1_plurality_class`` of the wide-field images whose volunteers mostly said "edge-on" (labelled Spiral)."""
+
+
+def widefield_half(table: pd.DataFrame, half: str) -> pd.DataFrame:
+    """The wide-field GZ1 images split once, by objid, into a development half (for tuning and
+    choosing models) and a test half (for reporting only); ``all`` is both."""
+    import numpy as np
+
+    if half not in WIDEFIELD_HALVES:
+        raise ValueError(f"half must be one of {WIDEFIELD_HALVES}, got {half!r}")
+    if half == "all":
+        return table
+    ordered = table.sort_values("objid", kind="stable")
+    order = np.random.default_rng(2026).permutation(len(ordered))
+    first = np.sort(order[: len(ordered) // 2])
+    rows = first if half == "dev" else np.sort(order[len(ordered) // 2:])
+    return ordered.iloc[rows]

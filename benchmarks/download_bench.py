@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 import requests
 
-from galaxy_core.sources.catalogue import read_catalogue
 from galaxy_core.base.config import DownloadConfig
-from galaxy_core.sources.cutout_server import CutoutIndex, CutoutServer, ServerOptions
 from galaxy_core.sources import download
+from galaxy_core.sources.catalogue import read_catalogue
+from galaxy_core.sources.cutout_server import CutoutIndex, CutoutServer, ServerOptions
 from galaxy_core.sources.cutouts import cutout_params
 from galaxy_core.sources.download import download_cutouts
 from galaxy_core.sources.folder import DatasetFolder

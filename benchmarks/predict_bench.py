@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 
-from galaxy_core.serving import inference
+from galaxy_core.base.config import CLASSES, PredictConfig
+from galaxy_core.data.geometry import InputGeometry
+from galaxy_core.data.normalise import ChannelStats
 from galaxy_core.model.bundle import CARD_NAME, save_bundle
 from galaxy_core.model.card import ModelCard
-from galaxy_core.base.config import CLASSES, PredictConfig
-from galaxy_core.sources.folder import DatasetFolder
-from galaxy_core.data.geometry import InputGeometry
-from galaxy_core.sources.images import load_image
 from galaxy_core.model.network import Architecture, build_model
-from galaxy_core.data.normalise import ChannelStats
+from galaxy_core.serving import inference
 from galaxy_core.serving.predict import Classifier
+from galaxy_core.sources.folder import DatasetFolder
+from galaxy_core.sources.images import load_image
 
 
 def timing_bundle(model_dir: Path, work_dir: Path, settings: dict[str, Any]) -> tuple[Path, bool]:

@@ -18,8 +18,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` and ``galaxy_core`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,8 +30,7 @@ import torch  # noqa: E402
 from benchmarks.common import default_data_root, run_child  # noqa: E402
 from benchmarks.download_bench import bench_download, bench_download_scaling  # noqa: E402
 from benchmarks.predict_bench import bench_predict  # noqa: E402
-from benchmarks.train_bench import (bench_step_options, bench_train, shipped_settings,  # noqa: E402
-                                    train_config)
+from benchmarks.train_bench import bench_step_options, bench_train, shipped_settings, train_config  # noqa: E402
 from galaxy_core.base.config import default_model_dir  # noqa: E402
 from galaxy_core.sources.folder import DatasetFolder  # noqa: E402
 

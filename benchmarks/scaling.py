@@ -60,7 +60,7 @@ class MemorySampler:
             self._sample()
             time.sleep(self.every_s)
 
-    def __enter__(self) -> "MemorySampler":
+    def __enter__(self) -> MemorySampler:
         self._sample()
         self.start = dict(self.peak)  # after imports: the interpreter, torch, pandas
         self.thread.start()
@@ -86,9 +86,10 @@ def anon_mb() -> float:
 
 def make_scaled_dataset(source: Path, factor: int, out: Path) -> Path:
     """``factor`` copies of the shared catalogue under new ids, images as symlinks."""
+    import pandas as pd
+
     from galaxy_core.sources.catalogue import read_catalogue, write_catalogue
     from galaxy_core.sources.folder import IMAGES_DIR, DatasetFolder
-    import pandas as pd
 
     source, target = DatasetFolder(source), DatasetFolder(out)
     if target.exists():
@@ -167,8 +168,8 @@ def run_child(*args: str) -> dict[str, Any]:
 def measure_download(source: Path, work: Path, n: int, rate: float, workers: int,
                      latency_s: float) -> dict[str, Any]:
     """The downloader at ``--max-rate`` against the stand-in server with SkyServer-like latency."""
-    from galaxy_core.sources.catalogue import read_catalogue
     from galaxy_core.base.config import DownloadConfig
+    from galaxy_core.sources.catalogue import read_catalogue
     from galaxy_core.sources.cutout_server import CutoutIndex, CutoutServer, ServerOptions
     from galaxy_core.sources.download import download_cutouts
     from galaxy_core.sources.folder import DatasetFolder

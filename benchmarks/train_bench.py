@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,15 +24,15 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from benchmarks.common import peak_rss_mb
-from galaxy_core.training.batches import BatchSource, prefetch
-from galaxy_core.model.bundle import CARD_NAME, read_card
-from galaxy_core.data.cache import PackedDataset
 from galaxy_core.base.config import CLASSES, TrainConfig
+from galaxy_core.data.cache import PackedDataset
 from galaxy_core.data.dataset import training_targets
-from galaxy_core.training.distributed import Distributed
-from galaxy_core.sources.folder import DatasetFolder
 from galaxy_core.data.geometry import InputGeometry
 from galaxy_core.data.normalise import ChannelStats, input_statistics
+from galaxy_core.model.bundle import CARD_NAME, read_card
+from galaxy_core.sources.folder import DatasetFolder
+from galaxy_core.training.batches import BatchSource, prefetch
+from galaxy_core.training.distributed import Distributed
 from galaxy_core.training.train import new_model, open_training_data, train_one_epoch, training_loss
 
 SETTING_KEYS = ("arch", "width", "depth", "input_size", "crop", "batch_size", "lr", "weight_decay",
@@ -59,7 +60,7 @@ class Trainer:
     config: TrainConfig
 
     @classmethod
-    def create(cls, config: TrainConfig, channels_last: bool) -> "Trainer":
+    def create(cls, config: TrainConfig, channels_last: bool) -> Trainer:
         """The network, AdamW and the loss as ``train`` sets them up (constant learning rate)."""
         model = new_model(config)
         if channels_last:

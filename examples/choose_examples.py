@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from galaxy_core.model.bundle import read_evaluation
-from galaxy_core.sources.catalogue import label_column, read_catalogue, rule_labels
 from galaxy_core.base.config import CLASSES, LABEL_RULES, PredictConfig, SplitConfig
 from galaxy_core.data.dataset import split_dataset
+from galaxy_core.model.bundle import read_evaluation
 from galaxy_core.serving.predict import Classifier
+from galaxy_core.sources.catalogue import label_column, read_catalogue, rule_labels
 
 HERE = Path(__file__).resolve().parent
 SHIPPED = [HERE.parent / "models" / name for name in ("default", "debiased")]

@@ -13,16 +13,16 @@ import os
 import shlex
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from galaxy_core.base.config import (
     ARCHITECTURES,
     BALANCE_CHOICES,
     DEFAULT_CATALOGUE_URL,
     DEVICES,
-    MODEL_DIR_ENV,
     LABEL_RULES,
+    MODEL_DIR_ENV,
     PRECISIONS,
     TRAIN_SETTINGS,
     DownloadConfig,
@@ -64,7 +64,9 @@ def _add_download(sub: argparse._SubParsersAction) -> None:
 TRAIN_FLAGS = [  # flag, TrainConfig field, type (help and range: TRAIN_SETTINGS)
     ("epochs", "epochs", int), ("batch-size", "batch_size", int), ("lr", "lr", float),
     ("weight-decay", "weight_decay", float), ("label-smoothing", "label_smoothing", float),
-    ("aux-weight", "aux_weight", float), ("image-size", "input_size", int), ("crop", "crop", int),
+    ("aux-weight", "aux_weight", float), ("tree-weight", "tree_weight", float),
+    ("greyscale", "greyscale", float), ("colour-jitter", "colour_jitter", float), ("max-zoom", "max_zoom", float),
+    ("image-size", "input_size", int), ("crop", "crop", int),
     ("width", "width", int), ("depth", "depth", int), ("seed", "seed", int),
     ("val-fraction", "val_fraction", float), ("test-fraction", "test_fraction", float),
     ("threads", "num_threads", int), ("max-galaxies", "max_galaxies", int),
@@ -99,6 +101,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-framing", dest="framing", action="store_const", const=None,
                    help="train on the cutouts as downloaded")
     p.add_argument("--restart", action="store_true", help="discard an existing checkpoint in --out")
+    p.add_argument("--init-from", dest="init_from", type=Path, default=None, metavar="MODEL_DIR",
+                   help="start from a saved model's weights (same network; new heads start fresh); its "
+                        "training galaxies must not be this run's validation or test galaxies")
     _add_labels(p, d.label_rule)
     _add_cache_dir(p)
 
@@ -173,7 +178,7 @@ def _download(args: argparse.Namespace) -> int:
                             pixel_scale=args.scale, workers=args.workers, retries=args.retries,
                             timeout_s=args.timeout, max_requests_per_s=args.max_rate, limit=args.limit)
     print(f"reading catalogue {args.catalogue}", file=sys.stderr)
-    catalogue = read_catalogue(args.catalogue, args.format)
+    catalogue = read_catalogue(args.catalogue, args.format, timeout_s=args.timeout)
     bar = CountBar("download")
     try:
         report = download_cutouts(catalogue, config, bar.download)

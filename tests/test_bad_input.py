@@ -7,7 +7,6 @@ gets its result.
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import subprocess
 import sys
@@ -15,13 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, make_dataset, synthetic_galaxy
 from PIL import Image
 
-from conftest import REPO, make_dataset, synthetic_galaxy
-from galaxy_core.sources.catalogue import CatalogueError, read_catalogue
-from galaxy_core.cli import EXIT_PARTIAL_FAILURE, EXIT_USER_ERROR, main
 from galaxy_core.base.config import CLASSES, ConfigError, PredictConfig, TrainConfig
-from galaxy_core.sources.cutout_server import CutoutIndex, CutoutServer, ServerOptions
+from galaxy_core.cli import EXIT_PARTIAL_FAILURE, EXIT_USER_ERROR, main
 from galaxy_core.data.framing import NO_GALAXY
 from galaxy_core.serving.predict import Classifier
 from galaxy_core.training.train import train
@@ -40,7 +37,7 @@ def galaxy(size: int = 128, seed: int = 0) -> Image.Image:
 def good_images() -> dict[str, bytes]:
     """Real images in every awkward mode and size: all must be classified."""
     g = galaxy()
-    grey16 = Image.fromarray((np.asarray(g.convert("L"), dtype=np.uint16) * 257))
+    grey16 = Image.fromarray(np.asarray(g.convert("L"), dtype=np.uint16) * 257)
     return {
         "rgb.jpg": encode(g, "JPEG"),
         "grey.png": encode(g.convert("L"), "PNG"),
@@ -203,93 +200,17 @@ def test_pixels_are_limited_before_decoding(image_folder: Path) -> None:
 
 # --- catalogues ------------------------------------------------------------------------------
 
-CANONICAL = "id,ra,dec,frac_smooth,frac_features,frac_artifact,label\n"
-GZ1 = "OBJID,RA,DEC,P_EL_DEBIASED,P_CS_DEBIASED,P_DK,SPIRAL,ELLIPTICAL,UNCERTAIN\n"
-GZ2 = ("ra,dec,t01_smooth_or_features_a01_smooth_debiased,"
-       "t01_smooth_or_features_a02_features_or_disk_debiased,"
-       "t01_smooth_or_features_a03_star_or_artifact_debiased\n")
-ROW = "g1,10.5,-3.2,0.1,0.85,0.0,Spiral\n"
-
-BAD_CATALOGUES = {
-    "canonical without label": (CANONICAL.replace(",label", "") + "g1,10.5,-3.2,0.1,0.85,0.0\n",
-                                "cannot tell the catalogue format.*lacks label"),
-    "gz2 without artifact column": (GZ2.rsplit(",", 1)[0] + "\n10.5,-3.2,0.1,0.85\n",
-                                    "missing column.*a03_star_or_artifact"),
-    "gz1 without flags": ("OBJID,RA,DEC\n1,00:00:01.0,+01:00:00\n", "lacks P_EL_DEBIASED"),
-    "empty row": (CANONICAL + ROW + ",,,,,,\n" + ROW.replace("g1", "g2"), "line 3 is empty"),
-    "blank line": (CANONICAL + ROW + "\n" + ROW.replace("g1", "g2"), "line 3 is empty"),
-    "nan ra": (CANONICAL + ROW + "g2,nan,1,0.1,0.1,0,Uncertain\n",
-               "line 3, column ra: value is not a number"),
-    "empty dec": (CANONICAL + "g2,1,,0.1,0.1,0,Uncertain\n", "line 2, column dec: value is empty"),
-    "ra 360": (CANONICAL + "g2,360,1,0.1,0.1,0,Uncertain\n", r"line 2, column ra: .*\[0, 360\)"),
-    "dec 95": (GZ2 + "10,95,0.1,0.9,0\n", "line 2, column dec: .*-90, 90"),
-    "infinite dec": (CANONICAL + "g2,1,-inf,0.1,0.1,0,Uncertain\n", "line 2, column dec"),
-    "fraction above 1": (CANONICAL + "g2,1,1,1.5,0.1,0,Uncertain\n", "line 2, column frac_smooth"),
-    "duplicate id": (CANONICAL + ROW + ROW, "line 3: duplicate galaxy id 'g1' .first seen on line 2"),
-    "unknown label": (CANONICAL + "g2,1,1,0.1,0.1,0,Barred\n", "line 2, column label: 'Barred'"),
-    "extra field": (CANONICAL + ROW + "g2,1,1,0.1,0.1,0,Spiral,oops\n", "line 3, saw 8"),
-    "extra field in first row": (CANONICAL + "g2,1,1,0.1,0.1,0,Spiral,oops\n" + ROW, "line 2 has 8 fields"),
-    "unclosed quote": (CANONICAL + 'g2,"1,1,0.1\n', "not a readable CSV"),
-    "gz1 bad RA": (GZ1 + "1,12h30m,+01:00:00,0.1,0.9,0,1,0,0\n", "line 2, column RA: cannot read '12h30m'"),
-    "gz1 minutes 75": (GZ1 + "1,00:00:01.0,+01:75:00,0.1,0.9,0,1,0,0\n", "line 2, column DEC: .*60 or more"),
-    "gz1 two flags": (GZ1 + "1,00:00:01.0,+01:00:00,0.1,0.9,0,1,1,0\n", "line 2: exactly one of SPIRAL"),
-    "header only": (CANONICAL, "no rows"),
-    "empty file": ("", "empty"),
-    "html page": ("<!DOCTYPE html><html><body>Service unavailable</body></html>", "HTML"),
-    "binary": (bytes(range(256)) * 8, "binary data"),
-    "latin-1 bytes": (b"id,ra\n\xff\xfe,1\n", "not a readable CSV"),
-    "gzip garbage": (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03not really deflate data", "corrupt gzip"),
-    "truncated gzip": (gzip.compress((CANONICAL + ROW * 50).encode())[:40], "corrupt gzip"),
-}
 
 
-@pytest.mark.parametrize("name", sorted(BAD_CATALOGUES))
-def test_bad_catalogue_names_the_problem(tmp_path: Path, name: str) -> None:
-    body, message = BAD_CATALOGUES[name]
-    path = tmp_path / "catalogue.csv"
-    path.write_bytes(body if isinstance(body, bytes) else body.encode())
-    with pytest.raises(CatalogueError, match=message) as caught:
-        read_catalogue(path)
-    assert "\n" not in str(caught.value)
 
 
-def test_gzipped_catalogue_with_padding_still_reads(tmp_path: Path) -> None:
-    path = tmp_path / "catalogue.csv.gz"
-    members = gzip.compress((CANONICAL + ROW).encode()) + gzip.compress(ROW.replace("g1", "g2").encode())
-    path.write_bytes(members + b"\x00" * 16)
-    assert read_catalogue(path)["id"].tolist() == ["g1", "g2"]
 
 
-@pytest.fixture
-def catalogue_server(tiny_dataset: Path):
-    files = {"/good.csv": (CANONICAL + ROW).encode(),
-             "/busy.csv": b"<!DOCTYPE html><html><body>Error: service busy</body></html>",
-             "/broken.csv.gz": BAD_CATALOGUES["gzip garbage"][0],
-             "/dup.csv": (CANONICAL + ROW + ROW).encode()}
-    with CutoutServer(CutoutIndex.from_catalogue(tiny_dataset), ServerOptions(extra_files=files)) as server:
-        yield server
 
 
-@pytest.mark.parametrize("path, message", [
-    ("/busy.csv", "HTML"), ("/broken.csv.gz", "corrupt gzip"), ("/dup.csv", "duplicate galaxy id"),
-    ("/missing.csv", "HTTP 404"),
-])
-def test_bad_catalogue_over_http(catalogue_server: CutoutServer, path: str, message: str) -> None:
-    assert read_catalogue(catalogue_server.base_url + "/good.csv")["id"].tolist() == ["g1"]
-    with pytest.raises(CatalogueError, match=message):
-        read_catalogue(catalogue_server.base_url + path)
 
 
-def test_bad_catalogue_via_cli_download(catalogue_server: CutoutServer, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture) -> None:
-    cases = [("/busy.csv", "HTML"), ("/broken.csv.gz", "corrupt gzip"), ("/missing.csv", "HTTP 404")]
-    for path, message in cases:
-        out = tmp_path / path.strip("/")
-        code = main(["download", "--catalogue", catalogue_server.base_url + path, "--out", str(out),
-                     "--cutout-url", catalogue_server.url])
-        err = capsys.readouterr().err
-        assert code == EXIT_USER_ERROR and message in err and "Traceback" not in err
-        assert not out.exists()  # nothing created for a catalogue that could not be read
+
 
 
 @pytest.mark.parametrize("flag, value, message", [

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -18,16 +18,15 @@ import torch
 from benchmarks.common import run_child
 from benchmarks.download_bench import bench_download, bench_download_scaling
 from benchmarks.predict_bench import bench_predict
-from galaxy_core.model import precision
 from benchmarks.run import main as run_main
-from benchmarks.train_bench import (bench_step_options, bench_train, epoch_seconds, shipped_settings,
-                                    train_config)
-from galaxy_core.model.card import ModelCard, Provenance
+from benchmarks.train_bench import bench_step_options, bench_train, epoch_seconds, shipped_settings, train_config
 from galaxy_core.base.config import TrainConfig
-from galaxy_core.model.network import Architecture
-from galaxy_core.data.normalise import ChannelStats
 from galaxy_core.data.cache import PackedDataset, build_cache
 from galaxy_core.data.geometry import InputGeometry, compose_dihedral, crop_and_resize, dihedral
+from galaxy_core.data.normalise import ChannelStats
+from galaxy_core.model import precision
+from galaxy_core.model.card import ModelCard, Provenance
+from galaxy_core.model.network import Architecture
 
 
 @pytest.fixture(autouse=True)
@@ -161,3 +160,23 @@ def test_compose_dihedral(k: int, turns: int) -> None:
     x = torch.arange(16.0).view(1, 1, 4, 4)
     composed = int(compose_dihedral(torch.tensor([k]), torch.tensor([turns]))[0])
     assert torch.equal(dihedral(x, composed), dihedral(dihedral(x, turns), k))
+
+
+def test_load_bench_parts_count_answers_and_the_memory_of_a_process_tree() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.load_bench import free_port, summarise, tree_rss_bytes
+
+    summary = summarise([3.0, None, 1.0, 2.0])
+    assert (summary.asked, summary.answered, summary.median_s, summary.slowest_s) == (4, 3, 2.0, 3.0)
+    assert summary.line() == "3 of 4 answered, median 2.0 s, slowest 3.0 s"
+    assert summarise([None]).line() == "0 of 1 answered"
+    assert 0 < free_port() < 65536
+    alone = tree_rss_bytes(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        assert tree_rss_bytes(os.getpid()) > alone  # the child's memory counts with its parent's
+    finally:
+        child.communicate(b"")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from galaxy_core.model.bundle import read_card
 from galaxy_core.cli import main
+from galaxy_core.model.bundle import read_card
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,8 @@ def test_four_commands_on_shared_data(shared_gz2: Path, tmp_path: Path) -> None:
     assert "before balancing" in result.stderr
     card = read_card(model)
     # 300 galaxies, 10% held out per class (the volunteers' vote labels): 31 after rounding.
-    assert card.provenance.data.split["test"] == 31 and card.provenance.command.startswith("python -m galaxy_core train")
+    assert card.provenance.data.split["test"] == 31
+    assert card.provenance.command.startswith("python -m galaxy_core train")
     result = run_cli("evaluate", "--model", str(model), "--data", str(data), "--json", str(tmp_path / "m.json"))
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "m.json").read_text())

@@ -4,21 +4,16 @@ for inputs nobody thought to write down."""
 from __future__ import annotations
 
 import io
-import tempfile
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import pytest
 import torch
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from galaxy_core.sources.catalogue import CatalogueError, parse_sexagesimal, read_catalogue
-from galaxy_core.sources.images import ImageLoadError, load_image
 from galaxy_core.data.geometry import InputGeometry
 from galaxy_core.data.normalise import ChannelStats, image_to_tensor, tensor_to_image
+from galaxy_core.sources.images import ImageLoadError, load_image
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -96,90 +91,16 @@ def test_damaged_images_raise_only_image_load_error(sample: tuple[bytes, tuple[i
         assert image.mode == "RGB" and min(image.size) >= 1
 
 
-@FAST
-@given(st.integers(0, 23), st.integers(0, 59), st.integers(0, 5999),
-       st.sampled_from(["+", "-", ""]), st.integers(0, 89), st.integers(0, 59), st.integers(0, 599))
-def test_sexagesimal_round_trip(h: int, m: int, cs: int, sign: str, d: int, dm: int, ds: int) -> None:
-    ra_text = f"{h:02d}:{m:02d}:{cs / 100:05.2f}"
-    dec_text = f"{sign}{d:02d}:{dm:02d}:{ds / 10:04.1f}"
-    ra = parse_sexagesimal(pd.Series([ra_text]), hours=True, column="RA")[0]
-    dec = parse_sexagesimal(pd.Series([dec_text]), hours=False, column="DEC")[0]
-    expected_ra = 15 * (h + m / 60 + cs / 100 / 3600)
-    expected_dec = (-1 if sign == "-" else 1) * (d + dm / 60 + ds / 10 / 3600)
-    assert ra == pytest.approx(expected_ra, abs=1e-9) and 0 <= ra < 360
-    assert dec == pytest.approx(expected_dec, abs=1e-9) and -90 <= dec <= 90
 
 
-@FAST
-@given(st.text(alphabet="0123456789:+-. abcx", max_size=16))
-def test_sexagesimal_garbage_gives_catalogue_error(text: str) -> None:
-    try:
-        value = parse_sexagesimal(pd.Series([text]), hours=True, column="RA")[0]
-    except CatalogueError as exc:
-        assert "line 2, column RA" in str(exc)
-    else:
-        assert np.isfinite(value)
 
 
-GZ1_HEADER = "OBJID,RA,DEC,P_EL_DEBIASED,P_CS_DEBIASED,P_DK,SPIRAL,ELLIPTICAL,UNCERTAIN\n"
-CANONICAL_HEADER = "id,ra,dec,frac_smooth,frac_features,frac_artifact,label\n"
-CSV_CHARACTERS = '0123456789abc,.:+-"\n\r\t <>nNaIf\x00'
 
 
-@pytest.fixture(scope="module")
-def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("garbage")
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(header=st.sampled_from(["", GZ1_HEADER, CANONICAL_HEADER]),
-       body=st.one_of(st.binary(max_size=600),
-                      st.text(alphabet=CSV_CHARACTERS, max_size=600).map(str.encode)),
-       gz=st.booleans())
-@example(header="", body=b"\x01\r,\x01", gz=False)  # a bare carriage return inside a ragged row
-def test_catalogue_garbage_gives_catalogue_error_only(scratch: Path, header: str, body: bytes,
-                                                      gz: bool) -> None:
-    import gzip
-
-    raw = header.encode() + body
-    if gz:
-        raw = gzip.compress(raw)[: max(10, len(raw) // 2)] if body[:1] == b"0" else gzip.compress(raw)
-    with tempfile.NamedTemporaryFile(dir=scratch, suffix=".csv", delete=False) as handle:
-        handle.write(raw)
-    try:
-        frame = read_catalogue(handle.name)
-    except CatalogueError as exc:
-        assert str(exc)
-    else:  # whatever parses must be a valid canonical frame
-        assert list(frame.columns[:7]) == ["id", "ra", "dec", "frac_smooth", "frac_features",
-                                          "frac_artifact", "label"]
-        assert frame["ra"].between(0, 360).all() and frame["dec"].between(-90, 90).all()
-        assert not frame["id"].duplicated().any()
-    finally:
-        Path(handle.name).unlink()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.integers(0, 23), st.integers(0, 59), st.integers(0, 5999),
-                          st.booleans(), st.integers(0, 89), st.integers(0, 59), st.integers(0, 599),
-                          st.sampled_from([(1, 0, 0), (0, 1, 0), (0, 0, 1)])),
-                min_size=1, max_size=8))
-def test_gz1_table_round_trip(scratch: Path, rows: list) -> None:
-    lines, expected = [GZ1_HEADER], []
-    for n, (h, m, cs, south, d, dm, ds, flags) in enumerate(rows):
-        ra_text = f"{h:02d}:{m:02d}:{cs / 100:05.2f}"
-        dec_text = f"{'-' if south else '+'}{d:02d}:{dm:02d}:{ds / 10:04.1f}"
-        flag_text = ",".join(map(str, flags))
-        lines.append(f"{587727000000000 + n},{ra_text},{dec_text},0.5,0.4,0.1,{flag_text}\n")
-        expected.append((15 * (h + m / 60 + cs / 360000), (-1 if south else 1) * (d + dm / 60 + ds / 36000),
-                         ["Spiral", "Elliptical", "Uncertain"][flags.index(1)]))
-    path = scratch / "gz1.csv"
-    path.write_text("".join(lines))
-    frame = read_catalogue(path)
-    assert len(frame) == len(rows)
-    for (ra, dec, label), row in zip(expected, frame.itertuples()):
-        assert row.ra == pytest.approx(ra, abs=1e-9) and row.dec == pytest.approx(dec, abs=1e-9)
-        assert row.label_debiased == label
 
 
 @FAST

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import synthetic_galaxy
 from PIL import Image
 
-from conftest import synthetic_galaxy
 from galaxy_core.base.config import PredictConfig
 from galaxy_core.cli import main
 from galaxy_core.data.framing import Framing

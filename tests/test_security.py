@@ -8,7 +8,9 @@ import io
 import json
 import pickle
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +18,19 @@ import pandas as pd
 import pytest
 import requests
 import torch
+from conftest import make_dataset
 from PIL import Image
 
-from conftest import make_dataset
-from galaxy_core.model.bundle import CARD_NAME, WEIGHTS_NAME, BundleError, load_bundle
-from galaxy_core.sources.catalogue import read_catalogue
-from galaxy_core.cli import EXIT_USER_ERROR, main
 from galaxy_core.base.config import DownloadConfig, PredictConfig, TrainConfig
+from galaxy_core.cli import EXIT_USER_ERROR, main
 from galaxy_core.data.cache import PackedDataset, build_cache
+from galaxy_core.model.bundle import CARD_NAME, WEIGHTS_NAME, BundleError, load_bundle
+from galaxy_core.serving.predict import Classifier
+from galaxy_core.sources.catalogue import read_catalogue
+from galaxy_core.sources.cutout_server import CutoutIndex, CutoutServer, ServerOptions
 from galaxy_core.sources.download import download_cutouts
 from galaxy_core.sources.folder import IMAGES_DIR, DatasetFolder
 from galaxy_core.sources.images import ImageLoadError, load_image
-from galaxy_core.serving.predict import Classifier
 from galaxy_core.training.checkpoint import CHECKPOINT_NAME, CheckpointError
 from galaxy_core.training.train import train
 
@@ -92,6 +95,30 @@ def test_malformed_model_card_is_refused_by_name(model_copy: Path) -> None:
     (model_copy / CARD_NAME).write_text(json.dumps({**card, "architecture": {**card["architecture"], "width": "wide"}}))
     with pytest.raises(BundleError, match="no buildable model"):
         load_bundle(model_copy)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda t: t.masked_fill(torch.ones_like(t, dtype=torch.bool).tril_(), float("nan")) if t.dim() == 2
+     else t.fill_(float("nan")), "holds NaN or infinite values"),
+    (lambda t: t.fill_(float("inf")), "holds NaN or infinite values"),
+    (lambda t: t.to(torch.int8), "is int8, not the float32"),
+    (lambda t: t.to(torch.float16), "is float16, not the float32"),
+], ids=["nan", "inf", "int8", "float16"])
+def test_weights_that_would_answer_nonsense_are_refused_by_tensor(model_copy: Path, damage, message: str,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(model_copy / WEIGHTS_NAME))
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[name] = damage(state[name].clone()).contiguous()
+    save_file(state, str(model_copy / WEIGHTS_NAME))
+    with pytest.raises(BundleError, match=f"tensor {name} {message}"):
+        load_bundle(model_copy)
+    image = model_copy.parent / "galaxy.png"
+    Image.new("RGB", (64, 64), (90, 80, 70)).save(image)
+    assert main(["predict", "--model", str(model_copy), str(image)]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert name in err and "Traceback" not in err
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +219,49 @@ def test_the_cutout_server_serves_only_files_inside_its_folder(tmp_path: Path, c
             response = requests.get(f"{server.url}", params={"ra": ra, "dec": dec}, timeout=10)
             assert response.status_code == (404 if row in hostile else 200), row
             assert b"private" not in response.content
+
+
+def test_the_cutout_server_follows_no_link_out_of_its_folder(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", n_per_class=2)
+    (tmp_path / "secret.jpg").write_bytes(b"\xff\xd8 private bytes")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "g.jpg").write_bytes(b"\xff\xd8 private bytes too")
+    catalogue = pd.read_csv(data / "catalogue.csv")
+    (data / "images" / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    (data / "images" / "linked-dir").symlink_to(tmp_path / "outside", target_is_directory=True)
+    (data / "images" / "inside.jpg").symlink_to(data / catalogue.loc[3, "image"])
+    hostile = {0: "images/link.jpg", 1: "images/linked-dir/g.jpg"}
+    for row, rel in {**hostile, 2: "images/inside.jpg"}.items():
+        catalogue.loc[row, "image"] = rel
+    catalogue.to_csv(data / "catalogue.csv", index=False)
+    with CutoutServer(CutoutIndex.from_catalogue(data)) as server:
+        for row in range(len(catalogue)):
+            ra, dec = catalogue.loc[row, ["ra", "dec"]]
+            response = requests.get(server.url, params={"ra": ra, "dec": dec}, timeout=10)
+            assert response.status_code == (404 if row in hostile else 200), row
+            assert b"private" not in response.content
+        # A file swapped for a link after the server started is not followed either.
+        served = data / catalogue.loc[4, "image"]
+        served.unlink()
+        served.symlink_to(tmp_path / "secret.jpg")
+        ra, dec = catalogue.loc[4, ["ra", "dec"]]
+        response = requests.get(server.url, params={"ra": ra, "dec": dec}, timeout=10)
+        assert response.status_code == 404 and b"private" not in response.content
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /getjpeg?ra=1"], ids=["nothing", "half-a-request"])
+def test_the_cutout_server_drops_a_silent_connection(tmp_path: Path, sent: bytes) -> None:
+    data = make_dataset(tmp_path / "data", n_per_class=1)
+    options = ServerOptions(idle_timeout_s=0.5)
+    with CutoutServer(CutoutIndex.from_catalogue(data), options) as server, \
+            socket.create_connection(server.httpd.server_address[:2], timeout=30) as client:
+        client.sendall(sent)
+        start = time.monotonic()
+        assert client.recv(1024) == b""  # the server hung up
+        assert time.monotonic() - start < options.idle_timeout_s + 5
+        # and it still answers everyone else
+        ra, dec = pd.read_csv(data / "catalogue.csv").loc[0, ["ra", "dec"]]
+        assert requests.get(server.url, params={"ra": ra, "dec": dec}, timeout=10).status_code == 200
 
 
 def test_no_external_program_reads_an_image(monkeypatch: pytest.MonkeyPatch) -> None:

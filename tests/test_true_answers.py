@@ -9,14 +9,21 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import synthetic_galaxy
 from PIL import Image
 
-from conftest import synthetic_galaxy
 from galaxy_core.base.config import CLASSES, PredictConfig
 from galaxy_core.data.framing import Framing
 from galaxy_core.serving.evaluate import EvaluationResult, ProgressTally
-from galaxy_core.serving.predict import GREYSCALE_WARNING, Classified, Classifier, Prediction, classify_uploads, \
-    colour_warning, outline_framing
+from galaxy_core.serving.predict import (
+    GREYSCALE_WARNING,
+    Classified,
+    Classifier,
+    Prediction,
+    classify_uploads,
+    colour_warning,
+    outline_framing,
+)
 from galaxy_core.sources.images import is_greyscale, load_image, source_size
 from galaxy_core.terminal import CountBar
 
@@ -91,8 +98,9 @@ def test_the_caption_says_when_the_square_runs_past_the_image():
 
 
 def result(rule: str, from_votes: bool, model_rule: str = "votes") -> EvaluationResult:
-    from galaxy_core.model.metrics import classification_metrics
     from dataclasses import replace
+
+    from galaxy_core.model.metrics import classification_metrics
     metrics = replace(classification_metrics(np.array([0, 1]), np.eye(3)[[0, 1]]), label_rule=rule)
     return EvaluationResult(metrics, [], "what Galaxy Zoo volunteers see in this image", model_rule, from_votes)
 

@@ -15,7 +15,7 @@ ANSWERS: tuple[str, ...] = ("smooth", "features", "artifact")
 """The first Galaxy Zoo question's answers (smooth; features or disk; star or artifact), in the
 order of every vote-fraction vector."""
 
-ARCHITECTURES: tuple[str, ...] = ("resnet_small", "plain_cnn")
+ARCHITECTURES: tuple[str, ...] = ("resnet_small", "plain_cnn", "d4_resnet")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 BALANCE_CHOICES: tuple[str, ...] = ("off", "median", "max")
 """Class balancing of the training views: none, towards the median class count, or the largest."""
@@ -79,6 +79,16 @@ TRAIN_SETTINGS: dict[str, Setting] = {
     "aux_weight": Setting("Vote-fraction head weight",
                           "weight of the vote-fraction loss; 0 trains no vote head (needed where the "
                           "dataset has no vote fractions)", 0, 10),
+    "tree_weight": Setting("Decision-tree head weight",
+                           "weight of the whole Galaxy Zoo 2 decision tree's loss (every question's vote "
+                           "counts); 0 trains no tree head (needed where the dataset has no per-answer counts)",
+                           0, 10),
+    "greyscale": Setting("Greyscale share", "share of training views turned to greyscale, so a greyscale "
+                                            "image gets the class of its colour original", 0, 1),
+    "colour_jitter": Setting("Colour balance jitter", "random per-channel gain of up to this much (0.2: "
+                                                      "x0.8 to x1.2) on training views", 0, 0.9),
+    "max_zoom": Setting("Zoom range", "with --jitter, random zoom of up to this much either way (0.1: "
+                                      "x0.9 to x1.1)", 0, 0.9),
     "input_size": Setting("Image size (px)", "network input in pixels (the crop is resized to it)", 16, 512),
     "crop": Setting("Centre crop (px)", "centre crop of the cutout in pixels, before resizing", 16, None),
     "width": Setting("Network width", "channels of the first stage", 4, 128),
@@ -214,6 +224,10 @@ class TrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
     aux_weight: float = 0.0
+    tree_weight: float = 0.0
+    greyscale: float = 0.0
+    colour_jitter: float = 0.0
+    max_zoom: float = 0.1
     input_size: int = 64
     crop: int = 96
     arch: str = "resnet_small"
@@ -236,9 +250,12 @@ class TrainConfig:
     # Frame every cutout so the galaxy's r90 is this fraction of its side, as uploads are framed
     # (None: cutouts as downloaded). 0.3 is about the median of the SDSS cutouts at 0.2"/pixel.
     framing: float | None = 0.3
+    # Start from this saved model's weights (same network; heads it lacks start fresh). Its
+    # training galaxies must not be this run's validation or test galaxies.
+    init_from: Path | None = None
 
     def __post_init__(self) -> None:
-        _paths(self, "data_dir", "out_dir", "cache_dir")
+        _paths(self, "data_dir", "out_dir", "cache_dir", "init_from")
         _require(self.label_rule in LABEL_RULES,
                  f"labels must be {' or '.join(LABEL_RULES)}, got {self.label_rule!r}")
         for name, setting in TRAIN_SETTINGS.items():
@@ -253,7 +270,7 @@ class TrainConfig:
                  f"unknown architecture {self.arch!r}: choose from {', '.join(ARCHITECTURES)}")
         _require(self.device in DEVICES, f"device must be auto, cpu or cuda, got {self.device!r}")
         check_precision(self.precision)
-        self.split  # validates the split fractions and the seed
+        _ = self.split  # validates the split fractions and the seed
 
     @property
     def split(self) -> SplitConfig:
@@ -266,12 +283,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        for name in ("data_dir", "out_dir", "cache_dir"):
+        for name in ("data_dir", "out_dir", "cache_dir", "init_from"):
             out[name] = None if out[name] is None else str(out[name])
         return out
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """From a checkpoint's or card's config, including those saved before a setting was
         renamed (``image_size``; ``balance`` with ``balance_target``) or added (its default)."""
         values = dict(values)

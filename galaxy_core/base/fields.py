@@ -7,7 +7,8 @@ between 16 and 2048, got 'x'``, never a TypeError deep inside inference or a NaN
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from galaxy_core.base.config import GalaxyError
 

@@ -4,7 +4,7 @@ around its galaxy, input geometry, and normalisation by the dataset's own statis
 Imports only ``base`` and ``sources``.
 """
 
-from galaxy_core.data.cache import PackedDataset, build_cache
+from galaxy_core.data.cache import BUILD_LOCK_NAME, META_NAME, PackedDataset, build_cache
 from galaxy_core.data.dataset import balance, dataset_summary, sample_galaxies, split_dataset
 from galaxy_core.data.fit import DatasetFacts, dataset_facts, fit_to_data
 from galaxy_core.data.geometry import InputGeometry
@@ -17,4 +17,8 @@ from galaxy_core.data.normalise import (
     tensor_to_image,
 )
 
-__all__ = ["ChannelStats", "DatasetFacts", "InputGeometry", "PackedDataset", "PixelStatistics", "balance", "build_cache", "compute_channel_stats", "dataset_facts", "fit_to_data", "dataset_summary", "image_to_tensor", "pixel_statistics", "sample_galaxies", "split_dataset", "tensor_to_image"]
+__all__ = [
+    "BUILD_LOCK_NAME", "ChannelStats", "DatasetFacts", "InputGeometry", "META_NAME", "PackedDataset",
+    "PixelStatistics", "balance", "build_cache", "compute_channel_stats", "dataset_facts", "dataset_summary",
+    "fit_to_data", "image_to_tensor", "pixel_statistics", "sample_galaxies", "split_dataset", "tensor_to_image",
+]

@@ -3,6 +3,11 @@
 Training reads batches straight from ``.npy`` shards with ``mmap``, so memory stays flat however
 many galaxies there are, and no JPEG is ever decoded twice. A cache is keyed by what made it
 (catalogue rows, image files, settings), so a changed dataset gets a new one.
+
+A cache on disk is not trusted either: ``meta.json`` records the size and SHA-256 of the index and
+of every shard. Sizes, the index and the shards' shapes are checked whenever a cache is opened (a
+damaged one met by ``build_cache`` is built again); a shard's content is hashed the first time it
+is read, so a flipped byte is an error, never a silently wrong image.
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -31,13 +37,17 @@ from galaxy_core.sources.catalogue import fraction_columns, label_column, rule_f
 from galaxy_core.sources.folder import DatasetError, DatasetFolder
 from galaxy_core.sources.images import ImageLoadError, load_image, resize_square
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 DEFAULT_SHARD_SIZE = 10_000
 BUILD_LOCK_NAME = ".build.lock"
 META_NAME = "meta.json"
 INDEX_NAME = "index.csv"
 BLANK_RANGE = 2
 """An image whose pixels all lie within this many grey levels carries no signal (a black cutout)."""
+
+
+class CacheDamaged(DatasetError):
+    """A cache folder's files are not the ones written when it was built."""
 
 
 @dataclass
@@ -122,72 +132,22 @@ def _build_cache(folder: DatasetFolder, frame: pd.DataFrame, *, source_size: int
     key = cache_key(frame, data_dir, source_size, shard_size, framing)
     final = cache_root / key
     if (final / META_NAME).is_file():
-        meta = json.loads((final / META_NAME).read_text())
-        return BuildReport(final, meta["galaxies"], meta.get("failed", {}), 0.0, reused=True)
-    start = time.monotonic()
-    try:
-        cache_root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DatasetError(f"cannot create cache folder {cache_root}: {exc.strerror}") from None
-    if sole_builder:  # no one else is building: a temp folder left here is a killed build's
-        for stale in cache_root.glob(f".{key}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-    _check_free_space(cache_root, len(frame) * source_size**2 * 3)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_root))
-    failed: dict[str, str] = {}
-    keep: list[int] = []
-    blank = 0
-    try:
-        shard, shard_fill, shard_no, shards = None, 0, 0, []
-        paths = (data_dir / rel for rel in frame["image"])
-        decoded = _decode_in_order(paths, source_size, workers or min(4, os.cpu_count() or 1), framing=framing)
-        with closing(decoded):
-            for i, result in enumerate(decoded):
-                if isinstance(result, str):
-                    failed[str(frame["id"].iat[i])] = result
-                else:
-                    if shard is None:
-                        rows = min(shard_size, len(frame) - i)
-                        name = f"shard-{shard_no:05d}.npy"
-                        shard = _new_shard(tmp / name, (rows, source_size, source_size, 3))
-                        shards.append([name, 0])
-                    shard[shard_fill] = result
-                    blank += int(result.max()) - int(result.min()) <= BLANK_RANGE
-                    shard_fill += 1
-                    shards[-1][1] = shard_fill
-                    keep.append(i)
-                    if shard_fill == shard.shape[0]:
-                        shard.flush()
-                        del shard
-                        shard, shard_fill, shard_no = None, 0, shard_no + 1
-                if progress is not None and (i % 64 == 0 or i == len(frame) - 1):
-                    progress(BuildProgress(i + 1, len(frame), len(failed), time.monotonic() - start))
-        if shard is not None:
-            shard.flush()
-            del shard
-        if not keep:
-            raise DatasetError(f"no image in {data_dir} could be decoded")
-        if blank == len(keep):
-            raise DatasetError(f"no signal: every one of the {len(keep):,} images in {data_dir} is a single flat "
-                               "colour (all black?), so no model can learn from them; SDSS answers black cutouts "
-                               "outside its footprint: check the catalogue's coordinates and --cutout-url")
-        _finish_partial_shard(tmp, shards, source_size)
-        index = frame.iloc[keep].reset_index(drop=True)
-        index["shard"] = np.repeat(np.arange(len(shards)), [n for _, n in shards])
-        index["offset"] = np.concatenate([np.arange(n) for _, n in shards])
-        index.to_csv(tmp / INDEX_NAME, index=False)
-        meta = {"format": CACHE_FORMAT, "key": key, "image_size": source_size,
-                "framing": None if framing is None else framing.to_dict(),
-                "galaxies": len(index), "shards": [name for name, _ in shards],
-                "shard_size": shard_size, "failed": failed,
-                "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        (tmp / META_NAME).write_text(json.dumps(meta, indent=1))
         try:
-            os.replace(tmp, final)
-        except OSError:
-            if not (final / META_NAME).is_file():  # not a concurrent builder finishing first
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+            meta = check_cache(final)
+            return BuildReport(final, meta["galaxies"], meta.get("failed", {}), 0.0, reused=True)
+        except CacheDamaged:  # built again below, under the same build lock
+            shutil.rmtree(final, ignore_errors=True)
+    start = time.monotonic()
+    tmp = _new_build_folder(cache_root, key, sole_builder, len(frame) * source_size**2 * 3)
+    try:
+        written = _write_shards(tmp, frame, data_dir, source_size=source_size, shard_size=shard_size,
+                                workers=workers or min(4, os.cpu_count() or 1), framing=framing,
+                                progress=progress, start=start)
+        _check_signal(written, data_dir)
+        _finish_partial_shard(tmp, written.shards, source_size)
+        _write_index_and_meta(tmp, frame, written, key=key, source_size=source_size, shard_size=shard_size,
+                              framing=framing)
+        _publish(tmp, final)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if exc.errno in DISK_FULL:
@@ -198,7 +158,100 @@ def _build_cache(folder: DatasetFolder, frame: pd.DataFrame, *, source_size: int
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return BuildReport(final, len(keep), failed, time.monotonic() - start, reused=False)
+    return BuildReport(final, len(written.keep), written.failed, time.monotonic() - start, reused=False)
+
+
+@dataclass
+class _Written:
+    """What a build wrote into its temporary folder: the rows kept, in shard order, and why the
+    others failed."""
+
+    keep: list[int] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    shards: list[list] = field(default_factory=list)  # [file name, rows filled]
+    blank: int = 0  # images of a single flat colour
+
+
+def _new_build_folder(cache_root: Path, key: str, sole_builder: bool, pixels: int) -> Path:
+    """A fresh temporary folder beside the final one, once the disk is known to hold it."""
+    try:
+        cache_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(f"cannot create cache folder {cache_root}: {exc.strerror}") from None
+    if sole_builder:  # no one else is building: a temp folder left here is a killed build's
+        for stale in cache_root.glob(f".{key}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    _check_free_space(cache_root, pixels)
+    return Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_root))
+
+
+def _write_shards(tmp: Path, frame: pd.DataFrame, data_dir: Path, *, source_size: int, shard_size: int,
+                  workers: int, framing: FramingSpec | None, progress: Callable[[BuildProgress], None] | None,
+                  start: float) -> _Written:
+    """Decode every image in catalogue order into shards of ``shard_size`` rows."""
+    written = _Written()
+    shard, fill = None, 0
+    paths = (data_dir / rel for rel in frame["image"])
+    decoded = _decode_in_order(paths, source_size, workers, framing=framing)
+    with closing(decoded):
+        for i, result in enumerate(decoded):
+            if isinstance(result, str):
+                written.failed[str(frame["id"].iat[i])] = result
+            else:
+                if shard is None:
+                    name = f"shard-{len(written.shards):05d}.npy"
+                    shard = _new_shard(tmp / name, (min(shard_size, len(frame) - i), source_size, source_size, 3))
+                    written.shards.append([name, 0])
+                shard[fill] = result
+                written.blank += int(result.max()) - int(result.min()) <= BLANK_RANGE
+                fill += 1
+                written.shards[-1][1] = fill
+                written.keep.append(i)
+                if fill == shard.shape[0]:
+                    shard.flush()
+                    del shard
+                    shard, fill = None, 0
+            if progress is not None and (i % 64 == 0 or i == len(frame) - 1):
+                progress(BuildProgress(i + 1, len(frame), len(written.failed), time.monotonic() - start))
+    if shard is not None:
+        shard.flush()
+        del shard
+    return written
+
+
+def _check_signal(written: _Written, data_dir: Path) -> None:
+    if not written.keep:
+        raise DatasetError(f"no image in {data_dir} could be decoded")
+    if written.blank == len(written.keep):
+        raise DatasetError(f"no signal: every one of the {len(written.keep):,} images in {data_dir} is a single "
+                           "flat colour (all black?), so no model can learn from them; SDSS answers black cutouts "
+                           "outside its footprint: check the catalogue's coordinates and --cutout-url")
+
+
+def _write_index_and_meta(tmp: Path, frame: pd.DataFrame, written: _Written, *, key: str, source_size: int,
+                          shard_size: int, framing: FramingSpec | None) -> None:
+    """The index (each kept row's shard and offset) and meta.json, whose presence marks a whole cache."""
+    index = frame.iloc[written.keep].reset_index(drop=True)
+    index["shard"] = np.repeat(np.arange(len(written.shards)), [n for _, n in written.shards])
+    index["offset"] = np.concatenate([np.arange(n) for _, n in written.shards])
+    index.to_csv(tmp / INDEX_NAME, index=False)
+    files = {name: _file_check(tmp / name) for name in [INDEX_NAME, *(name for name, _ in written.shards)]}
+    meta = {"format": CACHE_FORMAT, "key": key, "image_size": source_size, "files": files,
+            "framing": None if framing is None else framing.to_dict(),
+            "galaxies": len(index), "shards": [name for name, _ in written.shards],
+            "shard_size": shard_size, "failed": written.failed,
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (tmp / META_NAME).write_text(json.dumps(meta, indent=1))
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename the finished build into place; a concurrent builder that finished first wins."""
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if not (final / META_NAME).is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check_free_space(cache_root: Path, pixels: int) -> None:
@@ -232,24 +285,80 @@ def _finish_partial_shard(tmp: Path, shards: list[list], source_size: int) -> No
         os.replace(tmp / f"{name}.trim", tmp / name)
 
 
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _file_check(path: Path) -> dict[str, int | str]:
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _damaged(cache_dir: Path, what: str) -> CacheDamaged:
+    return CacheDamaged(f"the image cache {cache_dir} is damaged ({what}); delete that folder and it is built again")
+
+
+def check_cache(cache_dir: Path) -> dict:
+    """The cache's meta after the cheap checks: every file of the size it was written with, the
+    index's own hash, and each shard's array shape. Raises CacheDamaged (a DatasetError)."""
+    try:
+        meta = json.loads((cache_dir / META_NAME).read_text())
+        files = meta["files"]
+        names = [INDEX_NAME, *meta["shards"]]
+        for name in names:
+            size = (cache_dir / name).stat().st_size
+            if size != files[name]["bytes"]:
+                raise _damaged(cache_dir, f"{name} is {size:,} bytes, {files[name]['bytes']:,} when written")
+    except FileNotFoundError as exc:
+        raise _damaged(cache_dir, f"{Path(exc.filename or '?').name} is missing") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _damaged(cache_dir, f"{META_NAME} is unreadable: {exc.__class__.__name__}") from None
+    if _sha256(cache_dir / INDEX_NAME) != files[INDEX_NAME]["sha256"]:
+        raise _damaged(cache_dir, f"{INDEX_NAME} is not the one written")
+    return meta
+
+
 class PackedDataset:
     """Read-only view of one cache folder: index table plus memory-mapped image shards, with the
     classes and vote fractions of one label rule (the cache itself serves both rules)."""
 
     def __init__(self, cache_dir: Path, label_rule: str = TrainConfig.label_rule):
         self.cache_dir = Path(cache_dir)
+        self.meta = check_cache(self.cache_dir)
         try:
-            self.meta = json.loads((self.cache_dir / META_NAME).read_text())
             self.index = pd.read_csv(self.cache_dir / INDEX_NAME, dtype={"id": str, **{
                 label_column(rule): str for rule in LABEL_RULES}}, keep_default_na=False,
                 na_values={column: [""] for column in self.fraction_names()})
             self.shards = [np.load(self.cache_dir / name, mmap_mode="r") for name in self.meta["shards"]]
         except (OSError, ValueError, KeyError) as exc:
-            raise DatasetError(f"cache {self.cache_dir} is unreadable ({exc}); delete it to rebuild") from None
+            raise _damaged(self.cache_dir, f"unreadable: {exc.__class__.__name__}") from None
         self.source_size = int(self.meta["image_size"])
         self.rule = label_rule
         self.shard_of = self.index["shard"].to_numpy(np.int64)
         self.offset_of = self.index["offset"].to_numpy(np.int64)
+        self._check_shapes()
+        self._verified: set[int] = set()
+        self._verify_lock = threading.Lock()
+
+    def _check_shapes(self) -> None:
+        side = self.source_size
+        rows = np.bincount(self.shard_of, minlength=len(self.shards)) if len(self.shard_of) else []
+        for number, (shard, name) in enumerate(zip(self.shards, self.meta["shards"])):
+            if shard.dtype != np.uint8 or shard.shape[1:] != (side, side, 3) or shard.shape[0] != rows[number]:
+                raise _damaged(self.cache_dir, f"{name} holds {shard.dtype} {shard.shape}, not the index's "
+                                               f"{rows[number]} images of {side}x{side}")
+        if len(self.shard_of) and (self.shard_of.max() >= len(self.shards) or self.offset_of.min() < 0):
+            raise _damaged(self.cache_dir, f"{INDEX_NAME} points outside the shards")
+
+    def verify_shard(self, number: int) -> None:
+        """Hash a shard against the build's record, once per dataset (at its first read)."""
+        with self._verify_lock:
+            if number in self._verified:
+                return
+            name = self.meta["shards"][number]
+            if _sha256(self.cache_dir / name) != self.meta["files"][name]["sha256"]:
+                raise _damaged(self.cache_dir, f"{name} is not the one written")
+            self._verified.add(number)
 
     @functools.cached_property
     def labels(self) -> np.ndarray:
@@ -262,12 +371,27 @@ class PackedDataset:
 
     @classmethod
     def open(cls, data_dir: Path, source_size: int = CUTOUT_SIZE, label_rule: str = TrainConfig.label_rule,
-             **build_kwargs) -> "PackedDataset":
+             **build_kwargs) -> PackedDataset:
         return cls(build_cache(data_dir, source_size=source_size, **build_kwargs).cache_dir, label_rule)
 
     def fractions(self, rows: np.ndarray) -> np.ndarray:
         """(n, 3) vote fractions of these rows under the label rule (smooth, features, artifact)."""
         return rule_fractions(self.index, self.rule)[np.asarray(rows, dtype=np.int64)]
+
+    def tree_answers(self, rows: np.ndarray, stems: Sequence[str], kind: str = "count") -> np.ndarray:
+        """(n, answers) float: each answer's vote ``count`` or ``weighted_fraction`` (TREE_KINDS)
+        for these rows, in ``stems`` order; NaN where the catalogue had no such column."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.full((len(rows), len(stems)), np.nan)
+        for k, stem in enumerate(stems):
+            column = f"{stem}_{kind}"
+            if column in self.index.columns:
+                out[:, k] = pd.to_numeric(self.index[column], errors="coerce").to_numpy(float)[rows]
+        return out
+
+    def has_tree(self, stems: Sequence[str]) -> bool:
+        """Whether every answer of a tree has vote counts here."""
+        return all(f"{stem}_count" in self.index.columns for stem in stems)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -282,6 +406,7 @@ class PackedDataset:
         out = np.empty((len(rows), self.source_size, self.source_size, 3), dtype=np.uint8)
         shards = self.shard_of[rows]
         for shard in np.unique(shards):
+            self.verify_shard(int(shard))
             where = np.flatnonzero(shards == shard)
             offsets = self.offset_of[rows[where]]
             order = np.argsort(offsets)

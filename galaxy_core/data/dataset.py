@@ -6,6 +6,7 @@ Everything here works on galaxy ids, class indices and cache rows, never on pixe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,10 +46,12 @@ def vote_targets(fractions: np.ndarray) -> np.ndarray:
     return np.divide(fractions, total, out=np.zeros_like(fractions), where=total > 0).astype(np.float32)
 
 
-def training_targets(dataset: PackedDataset, rows: np.ndarray, soft: bool, vote_outputs: int = 0) -> np.ndarray:
+def training_targets(dataset: PackedDataset, rows: np.ndarray, soft: bool, vote_outputs: int = 0,
+                     tree_stems: Sequence[str] = ()) -> np.ndarray:
     """Class targets (n, 3); with a vote-fraction head, ``vote_outputs`` more columns: the smooth,
     features and artifact fractions as a distribution (3), or the smooth and features fractions
-    of the first models' two-output head (2)."""
+    of the first models' two-output head (2); with a tree head, then each of ``tree_stems``'
+    raw vote counts (the tree loss's targets)."""
     rows = np.asarray(rows, dtype=np.int64)
     fractions = dataset.fractions(rows)
     if soft or vote_outputs:
@@ -65,6 +68,11 @@ def training_targets(dataset: PackedDataset, rows: np.ndarray, soft: bool, vote_
         out = np.concatenate([out, vote_targets(fractions)], axis=1)
     elif vote_outputs == 2:
         out = np.concatenate([out, fractions[:, :2].astype(np.float32)], axis=1)
+    if tree_stems:
+        if not dataset.has_tree(tree_stems):
+            raise DatasetError("this dataset has no per-answer vote counts for the decision tree "
+                               "(t01_..._count to t09_..._count): train with --tree-weight 0")
+        out = np.concatenate([out, dataset.tree_answers(rows, tree_stems, "count").astype(np.float32)], axis=1)
     return out
 
 
@@ -196,9 +204,10 @@ def plan_views(ids: np.ndarray, labels: np.ndarray, config: TrainConfig) -> Trai
     return TrainingPlan(split, balanced_views(split.train, labels, config.seed, config.balance))
 
 
-def dataset_summary(data_dir: Path, config: SplitConfig = SplitConfig(), balance_choice: str = "median",
+def dataset_summary(data_dir: Path, config: SplitConfig | None = None, balance_choice: str = "median",
                     cache_root: Path | None = None, label_rule: str = TrainConfig.label_rule) -> dict[str, Any]:
     """Class counts, split sizes and the training views of one label rule and balance choice."""
+    config = config or SplitConfig()
     dataset = PackedDataset.open(data_dir, label_rule=label_rule, cache_root=cache_root)
     split = split_dataset(dataset.ids, dataset.labels, config)
     views = balanced_views(split.train, dataset.labels, config.seed, balance_choice)

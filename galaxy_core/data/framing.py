@@ -10,8 +10,9 @@ What it sees is also the reason for a warning: blank sky, only point sources, no
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -48,7 +49,7 @@ class FramingSpec:
         return {"radius_fraction": self.radius_fraction}
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], path: str = "framing.") -> "FramingSpec":
+    def from_dict(cls, values: Mapping[str, Any], path: str = "framing.") -> FramingSpec:
         values = fields.section(values, path.rstrip("."))
         return cls(radius_fraction=fields.number(values, "radius_fraction", path, low=0.02, high=0.5))
 

@@ -7,8 +7,9 @@ view the app draws, so they cannot drift apart.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ class InputGeometry:
                 "pixel_scale": self.pixel_scale}
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], path: str = "input.") -> "InputGeometry":
+    def from_dict(cls, values: Mapping[str, Any], path: str = "input.") -> InputGeometry:
         values = fields.section(values, path.rstrip("."))
         return cls(source_size=fields.integer(values, "source_size", path, low=8, high=2048),
                    crop=fields.integer(values, "crop", path, low=8, high=2048),

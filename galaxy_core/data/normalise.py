@@ -6,8 +6,9 @@ hard-coded) and stored in the model card, so prediction divides out exactly what
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ class ChannelStats:
         return {"mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], path: str = "normalisation.") -> "ChannelStats":
+    def from_dict(cls, values: Mapping[str, Any], path: str = "normalisation.") -> ChannelStats:
         values = fields.section(values, path.rstrip("."))
         return cls(fields.numbers(values, "mean", path, length=3, low=0, high=1),
                    fields.numbers(values, "std", path, length=3, low=1e-4, high=1))

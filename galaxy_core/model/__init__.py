@@ -17,4 +17,7 @@ from galaxy_core.model.bundle import (
 from galaxy_core.model.card import LABEL_QUESTIONS, EpochRecord, ModelCard
 from galaxy_core.model.metrics import Metrics, metric_rows
 
-__all__ = ["BundleError", "CARD_NAME", "EpochRecord", "LABEL_QUESTIONS", "Metrics", "ModelBundle", "ModelCard", "ModelInfo", "list_models", "load_bundle", "metric_rows", "read_card", "read_evaluation"]
+__all__ = [
+    "BundleError", "CARD_NAME", "EpochRecord", "LABEL_QUESTIONS", "Metrics", "ModelBundle", "ModelCard",
+    "ModelInfo", "list_models", "load_bundle", "metric_rows", "read_card", "read_evaluation",
+]

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -30,11 +31,14 @@ from galaxy_core.model.card import DataSummary, Machine, ModelCard, Provenance
 from galaxy_core.model.metrics import Metrics
 from galaxy_core.model.network import Architecture, build_model
 from galaxy_core.model.precision import inference_precision
+from galaxy_core.model.tree import training_tree
 
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "card.json"
 EVALUATION_NAME = "evaluation.json"
 MAX_SIDE_FILE_BYTES = 256 * 1024**2
+MAX_CARD_BYTES = 1024**2
+"""A card is a few kB; the app lists every card on each page, so a huge one is refused unread."""
 
 
 class BundleError(GalaxyError):
@@ -51,7 +55,7 @@ class ModelBundle:
     path: Path | None = None
 
     @classmethod
-    def ready(cls, model: nn.Module, card: ModelCard, path: Path | None = None) -> "ModelBundle":
+    def ready(cls, model: nn.Module, card: ModelCard, path: Path | None = None) -> ModelBundle:
         """In evaluation mode, channels-last, in the card's precision where this device has it natively."""
         model = model.eval().to(memory_format=torch.channels_last)
         device = next(model.parameters()).device
@@ -77,10 +81,13 @@ def new_card(config: TrainConfig, geometry: InputGeometry, stats: ChannelStats, 
                       platform=platform.platform(), torch=torch.__version__)
     provenance = Provenance(config=config, seed=config.seed, trained_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                             training_seconds=round(seconds, 1), command=command, machine=machine, data=data)
-    return ModelCard(architecture=Architecture(config.arch, config.width, config.depth, config.aux_outputs),
+    tree = training_tree(config.tree_weight)
+    return ModelCard(architecture=Architecture(config.arch, config.width, config.depth, config.aux_outputs,
+                                               0 if tree is None else len(tree.stems)),
                      input=geometry, normalisation=stats, label_rule=config.label_rule, tta=config.tta,
                      precision=config.precision, provenance=provenance,
-                     framing=framing_spec(config.framing))
+                     framing=framing_spec(config.framing), tree=tree,
+                     trained_for_greyscale=config.greyscale > 0)
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -103,11 +110,11 @@ def save_bundle(out_dir: Path, model: nn.Module, card: ModelCard, evaluation: Ma
     write_json_atomic(out_dir / CARD_NAME, card.to_dict())
 
 
-def read_json_file(path: Path) -> Any:
+def read_json_file(path: Path, limit: int = MAX_SIDE_FILE_BYTES) -> Any:
     """A small JSON side file, whatever its damage, as data or a BundleError naming the file."""
     try:
-        if path.stat().st_size > MAX_SIDE_FILE_BYTES:
-            raise BundleError(f"{path} is larger than {MAX_SIDE_FILE_BYTES // 1024**2} MB")
+        if path.stat().st_size > limit:
+            raise BundleError(f"{path} is larger than {limit / 1024**2:g} MB")
         return json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
         raise BundleError(f"{path} is not UTF-8 text") from None
@@ -121,7 +128,7 @@ def read_card(model_dir: Path) -> ModelCard:
         raise BundleError(f"{model_dir} is not a model folder (no {CARD_NAME}); train one with "
                           "`python -m galaxy_core train` or pass --model")
     try:
-        return ModelCard.from_dict(read_json_file(path))
+        return ModelCard.from_dict(read_json_file(path, MAX_CARD_BYTES))
     except fields.FieldError as exc:
         section = exc.field.split(".", 1)[0]
         if section == "architecture":
@@ -143,12 +150,28 @@ def load_bundle(model_dir: Path, device: str | torch.device = "cpu") -> ModelBun
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"{weights} is not a valid safetensors file ({exc})") from None
     model = build_model(card.architecture)
+    _check_tensors(state, model.state_dict(), weights)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise BundleError(f"{weights} does not match architecture {card.architecture.name}: "
                           f"{str(exc).splitlines()[0]}") from None
     return ModelBundle.ready(model.to(device), card, model_dir)
+
+
+def _check_tensors(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], weights: Path) -> None:
+    """Refuse weights that would load and then answer nonsense: ``load_state_dict`` casts any dtype
+    (int8 becomes float silently) and copies NaN and infinity as they are."""
+    for name, tensor in state.items():
+        want = expected.get(name)
+        if want is not None and tensor.dtype != want.dtype:
+            raise BundleError(f"{weights}: tensor {fields.clip(name, 100)} is "
+                              f"{str(tensor.dtype).removeprefix('torch.')}, "
+                              f"not the {str(want.dtype).removeprefix('torch.')} this model holds; the file is "
+                              "damaged or not this model's")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise BundleError(f"{weights}: tensor {fields.clip(name, 100)} holds NaN or infinite values; the model "
+                              "is damaged (a diverged training run?): retrain it or restore the file")
 
 
 @dataclass(frozen=True)
@@ -164,7 +187,7 @@ class Evaluation:
                 "misclassified": self.misclassified}
 
     @classmethod
-    def from_dict(cls, values: Any) -> "Evaluation":
+    def from_dict(cls, values: Any) -> Evaluation:
         values = fields.section(values, "")
         ids = fields.section(values.get("split_ids", {}), "split_ids")
         split_ids = {}

@@ -9,8 +9,9 @@ raises an error naming the field; cards of the first format still load.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from galaxy_core.base import fields
 from galaxy_core.base.config import (
@@ -28,8 +29,12 @@ from galaxy_core.data.geometry import InputGeometry
 from galaxy_core.data.normalise import ChannelStats
 from galaxy_core.model.metrics import Metrics
 from galaxy_core.model.network import Architecture
+from galaxy_core.model.tree import ClassRule, TreeSchema
 
-CARD_VERSION = 2
+CARD_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
+"""Format 3 added the decision tree, the class rule and ``trained_for_greyscale``; a format-2 card
+reads as a model without a tree whose classes are its class head's."""
 LABEL_QUESTIONS = {
     "votes": "what Galaxy Zoo volunteers see in this image",
     "debiased": "intrinsic, distance-corrected morphology (Galaxy Zoo's debiased votes)",
@@ -56,7 +61,7 @@ class EpochRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], path: str) -> "EpochRecord":
+    def from_dict(cls, values: Mapping[str, Any], path: str) -> EpochRecord:
         values = fields.section(values, path.rstrip("."))
         finite = dict(low=0.0, high=1e9)
         return cls(epoch=fields.integer(values, "epoch", path, low=1, high=10**6),
@@ -80,7 +85,7 @@ class Machine:
     torch: str = ""
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], path: str = "provenance.machine.") -> "Machine":
+    def from_dict(cls, values: Mapping[str, Any], path: str = "provenance.machine.") -> Machine:
         values = fields.section(values, path.rstrip("."))
         return cls(device=fields.text(values, "device", path, default="?", max_length=100),
                    processes=fields.integer(values, "processes", path, low=1, high=10**6, default=1),
@@ -112,7 +117,7 @@ class DataSummary:
                 f"{s['test']:,} test")
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], path: str = "provenance.data.") -> "DataSummary":
+    def from_dict(cls, values: Mapping[str, Any], path: str = "provenance.data.") -> DataSummary:
         values = fields.section(values, path.rstrip("."))
         return cls(galaxies=fields.integer(values, "galaxies", path, low=0, high=10**9),
                    cache=fields.text(values, "cache", path, default="", max_length=200),
@@ -139,7 +144,7 @@ class Provenance:
         return out
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], path: str = "provenance.", rule: str | None = None) -> "Provenance":
+    def from_dict(cls, values: Mapping[str, Any], path: str = "provenance.", rule: str | None = None) -> Provenance:
         """``rule``: the card's label rule, which the stored config leaves out."""
         values = fields.section(values, path.rstrip("."))
         try:
@@ -176,6 +181,17 @@ class ModelCard:
     classes: tuple[str, ...] = CLASSES
     framing: FramingSpec | None = None  # None: images are centre-cropped, not framed
     confidence_floor: float = DEFAULT_CONFIDENCE_FLOOR
+    tree: TreeSchema | None = None  # the decision tree its tree head answers (None: no tree head)
+    class_rule: ClassRule = field(default_factory=ClassRule)
+    trained_for_greyscale: bool = False
+
+    def __post_init__(self) -> None:
+        answers = 0 if self.tree is None else len(self.tree.stems)
+        if self.architecture.tree_outputs != answers:
+            raise fields.FieldError(f"architecture.tree_outputs is {self.architecture.tree_outputs} but the card's "
+                                    f"tree has {answers} answers")
+        if self.class_rule.name != "class_head" and self.tree is None:
+            raise fields.FieldError(f"class_rule {self.class_rule.name} needs a tree, and the card has none")
 
     @property
     def question(self) -> str:
@@ -190,20 +206,22 @@ class ModelCard:
             "precision": self.precision,
             "framing": None if self.framing is None else self.framing.to_dict(),
             "confidence_floor": self.confidence_floor,
+            "tree": None if self.tree is None else self.tree.to_dict(),
+            "class_rule": self.class_rule.to_dict(), "trained_for_greyscale": self.trained_for_greyscale,
             "provenance": None if self.provenance is None else self.provenance.to_dict(),
             "metrics": None if self.metrics is None else _without_rule(self.metrics.to_dict(reliability=False)),
             "history": [h.to_dict() for h in self.history],
         }
 
     @classmethod
-    def from_dict(cls, values: Any) -> "ModelCard":
+    def from_dict(cls, values: Any) -> ModelCard:
         values = fields.section(values, "")
         version = values.get("format", 1)
         if version == 1:
             values = _upgrade_format_1(values)
-        elif version != CARD_VERSION:
+        elif version not in READABLE_FORMATS:
             raise fields.FieldError(f"format {fields.shown(version)} is not a card format this version "
-                                    f"reads (1 or {CARD_VERSION})")
+                                    f"reads ({', '.join(map(str, READABLE_FORMATS))})")
         classes = values.get("classes")
         if not isinstance(classes, list) or tuple(classes) != CLASSES:
             raise fields.FieldError(f"classes must be {list(CLASSES)}, got {fields.shown(classes)}")
@@ -226,6 +244,9 @@ class ModelCard:
             framing=None if values.get("framing") is None else FramingSpec.from_dict(values["framing"]),
             confidence_floor=fields.number(values, "confidence_floor", low=0, high=1,
                                            default=DEFAULT_CONFIDENCE_FLOOR),
+            tree=None if values.get("tree") is None else TreeSchema.from_dict(values["tree"]),
+            class_rule=ClassRule() if values.get("class_rule") is None else ClassRule.from_dict(values["class_rule"]),
+            trained_for_greyscale=fields.flag(values, "trained_for_greyscale", default=False),
             provenance=provenance, metrics=metrics,
             history=tuple(EpochRecord.from_dict(h, f"history[{i}].") for i, h in enumerate(history)))
 

@@ -45,7 +45,8 @@ def render_model_card(card: ModelCard, metrics: Metrics) -> str:
         "## Data", "",
         f"{data.galaxies} Galaxy Zoo galaxies with SDSS cutouts, split by galaxy (stratified, seed "
         f"{prov.seed}) into {data.split['train']} train / {data.split['val']} validation / "
-        f"{data.split['test']} test before any augmentation. Labels: {LABEL_WORDS[card.label_rule]} > {CLASS_THRESHOLD:g} for "
+        f"{data.split['test']} test before any augmentation. Labels: {LABEL_WORDS[card.label_rule]} > "
+        f"{CLASS_THRESHOLD:g} for "
         "smooth (Elliptical) or features/disk (Spiral), else Uncertain; trained on "
         f"{'vote-fraction soft labels' if cfg.soft_labels else 'hard labels'}.", "",
         f"Training views before balancing: {data.train_before_balancing}; after: "

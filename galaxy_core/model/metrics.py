@@ -4,13 +4,17 @@ each for its own medium."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 
 from galaxy_core.base import fields
 from galaxy_core.base.config import ANSWERS, CLASSES
+from galaxy_core.model.tree import GZ2_TREE, TreeSchema
+
+QUESTION_WORDS = {q.id: q.words for q in GZ2_TREE.questions}
 
 SPIRAL, ELLIPTICAL, UNCERTAIN = range(3)
 
@@ -69,6 +73,7 @@ class Metrics:
     split: str = ""
     tta: bool | None = None
     vote_rmse: dict[str, float] | None = None  # per answer and "all": predicted vs observed fractions
+    tree_rmse: dict[str, float] | None = None  # per tree question and "mean" over every answer
     label_rule: str = ""  # the label rule the galaxies were scored against
 
     def to_dict(self, reliability: bool = True) -> dict[str, Any]:
@@ -78,11 +83,11 @@ class Metrics:
             del out["reliability"]
         return {k: v for k, v in out.items() if v is not None or k == "spiral_vs_elliptical_accuracy"}
 
-    def without_reliability(self) -> "Metrics":
+    def without_reliability(self) -> Metrics:
         return replace(self, reliability=[])
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], path: str = "metrics.") -> "Metrics":
+    def from_dict(cls, values: Mapping[str, Any], path: str = "metrics.") -> Metrics:
         """Validated: a hand-edited card or evaluation file gives an error naming the field."""
         values = fields.section(values, path.rstrip("."))
         frac = dict(low=0.0, high=1.0)
@@ -129,6 +134,11 @@ class Metrics:
             p = f"{path}vote_rmse."
             rmse = fields.section(rmse, p.rstrip("."))
             rmse = {k: fields.number(rmse, k, p, low=0, high=1) for k in (*ANSWERS, "all")}
+        tree = values.get("tree_rmse")
+        if tree is not None:
+            p = f"{path}tree_rmse."
+            tree = fields.section(tree, p.rstrip("."))
+            tree = {str(k): fields.number(tree, k, p, low=0, high=1) for k in list(tree)[:100]}
         return cls(
             n=n, accuracy=fields.number(values, "accuracy", path, **frac),
             balanced_accuracy=fields.number(values, "balanced_accuracy", path, **frac),
@@ -138,7 +148,7 @@ class Metrics:
             ece=fields.number(values, "ece", path, **frac), per_class=per_class, confusion=confusion,
             reliability=bins, symmetry_agreement=sym, prediction_symmetry_agreement=turned,
             split=fields.text(values, "split", path, default="", max_length=200),
-            tta=values["tta"] if isinstance(values.get("tta"), bool) else None, vote_rmse=rmse,
+            tta=values["tta"] if isinstance(values.get("tta"), bool) else None, vote_rmse=rmse, tree_rmse=tree,
             label_rule=fields.text(values, "label_rule" if "label_rule" in values else "labels", path, default="",
                                   max_length=20))
 
@@ -218,6 +228,27 @@ def vote_rmse(predicted: np.ndarray, observed: np.ndarray) -> dict[str, float] |
     return out
 
 
+def tree_rmse(predicted: np.ndarray, observed: np.ndarray, tree: TreeSchema) -> dict[str, float] | None:
+    """RMSE of the tree head's answers against the volunteers' weighted fractions (n, answers),
+    per question over the galaxies where it was asked (its observed fractions sum above zero; NaN:
+    unknown), and ``mean``, the mean over every answer of that answer's RMSE."""
+    predicted, observed = np.asarray(predicted, float), np.asarray(observed, float)
+    out: dict[str, float] = {}
+    per_answer: list[float] = []
+    for question, part in zip(tree.questions, tree.slices()):
+        seen = observed[:, part]
+        asked = ~np.isnan(seen).any(axis=1) & (np.nan_to_num(seen).sum(axis=1) > 0)
+        if not asked.any():
+            continue
+        error = (predicted[asked, part] - seen[asked]) ** 2
+        out[question.id] = float(np.sqrt(error.mean()))
+        per_answer += [float(v) for v in np.sqrt(error.mean(axis=0))]
+    if not per_answer:
+        return None
+    out["mean"] = float(np.mean(per_answer))
+    return out
+
+
 def misclassified(ids: np.ndarray, images: np.ndarray, y_true: np.ndarray,
                   probs: np.ndarray) -> list[dict]:
     """Wrong predictions, most confident first: the first places to look for label noise."""
@@ -275,6 +306,15 @@ def metric_rows(metrics: Metrics) -> list[MetricRow]:
         rows.append(MetricRow("vote_rmse", "vote-fraction RMSE (smooth, features, artifact)",
                               metrics.vote_rmse["all"], "number",
                               help="predicted against the volunteers' fractions, root-mean-square"))
+    if metrics.tree_rmse is not None:
+        for key, value in metrics.tree_rmse.items():
+            if key == "mean":
+                rows.append(MetricRow("tree_rmse_mean", "decision tree: mean RMSE over every answer", value, "number",
+                                      help="each answer's predicted share against the volunteers' weighted "
+                                           "fraction, where its question was asked; the mean over answers"))
+            else:
+                rows.append(MetricRow(f"tree_rmse_{key}", f"decision tree {key}: vote RMSE where asked", value,
+                                      "number", help=QUESTION_WORDS.get(key, "")))
     turned = metrics.prediction_symmetry_agreement
     if turned is not None:
         how = "8-view average" if metrics.tta in (True, None) else "one view"

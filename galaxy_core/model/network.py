@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from galaxy_core.base import fields
 from galaxy_core.base.config import ARCHITECTURES, CLASSES, TRAIN_SETTINGS
+from galaxy_core.model.d4 import ORDER, FieldNorm, GroupBlock, LiftingConv
 
 WIDTH, DEPTH = TRAIN_SETTINGS["width"], TRAIN_SETTINGS["depth"]
 
@@ -22,17 +24,20 @@ class Architecture:
     width: int = 32
     depth: int = 2
     aux_outputs: int = 0
+    tree_outputs: int = 0  # answers of the decision-tree head (the card's tree says which)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "width": self.width, "depth": self.depth, "aux_outputs": self.aux_outputs}
+        return {"name": self.name, "width": self.width, "depth": self.depth, "aux_outputs": self.aux_outputs,
+                "tree_outputs": self.tree_outputs}
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], path: str = "architecture.") -> "Architecture":
+    def from_dict(cls, values: Mapping[str, Any], path: str = "architecture.") -> Architecture:
         values = fields.section(values, path.rstrip("."))
         return cls(name=fields.choice(values, "name", path, options=ARCHITECTURES),
                    width=fields.integer(values, "width", path, low=int(WIDTH.low), high=int(WIDTH.high)),
                    depth=fields.integer(values, "depth", path, low=int(DEPTH.low), high=int(DEPTH.high)),
-                   aux_outputs=fields.integer(values, "aux_outputs", path, low=0, high=16, default=0))
+                   aux_outputs=fields.integer(values, "aux_outputs", path, low=0, high=16, default=0),
+                   tree_outputs=fields.integer(values, "tree_outputs", path, low=0, high=1000, default=0))
 
 
 class BasicBlock(nn.Module):
@@ -55,26 +60,42 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
-class PooledHead(nn.Module):
-    """Global average pooling, dropout, class logits; optionally the vote-fraction head's logits,
-    returned beside the class logits in training mode only, so a plain forward pass in
-    evaluation mode always gives class logits (``outputs`` gives both)."""
+class Heads(NamedTuple):
+    """What one forward pass says: class logits, the vote-fraction head's logits (first question)
+    and the decision-tree head's logits (every answer), each None without that head."""
 
-    def __init__(self, channels: int, num_classes: int, dropout: float, aux_outputs: int = 0):
+    logits: torch.Tensor
+    aux: torch.Tensor | None = None
+    tree: torch.Tensor | None = None
+
+
+class PooledHead(nn.Module):
+    """Global average pooling, dropout, class logits; optionally the vote-fraction head's and the
+    decision-tree head's logits, returned beside the class logits in training mode only, so a
+    plain forward pass in evaluation mode always gives class logits (``heads`` gives all)."""
+
+    def __init__(self, channels: int, num_classes: int, dropout: float, aux_outputs: int = 0,
+                 tree_outputs: int = 0):
         super().__init__()
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout))
         self.fc = nn.Linear(channels, num_classes)
         self.aux = nn.Linear(channels, aux_outputs) if aux_outputs else None
+        self.tree = nn.Linear(channels, tree_outputs) if tree_outputs else None
+
+    def heads(self, x: torch.Tensor) -> Heads:
+        pooled = self.pool(x)
+        return Heads(self.fc(pooled), None if self.aux is None else self.aux(pooled),
+                     None if self.tree is None else self.tree(pooled))
 
     def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        pooled = self.pool(x)
-        return self.fc(pooled), None if self.aux is None else self.aux(pooled)
+        heads = self.heads(x)
+        return heads.logits, heads.aux
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        logits, aux = self.outputs(x)
-        if self.training and aux is not None:
-            return logits, aux
-        return logits
+    def forward(self, x: torch.Tensor) -> torch.Tensor | Heads:
+        heads = self.heads(x)
+        if self.training and (heads.aux is not None or heads.tree is not None):
+            return heads
+        return heads.logits
 
 
 class GalaxyResNet(nn.Module):
@@ -84,7 +105,7 @@ class GalaxyResNet(nn.Module):
     """
 
     def __init__(self, num_classes: int = 3, width: int = 32, depth: int = 2, dropout: float = 0.2,
-                 aux_outputs: int = 0):
+                 aux_outputs: int = 0, tree_outputs: int = 0):
         super().__init__()
         widths = [width, width * 2, width * 4, width * 8]
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1, bias=False),
@@ -95,7 +116,7 @@ class GalaxyResNet(nn.Module):
                 layers.append(BasicBlock(c_in, c_out, 2 if (j == 0 and i > 0) else 1))
                 c_in = c_out
         self.features = nn.Sequential(*layers)
-        self.head = PooledHead(c_in, num_classes, dropout, aux_outputs)
+        self.head = PooledHead(c_in, num_classes, dropout, aux_outputs, tree_outputs)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -109,12 +130,16 @@ class GalaxyResNet(nn.Module):
         """Class logits and vote-fraction logits (None without that head), in any mode."""
         return self.head.outputs(self.features(self.stem(x)))
 
+    def heads(self, x: torch.Tensor) -> Heads:
+        """Every head's logits, in any mode."""
+        return self.head.heads(self.features(self.stem(x)))
+
 
 class PlainCNN(nn.Module):
     """The baseline: four conv-pool blocks and a linear head, as in the original project."""
 
     def __init__(self, num_classes: int = 3, width: int = 32, depth: int = 1, dropout: float = 0.3,
-                 aux_outputs: int = 0):
+                 aux_outputs: int = 0, tree_outputs: int = 0):
         super().__init__()
         blocks, c_in = [], 3
         for i in range(4):
@@ -122,7 +147,7 @@ class PlainCNN(nn.Module):
             blocks += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             c_in = c_out
         self.features = nn.Sequential(*blocks)
-        self.head = PooledHead(c_in, num_classes, dropout, aux_outputs)
+        self.head = PooledHead(c_in, num_classes, dropout, aux_outputs, tree_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -130,11 +155,53 @@ class PlainCNN(nn.Module):
     def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.head.outputs(self.features(x))
 
+    def heads(self, x: torch.Tensor) -> Heads:
+        return self.head.heads(self.features(x))
 
-NETWORKS = {"resnet_small": GalaxyResNet, "plain_cnn": PlainCNN}
+
+class D4ResNet(nn.Module):
+    """GalaxyResNet's shape with D4 group convolutions (model/d4.py): ``width // 4`` fields of 8
+    copies a stage (so half the weights of the plain ResNet of that width, and about 4x its
+    arithmetic); the head pools over the copies and space, so turning or mirroring the input
+    leaves the answer (all but) unchanged by construction, not only by training."""
+
+    def __init__(self, num_classes: int = 3, width: int = 32, depth: int = 2, dropout: float = 0.2,
+                 aux_outputs: int = 0, tree_outputs: int = 0):
+        super().__init__()
+        base = max(1, width // 4)
+        widths = [base, base * 2, base * 4, base * 8]
+        self.stem = nn.Sequential(LiftingConv(3, base, 3, 2, 1), FieldNorm(base), nn.ReLU(inplace=True))
+        layers, c_in = [], base
+        for i, c_out in enumerate(widths):
+            for j in range(depth):
+                layers.append(GroupBlock(c_in, c_out, 2 if (j == 0 and i > 0) else 1))
+                c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.head = PooledHead(c_in * ORDER, num_classes, dropout, aux_outputs, tree_outputs)
+        self.fields = c_in
+        for block in self.features:
+            nn.init.zeros_(block.bn2.norm.weight)
+
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Each field's copies averaged, repeated so the head's linear layers see invariant inputs."""
+        n, c, h, w = x.shape
+        return x.view(n, c // ORDER, ORDER, h, w).mean(2, keepdim=True).expand(n, c // ORDER, ORDER, h, w) \
+            .reshape(n, c, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self._pooled(self.features(self.stem(x))))
+
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.head.outputs(self._pooled(self.features(self.stem(x))))
+
+    def heads(self, x: torch.Tensor) -> Heads:
+        return self.head.heads(self._pooled(self.features(self.stem(x))))
+
+
+NETWORKS = {"resnet_small": GalaxyResNet, "plain_cnn": PlainCNN, "d4_resnet": D4ResNet}
 assert tuple(NETWORKS) == ARCHITECTURES, "config.ARCHITECTURES lists the names users may pass"
 
 
 def build_model(arch: Architecture) -> nn.Module:
     return NETWORKS[arch.name](num_classes=len(CLASSES), width=arch.width, depth=arch.depth,
-                               aux_outputs=arch.aux_outputs)
+                               aux_outputs=arch.aux_outputs, tree_outputs=arch.tree_outputs)

@@ -8,7 +8,7 @@ so training needs no loss scaling. Weights, optimiser state and losses stay floa
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from contextlib import AbstractContextManager as ContextManager
 
 import torch
 

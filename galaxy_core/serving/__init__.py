@@ -1,5 +1,6 @@
 """A trained model answering: inference with test-time views and calibration, evaluate,
-predict, Grad-CAM, and the shipped example galaxies. Training uses it to measure what it trains.
+predict, Grad-CAM, a tree head's answers in words, and the shipped example galaxies. Training uses
+it to measure what it trains.
 
 Imports only ``base``, ``sources``, ``data`` and ``model``.
 """
@@ -16,5 +17,10 @@ from galaxy_core.serving.predict import (
     predictions_csv,
     vote_sentence,
 )
+from galaxy_core.serving.tree_words import TreeReading, read_tree
 
-__all__ = ["CAPTION", "COLOUR_MAP", "CREDIT", "Classifier", "EXAMPLES_DIR", "EvaluateProgress", "IMAGE_SUFFIXES", "Prediction", "classify_uploads", "colour_scale", "evaluate_bundle", "example_by_id", "list_examples", "outline_framing", "predictions_csv", "vote_sentence"]
+__all__ = [
+    "CAPTION", "COLOUR_MAP", "CREDIT", "Classifier", "EXAMPLES_DIR", "EvaluateProgress", "IMAGE_SUFFIXES",
+    "Prediction", "classify_uploads", "colour_scale", "evaluate_bundle", "example_by_id", "list_examples",
+    "outline_framing", "predictions_csv", "read_tree", "TreeReading", "vote_sentence",
+]

@@ -3,8 +3,9 @@ checks, and the evaluation of a saved bundle on a labelled dataset folder."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,14 +21,16 @@ from galaxy_core.model.metrics import (
     ViewAgreement,
     classification_metrics,
     misclassified,
+    tree_rmse,
     vote_rmse,
 )
 from galaxy_core.serving.inference import (
     Cutouts,
     TurnedImages,
-    calibrated,
     calibrated_votes,
+    class_probabilities,
     predict_probs,
+    tree_answers,
     view_log_probs,
 )
 from galaxy_core.sources.folder import DatasetError
@@ -142,18 +145,21 @@ def prediction_agreement(bundle: ModelBundle, images: Cutouts, probs: np.ndarray
 
 
 def held_out_metrics(bundle: ModelBundle, images: Cutouts, labels: np.ndarray, tta: bool | None = None,
-                     fractions: np.ndarray | None = None,
-                     tally: ProgressTally | None = None) -> tuple[Metrics, np.ndarray]:
+                     fractions: np.ndarray | None = None, tally: ProgressTally | None = None,
+                     tree_observed: np.ndarray | None = None) -> tuple[Metrics, np.ndarray]:
     """Metrics and calibrated probabilities of held-out galaxies, with the symmetry checks (one
     8-view pass for the answers and single-view agreement, then the turned cutouts) and, for a
-    model with a vote head, the error of its vote fractions against ``fractions``. ``tally``
-    counts the images of the HELD_OUT_PASSES passes as they are done."""
+    model with a vote head, the error of its vote fractions against ``fractions``; for a model with
+    a tree head, its answers' error against ``tree_observed`` (the weighted fractions, n x answers,
+    in the card's tree order). ``tally`` counts the images of the HELD_OUT_PASSES passes as they
+    are done."""
     if tally is not None:
         images = tally.wrap(images)
     use_tta = bundle.card.tta if tta is None else tta
     views = view_log_probs(bundle, images)
     classes, votes = views.combined(use_tta)
-    probs = calibrated(classes, bundle)
+    tree = tree_answers(views.combined_tree(use_tta, bundle.card.tree))
+    probs = class_probabilities(bundle, classes, tree)
     rmse = None
     if votes is not None and fractions is not None:
         observed = vote_targets(fractions)
@@ -162,7 +168,17 @@ def held_out_metrics(bundle: ModelBundle, images: Cutouts, labels: np.ndarray, t
     metrics = replace(classification_metrics(labels, probs), symmetry_agreement=agreement_from_views(views.classes),
                       prediction_symmetry_agreement=prediction_agreement(bundle, images, probs, use_tta),
                       tta=use_tta, vote_rmse=rmse)
+    if tree is not None and tree_observed is not None:
+        metrics = replace(metrics, tree_rmse=tree_rmse(tree, tree_observed, bundle.card.tree))
     return metrics, probs
+
+
+def observed_tree(dataset: PackedDataset, rows: np.ndarray, bundle: ModelBundle) -> np.ndarray | None:
+    """The volunteers' weighted fractions of the card's tree answers, when the dataset has them."""
+    tree = bundle.card.tree
+    if tree is None or not dataset.has_tree(tree.stems):
+        return None
+    return dataset.tree_answers(rows, tree.stems, "weighted_fraction")
 
 
 def held_out_rows(dataset: PackedDataset, bundle: ModelBundle) -> tuple[np.ndarray, str]:
@@ -224,7 +240,8 @@ def evaluate_bundle(config: EvaluateConfig,
     tally = ProgressTally(HELD_OUT_PASSES * len(rows), progress, items=len(rows))
     fractions = dataset.fractions(rows)
     metrics, probs = held_out_metrics(bundle, ImageRows(dataset, rows), labels, tta=config.tta,
-                                      fractions=fractions, tally=tally)
+                                      fractions=fractions, tally=tally,
+                                      tree_observed=observed_tree(dataset, rows, bundle))
     tally.finish()
     wrong = misclassified(dataset.ids[rows], dataset.index["image"].to_numpy()[rows], labels, probs)
     return EvaluationResult(replace(metrics, split=which, label_rule=dataset.rule), wrong, bundle.card.question,

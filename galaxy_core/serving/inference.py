@@ -6,8 +6,9 @@ Every function takes a ``ModelBundle``: the network with the card that says how 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from galaxy_core.data.geometry import crop_and_resize, dihedral
 from galaxy_core.data.normalise import normalise
 from galaxy_core.model.bundle import ModelBundle
 from galaxy_core.model.precision import autocast
+from galaxy_core.model.tree import TreeSchema, apply_class_rule, tree_log_probs
 
 # Views per forward pass on a CPU. A few dozen 64-px views keep a pass's activations in the
 # cores' caches: on two EPYC cores, passes of 32 views ran about 1.5x faster per view than passes
@@ -55,39 +57,54 @@ def _passes(x: torch.Tensor, views: int) -> list[torch.Tensor]:
 
 @dataclass(frozen=True)
 class ViewLogProbs:
-    """Log-probabilities in each of the 8 symmetric views: classes (8, n, classes) and, for a
-    model with a vote-fraction head, the three answers' fractions (8, n, 3)."""
+    """Log-probabilities in each of the 8 symmetric views: classes (8, n, classes), for a model
+    with a vote-fraction head the three answers' fractions (8, n, 3), and for a model with a tree
+    head every question's answers (8, n, answers; each question's block a distribution)."""
 
     classes: torch.Tensor
     votes: torch.Tensor | None = None
+    tree: torch.Tensor | None = None
 
     def combined(self, tta: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(n, classes) and (n, 3): the mean over the views, or the first view alone."""
         votes = None if self.votes is None else combine_views(self.votes, tta)
         return combine_views(self.classes, tta), votes
 
+    def combined_tree(self, tta: bool, tree: TreeSchema | None) -> torch.Tensor | None:
+        """(n, answers) log-probabilities, each question's views averaged on its own."""
+        if self.tree is None or tree is None:
+            return None
+        return torch.cat([combine_views(self.tree[:, :, part], tta) for part in tree.slices()], dim=1)
+
     @staticmethod
-    def cat(parts: list["ViewLogProbs"], classes: int) -> "ViewLogProbs":
+    def cat(parts: list[ViewLogProbs], classes: int) -> ViewLogProbs:
         if not parts:
             return ViewLogProbs(torch.zeros(8, 0, classes))
         votes = None if parts[0].votes is None else torch.cat([p.votes for p in parts], dim=1)
-        return ViewLogProbs(torch.cat([p.classes for p in parts], dim=1), votes)
+        tree = None if parts[0].tree is None else torch.cat([p.tree for p in parts], dim=1)
+        return ViewLogProbs(torch.cat([p.classes for p in parts], dim=1), votes, tree)
 
 
 @dataclass(frozen=True)
 class Outputs:
-    """What a model says about some images, calibrated: class probabilities (n, classes) and,
-    when it has a vote-fraction head, the volunteers' answers it predicts (n, 3)."""
+    """What a model says about some images, calibrated: class probabilities (n, classes) under the
+    card's class rule; when it has a vote-fraction head, the volunteers' answers it predicts (n, 3);
+    when it has a tree head, each answer's predicted share of the volunteers asked its question
+    (n, answers, in the card's tree order)."""
 
     probs: np.ndarray
     votes: np.ndarray | None = None
+    tree: np.ndarray | None = None
 
 
-def _log_probs(bundle: ModelBundle, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _log_probs(bundle: ModelBundle, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     with autocast(x.device, bundle.precision):
-        logits, aux = bundle.model.outputs(x)
-    votes = torch.log_softmax(aux.float(), dim=1) if has_vote_head(bundle) else None
-    return torch.log_softmax(logits.float(), dim=1), votes
+        heads = bundle.model.heads(x)
+    votes = torch.log_softmax(heads.aux.float(), dim=1) if has_vote_head(bundle) else None
+    tree = None
+    if heads.tree is not None and bundle.card.tree is not None:
+        tree = tree_log_probs(heads.tree, bundle.card.tree)
+    return torch.log_softmax(heads.logits.float(), dim=1), votes, tree
 
 
 def has_vote_head(bundle: ModelBundle) -> bool:
@@ -101,25 +118,29 @@ def batch_view_log_probs(bundle: ModelBundle, x: torch.Tensor) -> ViewLogProbs:
     """Log-probabilities of a normalised batch in each of the 8 symmetric views."""
     out = []
     for part in _passes(x, 8):
-        classes, votes = _log_probs(bundle, torch.cat([dihedral(part, k) for k in range(8)]))
+        classes, votes, tree = _log_probs(bundle, torch.cat([dihedral(part, k) for k in range(8)]))
         n = part.shape[0]
-        out.append(ViewLogProbs(classes.view(8, n, -1), None if votes is None else votes.view(8, n, -1)))
+        out.append(ViewLogProbs(classes.view(8, n, -1), None if votes is None else votes.view(8, n, -1),
+                                None if tree is None else tree.view(8, n, -1)))
     return ViewLogProbs.cat(out, len(bundle.card.classes))
 
 
 @torch.inference_mode()
+def all_outputs_for(bundle: ModelBundle, x: torch.Tensor,
+                    tta: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Class, vote and tree log-probabilities: the mean over the 8 dihedral views when ``tta``, else one view."""
+    if tta:
+        views = batch_view_log_probs(bundle, x)
+        return (*views.combined(tta=True), views.combined_tree(True, bundle.card.tree))
+    parts = [_log_probs(bundle, part) for part in _passes(x, 1)]
+    votes = None if parts[0][1] is None else torch.cat([p[1] for p in parts])
+    tree = None if parts[0][2] is None else torch.cat([p[2] for p in parts])
+    return torch.cat([p[0] for p in parts]), votes, tree
+
+
 def outputs_for(bundle: ModelBundle, x: torch.Tensor, tta: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Class and vote log-probabilities: the mean over the 8 dihedral views when ``tta``, else one view."""
-    if tta:
-        return batch_view_log_probs(bundle, x).combined(tta=True)
-    parts = [_log_probs(bundle, part) for part in _passes(x, 1)]
-    votes = None if parts[0][1] is None else torch.cat([v for _, v in parts])
-    return torch.cat([c for c, _ in parts]), votes
-
-
-def logits_for(bundle: ModelBundle, x: torch.Tensor, tta: bool) -> torch.Tensor:
-    """Class log-probabilities, averaged over the 8 dihedral views when ``tta``."""
-    return outputs_for(bundle, x, tta)[0]
+    return all_outputs_for(bundle, x, tta)[:2]
 
 
 def combine_views(view_logp: torch.Tensor, tta: bool) -> torch.Tensor:
@@ -128,7 +149,7 @@ def combine_views(view_logp: torch.Tensor, tta: bool) -> torch.Tensor:
 
 
 def calibrated(log_probs: torch.Tensor, bundle: ModelBundle) -> np.ndarray:
-    """Class probabilities after the card's temperature scaling."""
+    """Class probabilities after the card's temperature scaling (the class head's own)."""
     return torch.softmax(log_probs / bundle.card.temperature, dim=1).cpu().numpy()
 
 
@@ -139,20 +160,36 @@ def calibrated_votes(log_probs: torch.Tensor | None, bundle: ModelBundle) -> np.
     return torch.softmax(log_probs / bundle.card.vote_temperature, dim=1).cpu().numpy()
 
 
+def tree_answers(log_probs: torch.Tensor | None) -> np.ndarray | None:
+    """Tree log-probabilities -> each answer's predicted share of the volunteers asked its question."""
+    return None if log_probs is None else torch.exp(log_probs).cpu().numpy()
+
+
+def class_probabilities(bundle: ModelBundle, classes: torch.Tensor, tree: np.ndarray | None) -> np.ndarray:
+    """Calibrated class probabilities under the card's class rule (which may read the tree)."""
+    return apply_class_rule(calibrated(classes, bundle), tree, bundle.card.tree, bundle.card.class_rule,
+                            spiral=bundle.card.classes.index("Spiral"))
+
+
 def predict_outputs(bundle: ModelBundle, images: Cutouts, *, tta: bool | None = None,
                     batch_size: int = BATCH_SIZE) -> Outputs:
-    """Calibrated class probabilities and vote fractions for uint8 NHWC cutouts; ``tta`` None: the card's."""
+    """Calibrated class probabilities, vote fractions and tree answers for uint8 NHWC cutouts;
+    ``tta`` None: the card's."""
     bundle.model.eval()
     use_tta = bundle.card.tta if tta is None else tta
-    probs, votes = [], []
+    probs, votes, trees = [], [], []
     for part in iter_chunks(len(images), batch_size):
-        classes, vote_logp = outputs_for(bundle, prepare_batch(images[part], bundle), use_tta)
-        probs.append(calibrated(classes, bundle))
+        classes, vote_logp, tree_logp = all_outputs_for(bundle, prepare_batch(images[part], bundle), use_tta)
+        tree = tree_answers(tree_logp)
+        probs.append(class_probabilities(bundle, classes, tree))
         votes.append(calibrated_votes(vote_logp, bundle))
+        trees.append(tree)
     if not probs:
         empty = np.zeros((0, len(bundle.card.classes)), dtype=np.float32)
-        return Outputs(empty, np.zeros((0, len(ANSWERS)), np.float32) if has_vote_head(bundle) else None)
-    return Outputs(np.concatenate(probs), None if votes[0] is None else np.concatenate(votes))
+        answers = None if bundle.card.tree is None else np.zeros((0, len(bundle.card.tree.stems)), np.float32)
+        return Outputs(empty, np.zeros((0, len(ANSWERS)), np.float32) if has_vote_head(bundle) else None, answers)
+    return Outputs(np.concatenate(probs), None if votes[0] is None else np.concatenate(votes),
+                   None if trees[0] is None else np.concatenate(trees))
 
 
 def predict_probs(bundle: ModelBundle, images: Cutouts, *, tta: bool | None = None,
@@ -169,7 +206,8 @@ def view_log_probs(bundle: ModelBundle, images: Cutouts, batch_size: int = BATCH
     parts = []
     for part in iter_chunks(len(images), batch_size):
         views = batch_view_log_probs(bundle, prepare_batch(images[part], bundle))
-        parts.append(ViewLogProbs(views.classes.cpu(), None if views.votes is None else views.votes.cpu()))
+        parts.append(ViewLogProbs(views.classes.cpu(), None if views.votes is None else views.votes.cpu(),
+                                  None if views.tree is None else views.tree.cpu()))
     return ViewLogProbs.cat(parts, len(bundle.card.classes))
 
 

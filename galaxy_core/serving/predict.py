@@ -3,13 +3,17 @@ a file that cannot be read gets its reason and the others are still classified."
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
 import sys
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -30,9 +34,14 @@ from galaxy_core.sources.images import (
     source_size,
 )
 
+FRAMING_THREADS = max(1, min(8, os.cpu_count() or 1))
+"""Threads that decode and frame a batch of inputs at once."""
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
 CSV_COLUMNS = ["path", "label", *[f"p_{c.lower()}" for c in CLASSES], "error",
                *[f"vote_{a}" for a in ANSWERS], "warning", "saliency_peak_x", "saliency_peak_y"]
+"""The columns of every predictions CSV; a model with a tree head adds one column per answer after
+them, named by its GZ2 column stem (``t02_edgeon_a04_yes``): the predicted share of the volunteers
+asked that question who would give that answer."""
 
 
 def answer_warning(framing: Framing | None, probabilities: np.ndarray, floor: float) -> str | None:
@@ -46,7 +55,8 @@ def answer_warning(framing: Framing | None, probabilities: np.ndarray, floor: fl
     return None
 
 
-GREYSCALE_WARNING = "greyscale image: the model was trained on colour images, so its answer may differ from a colour one"
+GREYSCALE_WARNING = ("greyscale image: the model was trained on colour images, so its answer may differ from "
+                     "a colour one")
 
 
 def colour_warning(image: Image.Image, card: object) -> str | None:
@@ -100,6 +110,7 @@ class Prediction:
     error: str | None = None
     votes: dict[str, float] | None = None
     warning: str | None = None
+    tree: dict[str, float] | None = None  # each tree answer's predicted share, by GZ2 column stem
     saliency_peak: tuple[float, float] | None = None  # Grad-CAM's hottest point, in the file's pixels
 
     @property
@@ -116,7 +127,8 @@ class Prediction:
                 **{f"vote_{a}": (f"{votes[a]:.6f}" if a in votes else "") for a in ANSWERS},
                 "warning": self.warning or "",
                 **{f"saliency_peak_{axis}": (f"{v:.1f}" if self.saliency_peak else "")
-                   for axis, v in zip("xy", self.saliency_peak or (0.0, 0.0))}}
+                   for axis, v in zip("xy", self.saliency_peak or (0.0, 0.0))},
+                **{stem: f"{value:.6f}" for stem, value in (self.tree or {}).items()}}
 
 
 class Classifier:
@@ -130,7 +142,7 @@ class Classifier:
         self.tta = bundle.card.tta if self.config.tta is None else self.config.tta
 
     @classmethod
-    def load(cls, config: PredictConfig | None = None, device: str = "cpu") -> "Classifier":
+    def load(cls, config: PredictConfig | None = None, device: str = "cpu") -> Classifier:
         config = config or PredictConfig()
         return cls(load_bundle(config.model_dir, device=device), config)
 
@@ -167,6 +179,8 @@ class Classifier:
             result.warning = "; ".join(n for n in notes if n) or None
             if outputs.votes is not None:
                 result.votes = {a: float(v) for a, v in zip(ANSWERS, outputs.votes[j])}
+            if outputs.tree is not None and self.card.tree is not None:
+                result.tree = {stem: float(v) for stem, v in zip(self.card.tree.stems, outputs.tree[j])}
 
     def predict(self, sources: Sequence[ImageSource], names: Sequence[str] | None = None,
                 progress: Callable[[int, int], None] | None = None,
@@ -180,26 +194,38 @@ class Classifier:
         taken: set[Path] = set()  # heat-map files written by this run
         # Each image is reduced as it is decoded and framed at once, so only its framed cutout is
         # kept: a folder of large photos never sits in memory, whatever the batch size.
-        for part in iter_chunks(len(sources), self.config.batch_size):
-            good: list[tuple[int, Framing]] = []
-            scales: dict[int, tuple[float, float]] = {}  # file pixels per decoded pixel
-            for i in range(part.start, part.stop):
-                try:
-                    image = load_image(sources[i], max_pixels=self.config.max_pixels, max_side=MAX_DECODED_SIDE)
-                    results[i].warning = colour_warning(image, self.card)
-                    good.append((i, self.frame(image)))
-                    file_size = source_size(image)
-                    scales[i] = (file_size[0] / image.width, file_size[1] / image.height)
-                except ImageLoadError as exc:
-                    results[i].error = str(exc)
-            self.classify_framed([f for _, f in good], [results[i] for i, _ in good])
-            if saliency_dir is not None:
-                for i, framing in good:
-                    if results[i].classified:
-                        self._saliency(results[i], framing, scales[i], saliency_dir, names[i], taken)
-            if progress is not None:
-                progress(part.stop, len(sources))
+        # A batch's images are decoded and framed on a thread per core (PIL's decoders and
+        # scipy.ndimage release the GIL), so framing keeps pace with the batched forward pass.
+        with ThreadPoolExecutor(max_workers=FRAMING_THREADS) as pool:
+            for part in iter_chunks(len(sources), self.config.batch_size):
+                good: list[tuple[int, Framing]] = []
+                scales: dict[int, tuple[float, float]] = {}  # file pixels per decoded pixel
+                indices = range(part.start, part.stop)
+                for i, loaded in zip(indices, pool.map(lambda k: self._load_and_frame(sources[k]), indices)):
+                    if isinstance(loaded, str):
+                        results[i].error = loaded
+                    else:
+                        framed, results[i].warning, scales[i] = loaded
+                        good.append((i, framed))
+                self.classify_framed([f for _, f in good], [results[i] for i, _ in good])
+                if saliency_dir is not None:
+                    for i, framing in good:
+                        if results[i].classified:
+                            self._saliency(results[i], framing, scales[i], saliency_dir, names[i], taken)
+                if progress is not None:
+                    progress(part.stop, len(sources))
         return results
+
+    def _load_and_frame(self, source: ImageSource) -> tuple[Framing, str | None, tuple[float, float]] | str:
+        """One input decoded and framed, with its colour warning and the file's pixels per decoded
+        pixel; or why it cannot be read."""
+        try:
+            image = load_image(source, max_pixels=self.config.max_pixels, max_side=MAX_DECODED_SIDE)
+            file_size = source_size(image)
+            scale = (file_size[0] / image.width, file_size[1] / image.height)
+            return self.frame(image), colour_warning(image, self.card), scale
+        except ImageLoadError as exc:
+            return str(exc)
 
     def _saliency(self, result: Prediction, framing: Framing, scale: tuple[float, float], folder: Path,
                   name: str, taken: set[Path]) -> None:
@@ -279,10 +305,13 @@ class Classified:
 
 
 def classify_uploads(classifier: Classifier, items: Sequence[tuple[str, bytes]],
-                     preview_size: int = 256) -> list[Classified]:
+                     preview_size: int = 256, forward_lock: ContextManager[Any] | None = None) -> list[Classified]:
     """Classify uploads (name, bytes), decoding one at a time and keeping only a preview and the
     framed cutout the network reads: many large photos then fit in memory, and the predictions
-    equal those for the full images. A bad file gets an error; the rest carry on."""
+    equal those for the full images. A bad file gets an error; the rest carry on.
+
+    ``forward_lock`` (a model shared between threads) is held for the forward pass only, never
+    while images are decoded and framed."""
     out: list[Classified] = []
     for name, data in items:
         try:
@@ -295,7 +324,8 @@ def classify_uploads(classifier: Classifier, items: Sequence[tuple[str, bytes]],
         prediction = Prediction(name, warning=colour_warning(image, classifier.card))
         out.append(Classified(prediction, preview, image.size, classifier.frame(image), source_size(image)))
     good = [c for c in out if c.framing is not None]  # batched by the forward pass itself
-    classifier.classify_framed([c.framing for c in good], [c.prediction for c in good])
+    with forward_lock if forward_lock is not None else contextlib.nullcontext():
+        classifier.classify_framed([c.framing for c in good], [c.prediction for c in good])
     return out
 
 
@@ -311,9 +341,15 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     return paths
 
 
+def csv_columns(predictions: Sequence[Prediction]) -> list[str]:
+    """CSV_COLUMNS, then the tree answers' stems of the model that made these predictions."""
+    stems = next((list(p.tree) for p in predictions if p.tree), [])
+    return [*CSV_COLUMNS, *stems]
+
+
 def predictions_csv(predictions: Sequence[Prediction]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=csv_columns(predictions), lineterminator="\n", restval="")
     writer.writeheader()
     for p in predictions:
         writer.writerow(p.row())

@@ -14,4 +14,8 @@ from galaxy_core.sources.folder import CATALOGUE_NAME, IMAGES_DIR, DatasetError,
 from galaxy_core.sources.hosts import HostPolicy
 from galaxy_core.sources.images import MAX_DECODED_SIDE, ImageLoadError, load_image
 
-__all__ = ["CATALOGUE_NAME", "CatalogueError", "CatalogueFormat", "DatasetError", "DatasetFolder", "DownloadProgress", "DownloadReport", "HostPolicy", "IMAGES_DIR", "ImageLoadError", "MAX_DECODED_SIDE", "UrlPolicy", "download_cutouts", "fetch_cutout", "list_datasets", "load_image", "read_catalogue"]
+__all__ = [
+    "CATALOGUE_NAME", "CatalogueError", "CatalogueFormat", "DatasetError", "DatasetFolder",
+    "DownloadProgress", "DownloadReport", "HostPolicy", "IMAGES_DIR", "ImageLoadError", "MAX_DECODED_SIDE",
+    "UrlPolicy", "download_cutouts", "fetch_cutout", "list_datasets", "load_image", "read_catalogue",
+]

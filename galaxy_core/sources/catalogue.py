@@ -14,7 +14,9 @@ targets of the vote-fraction head, not only the thresholded class.
 from __future__ import annotations
 
 import os
+import re
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -22,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from galaxy_core.base.atomic import atomic_path
-from galaxy_core.base.config import ANSWERS, CLASS_THRESHOLD, CLASSES, LABEL_RULES
-from galaxy_core.base.fields import shown
+from galaxy_core.base.config import ANSWERS, CLASS_THRESHOLD, CLASSES, LABEL_RULES, DownloadConfig
+from galaxy_core.base.fields import clip, shown
 from galaxy_core.sources.catalogue_io import CatalogueError, read_raw_table
 from galaxy_core.sources.fetch import UrlPolicy
 
@@ -54,6 +56,28 @@ GZ2_PREFIX = "t01_smooth_or_features_"
 GZ2_ANSWERS = ("a01_smooth", "a02_features_or_disk", "a03_star_or_artifact")
 GZ2_SUFFIX = {"votes": "weighted_fraction", "debiased": "debiased"}
 GZ2_COLUMNS = ["ra", "dec", *(f"{GZ2_PREFIX}{a}_debiased" for a in GZ2_ANSWERS)]
+TREE_KINDS = ("count", "weighted_fraction")
+"""Per-answer columns of the whole GZ2 decision tree that are carried through to the canonical
+catalogue and the packed cache, named ``<GZ2 column stem>_<kind>``: the raw vote counts (the tree
+loss's targets) and the weighted fractions (what the tree's answers are scored against)."""
+TREE_COLUMN = re.compile(r"^t\d\d_[a-z0-9_]+_a\d\d_[a-z0-9_]+_(count|weighted_fraction)$")
+
+
+def tree_columns(columns: Iterable[str]) -> list[str]:
+    """The decision-tree answer columns among ``columns``, in their order."""
+    return [c for c in columns if TREE_COLUMN.match(str(c))]
+
+
+def _add_tree(out: pd.DataFrame, frame: pd.DataFrame) -> None:
+    """Copy the per-answer counts and fractions of the whole tree, when the source has them."""
+    for column in tree_columns(frame.columns):
+        values = _numeric(frame, column)
+        bad = (values < 0) | ((values > 1) if column.endswith("_fraction") else False)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise CatalogueError(f"line {row + 2}, column {column}: {shown(frame[column].iloc[row])} - "
+                                 "must be a vote count (>= 0) or a fraction in [0, 1]")
+        out[column] = values
 
 
 def label_from_fractions(frac_smooth: np.ndarray, frac_features: np.ndarray) -> np.ndarray:
@@ -164,6 +188,7 @@ def _from_gz2(frame: pd.DataFrame) -> pd.DataFrame:
         columns = [f"{GZ2_PREFIX}{answer}_{suffix}" for answer in GZ2_ANSWERS]
         if all(c in frame.columns for c in columns):
             _add_rule(out, rule, [_numeric(frame, c) for c in columns])
+    _add_tree(out, frame)
     if "image" in frame.columns:
         out["image"] = frame["image"].astype(str).to_numpy()
     return out
@@ -197,6 +222,7 @@ def _from_canonical(frame: pd.DataFrame) -> pd.DataFrame:
             out[label_column(rule)] = _labels(frame, label_column(rule))
             for column in columns:
                 out[column] = _numeric(frame, column)
+    _add_tree(out, frame)
     if "image" in frame.columns:
         out["image"] = frame["image"].astype(str).to_numpy()
     return out
@@ -240,10 +266,11 @@ def detect_format(columns: list[str]) -> CatalogueFormat:
         return "plain"
     if {"OBJID", "SPIRAL", "ELLIPTICAL", "UNCERTAIN"} <= cols:
         return "gz1"
-    if any(c.startswith(GZ2_PREFIX) for c in cols):
-        return "gz2"
+    # Ours first: a canonical catalogue may carry the tree's t01_..._count columns too.
     if "id" in cols and ("label" in cols or any(label_column(r) in cols for r in LABEL_RULES)):
         return "canonical"
+    if any(c.startswith(GZ2_PREFIX) for c in cols):
+        return "gz2"
     nearest = ""
     if "id" in cols:
         expected = LEGACY_COLUMNS if cols & set(LEGACY_COLUMNS[3:6]) else CANONICAL_COLUMNS
@@ -253,7 +280,8 @@ def detect_format(columns: list[str]) -> CatalogueFormat:
     raise CatalogueError(
         "cannot tell the catalogue format: expected Galaxy Zoo 1 table 2 columns (OBJID, RA, DEC, "
         "SPIRAL, ELLIPTICAL, UNCERTAIN, ...), Galaxy Zoo 2 columns (ra, dec, "
-        f"{GZ2_PREFIX}..._debiased) or a plain image,label table; found {', '.join(sorted(cols)[:8]) or 'no columns'}{nearest}")
+        f"{GZ2_PREFIX}..._debiased) or a plain image,label table; found "
+        f"{', '.join(sorted(cols)[:8]) or 'no columns'}{nearest}")
 
 
 def validate_canonical(frame: pd.DataFrame) -> pd.DataFrame:
@@ -291,12 +319,27 @@ def validate_canonical(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_catalogue(source: str | os.PathLike[str], fmt: CatalogueFormat = "auto", *,
-                   policy: UrlPolicy | None = None, stop: threading.Event | None = None) -> pd.DataFrame:
+                   policy: UrlPolicy | None = None, stop: threading.Event | None = None,
+                   timeout_s: float = DownloadConfig.timeout_s) -> pd.DataFrame:
     """Read a GZ1, GZ2 or canonical catalogue from a path or URL into the canonical frame; a URL
-    must pass ``policy`` (the app's allowed hosts) when one is given, and ``stop`` ends its
-    download."""
+    must pass ``policy`` (the app's allowed hosts) when one is given, ``stop`` ends its download
+    and ``timeout_s`` bounds each wait in it.
+
+    A URL fetched under a ``policy`` is fetched for someone else: a message about its content
+    then names no text of it (column names, values), since that text may be a page of a server
+    the visitor could not otherwise read."""
     text = str(source)
-    frame = read_raw_table(source, policy=policy, stop=stop)
+    frame = read_raw_table(source, policy=policy, stop=stop, timeout_s=timeout_s)
+    try:
+        return _canonical(frame, fmt, text)
+    except CatalogueError:
+        if policy is None or not text.startswith(("http://", "https://")):
+            raise
+        raise CatalogueError(f"{clip(text, 200)}: the answer is not a Galaxy Zoo catalogue that can be read (its "
+                             "content is not repeated here; save it and open it as a file to see why)") from None
+
+
+def _canonical(frame: pd.DataFrame, fmt: CatalogueFormat, text: str) -> pd.DataFrame:
     empty = frame.isna().all(axis=1).to_numpy()
     if empty.any():
         raise CatalogueError(f"{text}: line {int(np.flatnonzero(empty)[0]) + 2} is empty")
@@ -306,7 +349,7 @@ def read_catalogue(source: str | os.PathLike[str], fmt: CatalogueFormat = "auto"
     if fmt not in readers:
         raise CatalogueError(f"unknown catalogue format {fmt!r}: use gz1, gz2, plain or auto")
     frame = validate_canonical(readers[fmt](frame))
-    return frame[[*CANONICAL_COLUMNS, *(["image"] if "image" in frame.columns else [])]]
+    return frame[[*CANONICAL_COLUMNS, *tree_columns(frame.columns), *(["image"] if "image" in frame.columns else [])]]
 
 
 def write_catalogue(frame: pd.DataFrame, path: Path) -> None:

@@ -17,7 +17,7 @@ import pandas as pd
 import requests
 
 from galaxy_core.base import fields
-from galaxy_core.base.config import GalaxyError
+from galaxy_core.base.config import DownloadConfig, GalaxyError
 from galaxy_core.sources.fetch import FetchError, FetchStopped, UrlPolicy, get
 from galaxy_core.sources.hosts import HostNotAllowed
 
@@ -31,7 +31,8 @@ MAX_COLUMNS = 1_000
 MAX_CELLS = 60_000_000
 CHUNK_CELLS = 2_000_000
 READ_BYTES = 1 << 20
-# The whole catalogue answer must arrive within this (about 30 MB for GZ1; a slow link takes minutes).
+# The whole catalogue answer must arrive within this (about 30 MB for GZ1; a slow link takes minutes);
+# each wait within it (connection, headers, a stall in the body) has the fetch's own timeout.
 CATALOGUE_DEADLINE_S = 600.0
 
 
@@ -178,15 +179,17 @@ def read_table_bytes(raw: bytes, source: str) -> pd.DataFrame:
     return read_table(lambda: io.BytesIO(raw), source)
 
 
-def fetch_bytes(url: str, *, timeout_s: float | None = None, max_bytes: int = MAX_CATALOGUE_BYTES,
+def fetch_bytes(url: str, *, timeout_s: float = DownloadConfig.timeout_s, max_bytes: int = MAX_CATALOGUE_BYTES,
                 policy: UrlPolicy | None = None, stop: threading.Event | None = None) -> bytes:
-    """GET a catalogue over http(s) within ``timeout_s`` for the whole answer, refusing error
-    statuses, oversized answers and (with a ``policy``) hosts it does not allow.
+    """GET a catalogue over http(s): ``timeout_s`` for each wait (connection, headers, a stall in
+    the body), ``CATALOGUE_DEADLINE_S`` for the whole answer; refusing error statuses, oversized
+    answers and (with a ``policy``) hosts it does not allow.
 
     Messages name the URL and the status, never the body: what a server says is not repeated."""
     shown = fields.clip(url, 200)
     try:
-        answer = get(url, timeout_s=timeout_s or CATALOGUE_DEADLINE_S, max_bytes=max_bytes, policy=policy, stop=stop)
+        answer = get(url, timeout_s=min(timeout_s, CATALOGUE_DEADLINE_S), total_s=CATALOGUE_DEADLINE_S,
+                     max_bytes=max_bytes, policy=policy, stop=stop)
     except (HostNotAllowed, FetchStopped) as exc:
         raise CatalogueError(f"{shown}: {'download stopped' if isinstance(exc, FetchStopped) else exc}") from None
     except FetchError as exc:
@@ -199,12 +202,13 @@ def fetch_bytes(url: str, *, timeout_s: float | None = None, max_bytes: int = MA
 
 
 def read_raw_table(source: str | os.PathLike[str], *, policy: UrlPolicy | None = None,
-                   stop: threading.Event | None = None) -> pd.DataFrame:
+                   stop: threading.Event | None = None,
+                   timeout_s: float = DownloadConfig.timeout_s) -> pd.DataFrame:
     """The catalogue at a path or URL as a table of strings, headers stripped; setting ``stop``
-    ends a download of it within about a second."""
+    ends a download of it within about a second, and ``timeout_s`` bounds each wait in it."""
     text = str(source)
     if text.startswith(("http://", "https://")):
-        raw = fetch_bytes(text, policy=policy, stop=stop)
+        raw = fetch_bytes(text, policy=policy, stop=stop, timeout_s=timeout_s)
         frame = read_table_bytes(raw, text)
     else:
         path = Path(text)

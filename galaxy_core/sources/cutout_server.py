@@ -2,7 +2,9 @@
 
 Serves images from a folder of cutouts by coordinates (``ra``/``dec`` matched to a catalogue),
 with optional latency, a concurrency limit and injected faults.  Tests, benchmarks and offline
-demos point ``--cutout-url`` at it; it binds to 127.0.0.1 only.
+demos point ``--cutout-url`` at it; it binds to 127.0.0.1 only, serves only files that really lie
+inside its folder (a symbolic link out of it is not followed), and drops a connection that sends
+nothing for ``idle_timeout_s``, so silent clients cannot hold its threads.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class ServerOptions:
     fault_ids: set[str] | None = None
     synthesize_missing: bool = False
     timeout_sleep_s: float = 3.0
+    idle_timeout_s: float = 10.0
     extra_files: dict[str, bytes] = field(default_factory=dict)
 
 
@@ -52,10 +55,10 @@ def synthetic_galaxy_jpeg(ra: float, dec: float, size: int = 128) -> bytes:
 
 
 class CutoutIndex:
-    """Maps rounded coordinates to image files."""
+    """Maps rounded coordinates to image files (their real paths, links resolved)."""
 
     def __init__(self, entries: list[tuple[float, float, Path]]):
-        self.by_key = {self.key(ra, dec): path for ra, dec, path in entries}
+        self.by_key = {self.key(ra, dec): Path(path).resolve() for ra, dec, path in entries}
 
     @staticmethod
     def key(ra: float, dec: float) -> tuple[int, int]:
@@ -67,19 +70,21 @@ class CutoutIndex:
             for dd in (0, -1, 1):
                 path = self.by_key.get((kr + dr, kd + dd))
                 if path is not None:
-                    return path
+                    # A file replaced by a link since the index was made is not followed.
+                    return path if path.resolve() == path else None
         return None
 
     @classmethod
-    def from_catalogue(cls, root: Path, catalogue: Path | None = None) -> "CutoutIndex":
+    def from_catalogue(cls, root: Path, catalogue: Path | None = None) -> CutoutIndex:
         import pandas as pd
 
         from galaxy_core.sources.folder import DatasetFolder
 
         folder = DatasetFolder(root)
         frame = pd.read_csv(catalogue or folder.catalogue, usecols=["image", "ra", "dec"])
-        # Only files inside the folder: a catalogue cannot make the server read anything else.
-        entries = [(float(r.ra), float(r.dec), folder.image(str(r.image))) for r in frame.itertuples()]
+        # Only files really inside the folder: neither a catalogue path nor a link in the folder
+        # can make the server read anything else.
+        entries = [(float(r.ra), float(r.dec), folder.served_image(str(r.image))) for r in frame.itertuples()]
         return cls([(ra, dec, path) for ra, dec, path in entries if path is not None])
 
 
@@ -111,7 +116,7 @@ class CutoutServer:
     def total_requests(self) -> int:
         return sum(self.requests.values())
 
-    def __enter__(self) -> "CutoutServer":
+    def __enter__(self) -> CutoutServer:
         self.thread.start()
         return self
 
@@ -137,6 +142,7 @@ class CutoutServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = server.options.idle_timeout_s  # a socket timeout: a silent client is dropped
 
             def log_message(self, *args: object) -> None:
                 return

@@ -15,10 +15,9 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from galaxy_core.base.config import CUTOUT_SIZE, PIXEL_SCALE, DownloadConfig, GalaxyError
-from galaxy_core.sources.fetch import FetchError, FetchStopped, FetchTimeout, UrlPolicy, get
+from galaxy_core.sources.fetch import FetchError, FetchStopped, FetchTimeout, UrlPolicy, get, new_session
 from galaxy_core.sources.images import ImageLoadError, WrongImageError, check_jpeg
 
 MAX_IMAGE_BYTES = 16 * 1024**2
@@ -67,9 +66,7 @@ class CutoutClient:
     def session(self) -> requests.Session:
         session = getattr(self.local, "session", None)
         if session is None:
-            session = requests.Session()
-            session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=2))
-            session.mount("https://", HTTPAdapter(pool_connections=1, pool_maxsize=2))
+            session = new_session(self.policy, pool_maxsize=2)
             session.headers["User-Agent"] = "galaxy-classification/1.0 (+Galaxy Zoo cutouts)"
             self.local.session = session
         return session

@@ -11,10 +11,10 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
@@ -182,78 +182,93 @@ def _download_locked(catalogue: pd.DataFrame, config: DownloadConfig, out_dir: P
     rows = catalogue if config.limit is None else catalogue.iloc[: config.limit]
     rows = rows.assign(image=unique_relpaths([str(i) for i in rows["id"]]))
     write_catalogue(rows.reset_index(drop=True), DatasetFolder(out_dir).catalogue)
+    run = _DownloadRun(rows, config, out_dir, previous, CutoutClient(config, policy), progress, stop)
+    run.fetch_all()
+    return run.report
 
-    start = time.monotonic()
-    images, ids = rows["image"].tolist(), [str(i) for i in rows["id"]]
-    ras, decs = rows["ra"].to_numpy(float), rows["dec"].to_numpy(float)
-    # A file that is there but not a whole JPEG (copied in, or cut short by a crash of the
-    # machine) is fetched again rather than trusted.
-    todo = [i for i, rel in enumerate(images) if not is_complete_jpeg(out_dir / rel)]
-    report = DownloadReport(total=len(rows), downloaded=0, skipped=len(rows) - len(todo))
-    # Earlier runs' failures stay on record until this run tries those galaxies again.
-    missing = {ids[i] for i in todo}
-    earlier = {k: v for k, v in previous["failed"].items() if k in missing} if previous else {}
-    client = CutoutClient(config, policy)
-    halt = threading.Event()
-    either = AnyEvent(halt, stop)
 
-    def stopped() -> bool:
-        return halt.is_set() or (stop is not None and stop.is_set())
+class _DownloadRun:
+    """One run over a written catalogue: which galaxies are missing, a bounded queue of them on a
+    thread pool, the report and the manifest kept up to date as answers arrive."""
 
-    def one(i: int) -> None:
-        if stopped():
+    def __init__(self, rows: pd.DataFrame, config: DownloadConfig, out_dir: Path, previous: dict | None,
+                 client: CutoutClient, progress: Callable[[DownloadProgress], None] | None,
+                 stop: threading.Event | None):
+        self.config, self.out_dir, self.client, self.progress, self.stop = config, out_dir, client, progress, stop
+        self.start = time.monotonic()
+        self.images, self.ids = rows["image"].tolist(), [str(i) for i in rows["id"]]
+        self.ras, self.decs = rows["ra"].to_numpy(float), rows["dec"].to_numpy(float)
+        # A file that is there but not a whole JPEG (copied in, or cut short by a crash of the
+        # machine) is fetched again rather than trusted.
+        self.todo = [i for i, rel in enumerate(self.images) if not is_complete_jpeg(out_dir / rel)]
+        self.report = DownloadReport(total=len(rows), downloaded=0, skipped=len(rows) - len(self.todo))
+        # Earlier runs' failures stay on record until this run tries those galaxies again.
+        missing = {self.ids[i] for i in self.todo}
+        self.earlier = {k: v for k, v in previous["failed"].items() if k in missing} if previous else {}
+        self.halt = threading.Event()
+        self.either = AnyEvent(self.halt, stop)
+
+    def stopped(self) -> bool:
+        return self.halt.is_set() or (self.stop is not None and self.stop.is_set())
+
+    def fetch_one(self, i: int) -> None:
+        if self.stopped():
             raise InterruptedError("stopped")
-        write_bytes_atomic(out_dir / images[i], client.fetch(float(ras[i]), float(decs[i]), either))
+        image = self.client.fetch(float(self.ras[i]), float(self.decs[i]), self.either)
+        write_bytes_atomic(self.out_dir / self.images[i], image)
 
-    def settle(future: Future, i: int) -> None:
+    def settle(self, future: Future, i: int) -> None:
         try:
             future.result()
-            report.downloaded += 1
+            self.report.downloaded += 1
         except (InterruptedError, CancelledError, FetchStopped):
             return
         except (ImageLoadError, OSError) as exc:
-            report.failed[ids[i]] = str(exc)
-        earlier.pop(ids[i], None)
+            self.report.failed[self.ids[i]] = str(exc)
+        self.earlier.pop(self.ids[i], None)
 
-    def save(running: bool) -> None:
-        report.elapsed_s = time.monotonic() - start
-        _write_manifest(out_dir, report, config, {**earlier, **report.failed}, running)
+    def save(self, running: bool) -> None:
+        self.report.elapsed_s = time.monotonic() - self.start
+        _write_manifest(self.out_dir, self.report, self.config, {**self.earlier, **self.report.failed}, running)
 
-    def notify() -> None:
-        if progress is not None:
-            progress(DownloadProgress(done=report.downloaded + report.skipped + len(report.failed),
-                                      total=report.total, failed=len(report.failed),
-                                      skipped=report.skipped, elapsed_s=time.monotonic() - start))
+    def notify(self) -> None:
+        if self.progress is not None:
+            report = self.report
+            self.progress(DownloadProgress(done=report.downloaded + report.skipped + len(report.failed),
+                                           total=report.total, failed=len(report.failed),
+                                           skipped=report.skipped, elapsed_s=time.monotonic() - self.start))
 
-    notify()
-    threads = config.workers * THREADS_PER_REQUEST_SLOT
-    queue, pending, saved_at = iter(todo), {}, time.monotonic()
-    try:
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cutout") as pool:
-            try:
-                while True:
-                    while len(pending) < QUEUED_PER_THREAD * threads and not stopped():
-                        i = next(queue, None)
-                        if i is None:
+    def fetch_all(self) -> None:
+        """Keep the pool fed from the queue until it is empty or the run is stopped; the manifest
+        is saved every MANIFEST_EVERY_S and once more at the end, whatever ends the run."""
+        self.notify()
+        threads = self.config.workers * THREADS_PER_REQUEST_SLOT
+        queue, pending, saved_at = iter(self.todo), {}, time.monotonic()
+        try:
+            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cutout") as pool:
+                try:
+                    while True:
+                        while len(pending) < QUEUED_PER_THREAD * threads and not self.stopped():
+                            i = next(queue, None)
+                            if i is None:
+                                break
+                            pending[pool.submit(self.fetch_one, i)] = i
+                        if not pending:
                             break
-                        pending[pool.submit(one, i)] = i
-                    if not pending:
-                        break
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        settle(future, pending.pop(future))
-                        notify()
-                    if time.monotonic() - saved_at > MANIFEST_EVERY_S:
-                        save(running=True)
-                        saved_at = time.monotonic()
-            except BaseException:
-                halt.set()
-                for future in pending:
-                    future.cancel()
-                raise
-    finally:
-        for future, i in pending.items():  # requests that finished while the pool shut down
-            if future.done():
-                settle(future, i)
-        save(running=False)
-    return report
+                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            self.settle(future, pending.pop(future))
+                            self.notify()
+                        if time.monotonic() - saved_at > MANIFEST_EVERY_S:
+                            self.save(running=True)
+                            saved_at = time.monotonic()
+                except BaseException:
+                    self.halt.set()
+                    for future in pending:
+                        future.cancel()
+                    raise
+        finally:
+            for future, i in pending.items():  # requests that finished while the pool shut down
+                if future.done():
+                    self.settle(future, i)
+            self.save(running=False)

@@ -70,6 +70,16 @@ class DatasetFolder:
         path = Path(os.path.normpath(root / str(relpath)))
         return path if path.is_relative_to(root) and path.is_file() else None
 
+    def served_image(self, relpath: str) -> Path | None:
+        """The real file a catalogue row names (links followed), or None unless that file lies
+        inside the folder too: for handing images to others, where a link out of the folder
+        would hand out whatever it points at."""
+        path = self.image(relpath)
+        if path is None:
+            return None
+        real = path.resolve()
+        return real if real.is_relative_to(self.root.resolve()) and real.is_file() else None
+
     def require_catalogue(self) -> Path:
         if not self.catalogue.is_file():
             raise DatasetError(f"no {CATALOGUE_NAME} in {self.root}: run `python -m galaxy_core download` "
@@ -97,7 +107,7 @@ class DatasetFolder:
         return (self.catalogue.stat().st_mtime_ns, images.stat().st_mtime_ns if images.is_dir() else 0)
 
     @classmethod
-    def from_user(cls, text: str) -> "DatasetFolder":
+    def from_user(cls, text: str) -> DatasetFolder:
         """A folder typed by a user, to read from: it must hold the catalogue and the images."""
         text = text.strip()
         if not text:

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from galaxy_core.base.config import DEFAULT_CATALOGUE_URL, DEFAULT_CUTOUT_URL
 from galaxy_core.base.fields import clip
-from galaxy_core.sources.fetch import FetchError
+from galaxy_core.sources.fetch import Address, FetchError, split_url
 
 ENV_NAME = "GALAXY_ALLOWED_HOSTS"
 DEFAULT_HOSTS = (
@@ -36,7 +36,7 @@ class HostNotAllowed(FetchError):
     """The URL's host is not one this app may fetch from."""
 
 
-def _resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+def _resolve(host: str, port: int) -> list[Address]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
@@ -44,7 +44,7 @@ def _resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv
     return [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
 
 
-def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+def _public(address: Address) -> bool:
     mapped = getattr(address, "ipv4_mapped", None)
     address = mapped or address
     return address.is_global and not address.is_multicast
@@ -92,22 +92,29 @@ class HostPolicy:
         """Raise HostNotAllowed unless ``url`` is http(s) to an allowed host at allowed addresses
         (``resolve=False``: the name only, for a form to check before any network is used).
 
-        The message names the host, never what (if anything) answers there.
+        The URL is read as the HTTP client reads it (``fetch.split_url``): one that parsers could
+        read differently is refused. The message names the host, never what answers there.
         """
         try:
-            parts = urlsplit(url)
-            host, port = parts.hostname or "", parts.port
-        except ValueError:
-            raise HostNotAllowed("the URL is not a valid http(s) address") from None
-        if parts.scheme not in ("http", "https") or not host:
-            raise HostNotAllowed("only http(s) URLs can be fetched")
-        allowed = ", ".join(self.hosts)
+            _, host, port = split_url(url)
+        except FetchError as exc:
+            raise HostNotAllowed(str(exc)) from None
+        self._check_name(host)
+        if resolve:
+            self.addresses(host, port)
+
+    def _check_name(self, host: str) -> None:
         if not self.host_allowed(host):
-            raise HostNotAllowed(f"this app does not fetch from {clip(host, 100)}: allowed hosts are {allowed} "
-                                 f"(set {ENV_NAME} to change the list)")
-        if not resolve:
-            return
-        for address in _resolve(host, port or (443 if parts.scheme == "https" else 80)):
+            raise HostNotAllowed(f"this app does not fetch from {clip(host, 100)}: allowed hosts are "
+                                 f"{', '.join(self.hosts)} (set {ENV_NAME} to change the list)")
+
+    def addresses(self, host: str, port: int) -> list[Address]:
+        """Every address ``host`` resolves to, each one checked: the connection is opened to one
+        of these (``fetch`` pins it), so a later lookup's different answer is never used."""
+        self._check_name(host)
+        found = _resolve(host, port)
+        for address in found:
             if not _public(address) and not any(address in net for net in self.networks):
                 raise HostNotAllowed(f"this app does not fetch from {clip(host, 100)}: it is a loopback, private "
                                      f"or link-local address (list the address in {ENV_NAME} to allow it)")
+        return found

@@ -6,7 +6,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -14,7 +14,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from galaxy_core.base.config import GalaxyError
 from galaxy_core.base.fields import clip
 
-ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
+ImageSource = str | os.PathLike | bytes | BinaryIO | Image.Image
 DEFAULT_MAX_PIXELS = 50_000_000
 MAX_DECODED_SIDE = 1024
 """The long side an image is reduced to right after decoding when only its content matters

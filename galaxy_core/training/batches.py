@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import queue
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from galaxy_core.data.cache import PackedDataset
 from galaxy_core.data.dataset import Balanced, training_targets
 from galaxy_core.data.geometry import InputGeometry, compose_dihedral, crop_and_resize, dihedral_per_sample
 from galaxy_core.data.normalise import ChannelStats, normalise
+from galaxy_core.model.tree import training_tree
 from galaxy_core.training.distributed import Distributed
 
 
@@ -71,6 +72,33 @@ def jittered_crop(images_uint8: torch.Tensor, geometry: InputGeometry, jitter: t
     return out.contiguous(memory_format=torch.channels_last)
 
 
+LUMINANCE = (0.299, 0.587, 0.114)
+"""ITU-R 601 weights: how a greyscale upload's one channel relates to the colour it came from."""
+
+
+def random_colour(n: int, gen: torch.Generator, greyscale: float,
+                  colour_jitter: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-view (greyscale?, per-channel gain): a ``greyscale`` share of views lose their colour,
+    and every view's channels are scaled by gains within 1 +- ``colour_jitter`` (colour balance).
+    None when neither is asked for, so such runs draw exactly what they drew before."""
+    if greyscale <= 0 and colour_jitter <= 0:
+        return None
+    grey = torch.rand(n, generator=gen) < greyscale
+    gains = 1 + colour_jitter * (2 * torch.rand(n, 3, generator=gen) - 1)
+    return grey, gains
+
+
+def recoloured(x: torch.Tensor, grey: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
+    """Views (n, 3, h, w) in [0, 1] with per-channel gains, then the greyscale ones turned to their
+    luminance in all three channels, as a greyscale image is read; clipped to [0, 1]."""
+    x = x * gains.to(x.dtype)[:, :, None, None]
+    if grey.any():
+        weights = torch.tensor(LUMINANCE, dtype=x.dtype)[None, :, None, None]
+        luminance = (x * weights).sum(dim=1, keepdim=True).expand_as(x)
+        x = torch.where(grey[:, None, None, None], luminance, x)
+    return x.clamp(0, 1)
+
+
 @dataclass
 class BatchSource:
     """Training views (row, quarter turns) and how to turn them into network input."""
@@ -80,6 +108,11 @@ class BatchSource:
     stats: ChannelStats
     geometry: InputGeometry
     config: TrainConfig
+
+    @property
+    def tree_stems(self) -> tuple[str, ...]:
+        tree = training_tree(self.config.tree_weight)
+        return () if tree is None else tree.stems
 
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.views.rows) / self.config.batch_size)
@@ -92,7 +125,8 @@ class BatchSource:
         steps = self.steps_per_epoch()
         perm = np.resize(perm, steps * size)
         flips = torch.randint(0, 8, (steps * size,), generator=gen)
-        jitter = random_jitter(steps * size, gen) if self.config.jitter else None
+        jitter = random_jitter(steps * size, gen, max_zoom=self.config.max_zoom) if self.config.jitter else None
+        colour = random_colour(steps * size, gen, self.config.greyscale, self.config.colour_jitter)
         for step in range(steps):
             chunk = np.arange(step * size, (step + 1) * size)[dist_info.rank::dist_info.world]
             picked = perm[chunk]
@@ -107,10 +141,13 @@ class BatchSource:
             symmetry = torch.from_numpy(self.views.rotations[picked])
             if self.config.augment:
                 symmetry = compose_dihedral(flips[chunk], symmetry)
-            x = normalise(dihedral_per_sample(x, symmetry), self.stats)
+            x = dihedral_per_sample(x, symmetry)
+            if colour is not None:
+                x = recoloured(x, *(part[torch.from_numpy(chunk)] for part in colour))
+            x = normalise(x, self.stats)
             x = x.contiguous(memory_format=torch.channels_last)
             targets = torch.from_numpy(training_targets(self.dataset, rows, self.config.soft_labels,
-                                                        self.config.aux_outputs))
+                                                        self.config.aux_outputs, self.tree_stems))
             yield x, targets
 
 

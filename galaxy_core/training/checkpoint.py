@@ -2,14 +2,18 @@
 and what keeps two jobs from writing to one model folder.
 
 Checkpoints are loaded with ``weights_only=True``: a crafted file is refused, never executed.
+A checkpoint records what its run learns from (``data_fingerprint``), and resuming it on other
+galaxies, another split or another image cache is refused: it would quietly train on galaxies
+the finished model is then tested on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -22,6 +26,10 @@ CHECKPOINT_KEYS = frozenset({"model", "optimiser", "scheduler", "epoch", "config
 LOCK_NAME = ".train.lock"
 # Settings that may change between a run and its resumption without changing the result.
 RESUMABLE_KEYS = {"data_dir", "out_dir", "cache_dir", "num_threads", "device"}
+DATA_KEY = "data"
+DATA_PARTS = {"catalogue": "the catalogue's galaxies or their classes",
+              "split": "the train/validation/test split",
+              "cache": "the image cache (images downloaded or decoded again)"}
 
 
 class TrainingBusyError(GalaxyError):
@@ -51,7 +59,36 @@ def comparable(config_dict: dict) -> dict:
     return {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_KEYS}
 
 
-def load_checkpoint(path: Path, config: TrainConfig) -> dict | None:
+def _digest(lines: Iterable[object]) -> str:
+    digest = hashlib.sha256()
+    for line in lines:
+        digest.update(f"{line}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def data_fingerprint(ids: Iterable[str], labels: Iterable[int], split: Mapping[str, Iterable[str]],
+                     cache_key: str) -> dict[str, str]:
+    """What a run learns from, as three short hashes: the galaxies with their classes, the ids of
+    each split, and the key of the image cache it reads."""
+    return {"catalogue": _digest(f"{i}\t{label}" for i, label in zip(ids, labels, strict=True)),
+            "split": _digest(f"{name}\t{i}" for name in sorted(split) for i in split[name]),
+            "cache": str(cache_key)}
+
+
+def _check_data(path: Path, saved: object, data: Mapping[str, str]) -> None:
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} does not record which galaxies it was trained on, so resuming it could "
+                              "train on another split; use --restart to start over")
+    changed = [what for part, what in DATA_PARTS.items() if saved.get(part) != data.get(part)]
+    if changed:
+        raise CheckpointError(f"{path.parent} holds a checkpoint of other data: {', '.join(changed)} changed since it "
+                              "was saved, and resuming would mix galaxies between training and test; use --restart "
+                              "to start over (or a new --out folder)")
+
+
+def load_checkpoint(path: Path, config: TrainConfig, data: Mapping[str, str] | None = None) -> dict | None:
+    """The checkpoint to resume from, or None; refused when its settings differ from ``config``
+    or (given ``data``, a ``data_fingerprint``) when it was trained on other data."""
     if not path.is_file():
         return None
     try:
@@ -70,6 +107,8 @@ def load_checkpoint(path: Path, config: TrainConfig) -> dict | None:
         changed = sorted(k for k, v in comparable(config.to_dict()).items() if saved.get(k) != v)
         raise ConfigError(f"{path.parent} holds a checkpoint trained with different settings "
                           f"({', '.join(changed)}); use a new --out folder or --restart")
+    if data is not None:
+        _check_data(path, state.get(DATA_KEY), data)
     return state
 
 

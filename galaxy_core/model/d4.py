@@ -1,0 +1,106 @@
+"""Group convolutions over D4, the 8 rotations by quarter turns and mirrorings of the square:
+a network whose features turn with the image, so galaxies need no "up".
+
+Each layer keeps one copy of every feature per group element ("fields" of 8 channels). A lifting
+convolution turns the image into such fields; a group convolution maps fields to fields; both
+build their filters from one learnt filter by turning and mirroring it (weight sharing, Cohen and
+Welling 2016), so a turned or mirrored input gives the same features, turned and with their 8
+copies permuted. Pooling over the copies and over space at the end makes the answer invariant.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ORDER = 8
+
+
+def act(g: int, x: torch.Tensor) -> torch.Tensor:
+    """Element g of D4 (g % 4 quarter turns, after a mirror when g >= 4) on the last two axes."""
+    if g >= 4:
+        x = x.flip(-1)
+    return torch.rot90(x, g % 4, dims=(-2, -1))
+
+
+def _cayley() -> tuple[list[list[int]], list[int]]:
+    probe = torch.arange(9.0).view(3, 3)
+    images = [act(g, probe) for g in range(ORDER)]
+    table = [[next(c for c in range(ORDER) if torch.equal(act(a, act(b, probe)), images[c]))
+              for b in range(ORDER)] for a in range(ORDER)]
+    inverse = [next(b for b in range(ORDER) if table[a][b] == 0) for a in range(ORDER)]
+    return table, inverse
+
+
+CAYLEY, INVERSE = _cayley()
+
+
+def downsampled(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """Striding as ``stride`` x ``stride`` average pooling before a stride-1 convolution: a strided
+    convolution's grid on an even side is not mapped onto itself by a quarter turn, the pooling
+    blocks are, so every layer stays exactly equivariant (at the strided convolution's cost)."""
+    return x if stride == 1 else F.avg_pool2d(x, stride)
+
+
+class LiftingConv(nn.Module):
+    """Image channels -> ``fields`` x 8 channels: one learnt filter, turned and mirrored 8 ways."""
+
+    def __init__(self, c_in: int, fields: int, kernel: int, stride: int = 1, padding: int = 0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(fields, c_in, kernel, kernel))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        self.stride, self.padding = stride, padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = torch.stack([act(g, self.weight) for g in range(ORDER)], dim=1)  # fields, 8, c_in, k, k
+        return F.conv2d(downsampled(x, self.stride), w.flatten(0, 1), padding=self.padding)
+
+
+class GroupConv(nn.Module):
+    """``c_in`` x 8 -> ``c_out`` x 8 channels: filter g is the learnt one turned by g, reading the
+    input's copies in the order g permutes them."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(c_out, c_in, ORDER, kernel, kernel))
+        nn.init.kaiming_normal_(self.weight.view(c_out, c_in * ORDER, kernel, kernel), mode="fan_out",
+                                nonlinearity="relu")
+        self.stride, self.padding = stride, padding
+        perms = torch.tensor([[CAYLEY[INVERSE[g]][h] for h in range(ORDER)] for g in range(ORDER)])
+        self.register_buffer("perms", perms, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c_out, c_in, _, k, _ = self.weight.shape
+        w = torch.stack([act(g, self.weight[:, :, self.perms[g]]) for g in range(ORDER)], dim=1)
+        return F.conv2d(downsampled(x, self.stride), w.reshape(c_out * ORDER, c_in * ORDER, k, k),
+                        padding=self.padding)
+
+
+class FieldNorm(nn.Module):
+    """Batch norm with one mean and scale per field, shared by its 8 copies (keeps equivariance)."""
+
+    def __init__(self, fields: int):
+        super().__init__()
+        self.norm = nn.BatchNorm3d(fields)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        return self.norm(x.view(n, c // ORDER, ORDER, h, w)).view(n, c, h, w)
+
+
+class GroupBlock(nn.Module):
+    """BasicBlock of group convolutions: two 3x3 group convolutions with a residual shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1, self.bn1 = GroupConv(c_in, c_out, 3, stride, 1), FieldNorm(c_out)
+        self.conv2, self.bn2 = GroupConv(c_out, c_out, 3, 1, 1), FieldNorm(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(GroupConv(c_in, c_out, 1, stride), FieldNorm(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
