@@ -96,6 +96,8 @@ class CutoutServer:
         self.options = options or ServerOptions()
         self.requests: Counter[str] = Counter()
         self.lock = threading.Lock()
+        self.in_flight = 0  # cutout requests being answered now
+        self.idle = threading.Condition(self.lock)
         self.slots = threading.BoundedSemaphore(self.options.max_concurrent or 10_000)
         handler = self._make_handler()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
@@ -115,6 +117,12 @@ class CutoutServer:
     @property
     def total_requests(self) -> int:
         return sum(self.requests.values())
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no cutout request is being answered (those of a client that was killed
+        mid-request included); False if some still are after ``timeout_s``."""
+        with self.idle:
+            return self.idle.wait_for(lambda: self.in_flight == 0, timeout=timeout_s)
 
     def __enter__(self) -> CutoutServer:
         self.thread.start()
@@ -170,10 +178,17 @@ class CutoutServer:
                 if not (math.isfinite(ra) and math.isfinite(dec)):  # nan, inf, 1e400
                     self._send(400, b"ra and dec must be finite numbers", "text/plain")
                     return
-                with server.slots:
-                    if server.options.latency_s:
-                        time.sleep(server.options.latency_s)
-                    self._answer(ra, dec)
+                with server.lock:
+                    server.in_flight += 1
+                try:
+                    with server.slots:
+                        if server.options.latency_s:
+                            time.sleep(server.options.latency_s)
+                        self._answer(ra, dec)
+                finally:
+                    with server.idle:
+                        server.in_flight -= 1
+                        server.idle.notify_all()
 
             def _answer(self, ra: float, dec: float) -> None:
                 path = server.index.find(ra, dec)

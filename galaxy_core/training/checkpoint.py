@@ -112,17 +112,6 @@ def load_checkpoint(path: Path, config: TrainConfig, data: Mapping[str, str] | N
     return state
 
 
-def discard_checkpoint(out_dir: Path) -> bool:
-    """Start a run over; raises TrainingBusyError rather than pull the checkpoint from under a
-    job that is still writing to ``out_dir``."""
-    path = Path(out_dir) / CHECKPOINT_NAME
-    if not path.is_file():
-        return False
-    with output_lock(Path(out_dir)):
-        path.unlink(missing_ok=True)
-    return True
-
-
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write atomically: a failed write (a full disk) leaves the previous checkpoint as it was."""
     try:

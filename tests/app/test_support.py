@@ -24,7 +24,6 @@ from galaxy_core.base.config import CLASSES, ConfigError, DownloadConfig
 from galaxy_core.model.card import EpochRecord
 from galaxy_core.model.metrics import ClassScores, Metrics, ReliabilityBin
 from galaxy_core.sources.download import DownloadProgress
-from galaxy_core.training.checkpoint import discard_checkpoint
 
 
 def test_folders_come_from_the_environment_or_the_repo(tmp_path: Path):
@@ -61,8 +60,6 @@ def test_training_never_overwrites_the_shipped_or_a_finished_model(tmp_path: Pat
         model_dir_for_training(tmp_path, "done")
     (finished / "checkpoint.pt").write_bytes(b"x")  # a resumable run of the app's own
     assert model_dir_for_training(tmp_path, "done") == finished
-    assert discard_checkpoint(finished) and not (finished / "checkpoint.pt").exists()
-    assert not discard_checkpoint(finished)
     assert model_dir_for_training(tmp_path, "new") == tmp_path / "new"
 
 

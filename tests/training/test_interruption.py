@@ -24,7 +24,7 @@ from galaxy_core.sources.cutout_server import ServerOptions
 from galaxy_core.sources.download import download_cutouts
 from galaxy_core.sources.folder import IMAGES_DIR
 from galaxy_core.sources.images import check_jpeg
-from galaxy_core.training.checkpoint import CHECKPOINT_NAME, TrainingBusyError, discard_checkpoint, output_lock
+from galaxy_core.training.checkpoint import CHECKPOINT_NAME, TrainingBusyError, output_lock
 from galaxy_core.training.train import train
 
 
@@ -63,7 +63,7 @@ def test_download_killed_midway_resumes_without_corruption(tmp_path: Path, cutou
         # What a kill in the middle of a write leaves: an orphaned temporary file.
         (out / IMAGES_DIR / ".syn2_0007.jpg.k1ll3d.part").write_bytes(b"\xff\xd8 half a picture")
 
-        time.sleep(4 * 0.15)  # requests the killed child left in flight reach the server's count
+        assert server.wait_idle(30)  # requests the killed child left in flight reach the server's count
         before = dict(server.requests)
         report = download_cutouts(catalogue, DownloadConfig(out_dir=out, cutout_url=server.url, workers=4,
                                                              backoff_s=0.01, timeout_s=5))
@@ -204,7 +204,7 @@ def test_ctrl_c_then_rerun_matches_uninterrupted_run_and_blocks_a_second_job(
         with pytest.raises(TrainingBusyError, match="already writing"):
             train(config)
         with pytest.raises(TrainingBusyError):
-            discard_checkpoint(out)  # what the app's "start over" does
+            train(config, restart=True)  # what the app's "start over" does
         assert main([*args, "--restart"]) == EXIT_USER_ERROR
         assert "another training job is already writing" in capsys.readouterr().err
         assert (out / CHECKPOINT_NAME).read_bytes() == checkpoint
