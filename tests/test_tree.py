@@ -130,7 +130,8 @@ def test_edge_on_rule_moves_elliptical_to_spiral_by_the_edge_on_share() -> None:
     probs = np.array([[0.1, 0.8, 0.1], [0.1, 0.8, 0.1]], dtype=np.float32)
     moved = apply_class_rule(probs, f, GZ2_TREE, ClassRule("edge_on_disk", 1.0))
     assert moved.sum(axis=1) == pytest.approx([1.0, 1.0])
-    assert moved[0].argmax() == CLASSES.index("Spiral") and moved[0, 0] == pytest.approx(0.1 + 0.72 * 0.9)
+    assert moved[0].argmax() == CLASSES.index("Spiral") and moved[0, 0] == pytest.approx(0.1 + 0.72 * 0.8)
+    assert moved[0, 2] == pytest.approx(0.1)  # Uncertain keeps its own
     np.testing.assert_allclose(moved[1], probs[1])  # a round smooth galaxy keeps its Elliptical
     np.testing.assert_array_equal(apply_class_rule(probs, f, GZ2_TREE, ClassRule()), probs)
 
