@@ -236,3 +236,21 @@ def test_a_tree_model_trains_and_answers_every_question(tmp_path: Path) -> None:
     tuned = dataclasses.replace(card, class_rule=ClassRule("edge_on_disk", 2.0))
     assert ModelCard.from_dict(json.loads(json.dumps(tuned.to_dict()))) == tuned
     shutil.rmtree(tmp_path / "cache")
+
+
+def test_classify_page_says_the_trees_answer_in_words(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    data = add_tree_votes(make_dataset(tmp_path / "data", n_per_class=8))
+    models = tmp_path / "models"
+    train(TrainConfig(data_dir=data, out_dir=models / "tree", epochs=1, batch_size=8, input_size=32, crop=96, width=8,
+                      depth=1, tree_weight=1.0, cache_dir=tmp_path / "cache"))
+    monkeypatch.setenv("GALAXY_MODELS_ROOT", str(models))
+    monkeypatch.setenv("GALAXY_DATA_ROOT", str(tmp_path / "empty"))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
+    at.switch_page("app_pages/classify.py").run()
+    at.file_uploader[0].set_value([("galaxy.jpg", (data / "images" / "syn0_0001.jpg").read_bytes(), "image/jpeg")]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    said = [m.value for m in at.markdown if "decision tree" in m.value]
+    assert len(said) == 1 and said[0].split(": ", 1)[1].split(" (")[0] in {a.words.capitalize() for a in
+                                                                          GZ2_TREE.questions[0].answers}
