@@ -254,3 +254,21 @@ def test_classify_page_says_the_trees_answer_in_words(tmp_path: Path, monkeypatc
     said = [m.value for m in at.markdown if "decision tree" in m.value]
     assert len(said) == 1 and said[0].split(": ", 1)[1].split(" (")[0] in {a.words.capitalize() for a in
                                                                           GZ2_TREE.questions[0].answers}
+
+
+def test_init_from_starts_from_a_models_weights_but_never_from_one_that_saw_the_test_galaxies(tmp_path: Path) -> None:
+    from galaxy_core.base.config import ConfigError
+    from galaxy_core.model.bundle import load_bundle
+
+    data = add_tree_votes(make_dataset(tmp_path / "data", n_per_class=8))
+    common = dict(data_dir=data, epochs=1, batch_size=8, input_size=32, crop=96, width=8, depth=1,
+                  cache_dir=tmp_path / "cache")
+    train(TrainConfig(out_dir=tmp_path / "first", aux_weight=1.0, **common))
+    first = load_bundle(tmp_path / "first").model.state_dict()
+    train(TrainConfig(out_dir=tmp_path / "tree", tree_weight=1.0, init_from=tmp_path / "first", lr=1e-6,
+                      weight_decay=0.0, **common))
+    tuned = load_bundle(tmp_path / "tree").model.state_dict()
+    assert torch.allclose(tuned["stem.0.weight"], first["stem.0.weight"], atol=1e-4)  # lr ~0: still its weights
+    assert not torch.allclose(first["stem.0.weight"], torch.zeros_like(first["stem.0.weight"]))
+    with pytest.raises(ConfigError, match="overlap this run's validation or test galaxies"):
+        train(TrainConfig(out_dir=tmp_path / "other", init_from=tmp_path / "first", **{**common, "seed": 5}))
