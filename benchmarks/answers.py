@@ -60,7 +60,8 @@ def spiral_vs_elliptical(probs: np.ndarray, labels: np.ndarray) -> dict[str, flo
     return {"spiral_vs_elliptical": float((says_spiral[spiral].sum() + (~says_spiral[elliptical]).sum())
                                           / max(spiral.sum() + elliptical.sum(), 1)),
             "spiral_recall": float(says_spiral[spiral].mean()),
-            "elliptical_recall": float((~says_spiral[elliptical]).mean()), "galaxies": int(spiral.sum() + elliptical.sum())}
+            "elliptical_recall": float((~says_spiral[elliptical]).mean()),
+            "galaxies": int(spiral.sum() + elliptical.sum())}
 
 
 def bench_widefield(classifier: Classifier, folder: Path, limit: int | None, half: str = "all") -> dict[str, float]:
@@ -76,7 +77,8 @@ def bench_widefield(classifier: Classifier, folder: Path, limit: int | None, hal
     probs = np.concatenate(probs)
     out = spiral_vs_elliptical(probs, labels)
     edge = (table["gz1_plurality_class"] == EDGE_ON_CLASS).to_numpy()
-    out["edge_on_recall"] = float((probs[edge, SPIRAL] > probs[edge, ELLIPTICAL]).mean()) if edge.any() else float("nan")
+    says_spiral = probs[edge, SPIRAL] > probs[edge, ELLIPTICAL]
+    out["edge_on_recall"] = float(says_spiral.mean()) if edge.any() else float("nan")
     out["edge_on_galaxies"] = int(edge.sum())
     return {f"widefield_{half + '_' if half != 'all' else ''}{k}": v for k, v in out.items()}
 

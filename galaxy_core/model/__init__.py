@@ -1,5 +1,6 @@
-"""The network, its typed card (everything a model needs to answer, validated on load), saved
-bundles, numeric precision, and the metrics a card records.
+"""The networks (with D4 group convolutions among them), the decision-tree schema and the class
+rule, the typed card (everything a model needs to answer, validated on load), saved bundles,
+numeric precision, and the metrics a card records.
 
 Imports only ``base``, ``sources`` and ``data``.
 """

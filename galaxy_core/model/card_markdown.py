@@ -38,6 +38,14 @@ def render_model_card(card: ModelCard, metrics: Metrics) -> str:
         + f"An answer whose top probability is below {card.confidence_floor:.0%} carries a low-confidence "
         "warning, as does an image in which no galaxy is found or the galaxy is cut by the edge.",
         "",
+        *([] if card.tree is None else [
+            f"Decision tree: it also answers every question of the {len(card.tree.questions)}-question Galaxy Zoo "
+            f"tree ({', '.join(q.id for q in card.tree.questions)}; {len(card.tree.stems)} answers, the tree is "
+            "stored in card.json), trained on the volunteers' vote counts (a count-weighted multinomial "
+            "per question, so a question nobody was asked weighs nothing).", ""]),
+        f"Classes from: {card.class_rule.words}.", "",
+        "Trained for greyscale images: " + ("yes (a share of training views turned to greyscale)."
+                                            if card.trained_for_greyscale else "no."), "",
         f"Trained {prov.trained_at} in {prov.training_seconds / 60:.1f} min on {prov.machine.device} "
         f"({prov.machine.processes} process(es), {prov.machine.threads} threads), torch {prov.machine.torch}, "
         f"seed {prov.seed}.", "",

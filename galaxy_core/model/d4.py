@@ -63,16 +63,19 @@ class GroupConv(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(c_out, c_in, ORDER, kernel, kernel))
-        nn.init.kaiming_normal_(self.weight.view(c_out, c_in * ORDER, kernel, kernel), mode="fan_out",
-                                nonlinearity="relu")
+        # Stored as (c_out, c_in x 8, k, k), a rank-4 tensor like any convolution's (so the network
+        # takes the channels-last memory format), and read as (c_out, c_in, 8, k, k).
+        self.weight = nn.Parameter(torch.empty(c_out, c_in * ORDER, kernel, kernel))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
         self.stride, self.padding = stride, padding
         perms = torch.tensor([[CAYLEY[INVERSE[g]][h] for h in range(ORDER)] for g in range(ORDER)])
         self.register_buffer("perms", perms, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c_out, c_in, _, k, _ = self.weight.shape
-        w = torch.stack([act(g, self.weight[:, :, self.perms[g]]) for g in range(ORDER)], dim=1)
+        c_out, channels, k, _ = self.weight.shape
+        c_in = channels // ORDER
+        weight = self.weight.reshape(c_out, c_in, ORDER, k, k)
+        w = torch.stack([act(g, weight[:, :, self.perms[g]]) for g in range(ORDER)], dim=1)
         return F.conv2d(downsampled(x, self.stride), w.reshape(c_out * ORDER, c_in * ORDER, k, k),
                         padding=self.padding)
 

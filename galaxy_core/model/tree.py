@@ -239,7 +239,7 @@ class ClassRule:
     edge-on disk "smooth" and then "cigar-shaped", so a class head trained on GZ2's first question
     calls it Elliptical. The tree gives the share of volunteers who would see a disk edge-on or a
     cigar, E = P(features) P(edge-on | features) + P(smooth) P(cigar | smooth); a share
-    m = min(1, edge_weight x E) of the Elliptical and Uncertain probability moves to Spiral.
+    m = min(1, edge_weight x E) of the Elliptical probability moves to Spiral (Uncertain keeps its own).
     ``edge_weight`` is tuned on validation galaxies and the wide-field development half only.
     """
 
@@ -251,7 +251,7 @@ class ClassRule:
         if self.name == "class_head":
             return "the class head's probabilities"
         return (f"edge-on disks count as disks: min(1, {self.edge_weight:g} x the predicted edge-on or cigar-shaped "
-                "share) of the Elliptical and Uncertain probability moves to Spiral")
+                "share) of the Elliptical probability moves to Spiral")
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "edge_weight": self.edge_weight}
@@ -275,11 +275,13 @@ def edge_on_share(fractions: np.ndarray, tree: TreeSchema) -> np.ndarray:
 
 
 def apply_class_rule(probs: np.ndarray, fractions: np.ndarray | None, tree: TreeSchema | None,
-                     rule: ClassRule, spiral: int = 0) -> np.ndarray:
-    """Class probabilities (n, classes) under ``rule``; ``spiral`` is the Spiral column."""
+                     rule: ClassRule, spiral: int = 0, elliptical: int = 1) -> np.ndarray:
+    """Class probabilities (n, classes) under ``rule``; ``spiral`` and ``elliptical`` are the
+    Spiral and Elliptical columns."""
     if rule.name == "class_head" or fractions is None or tree is None or rule.edge_weight == 0:
         return probs
-    moved = np.clip(rule.edge_weight * edge_on_share(fractions, tree), 0.0, 1.0)[:, None]
-    out = probs * (1.0 - moved)
-    out[:, spiral] = probs[:, spiral] + moved[:, 0] * (1.0 - probs[:, spiral])
+    moved = np.clip(rule.edge_weight * edge_on_share(fractions, tree), 0.0, 1.0) * probs[:, elliptical]
+    out = probs.copy()
+    out[:, elliptical] -= moved
+    out[:, spiral] += moved
     return out.astype(probs.dtype)

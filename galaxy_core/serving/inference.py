@@ -168,7 +168,8 @@ def tree_answers(log_probs: torch.Tensor | None) -> np.ndarray | None:
 def class_probabilities(bundle: ModelBundle, classes: torch.Tensor, tree: np.ndarray | None) -> np.ndarray:
     """Calibrated class probabilities under the card's class rule (which may read the tree)."""
     return apply_class_rule(calibrated(classes, bundle), tree, bundle.card.tree, bundle.card.class_rule,
-                            spiral=bundle.card.classes.index("Spiral"))
+                            spiral=bundle.card.classes.index("Spiral"),
+                            elliptical=bundle.card.classes.index("Elliptical"))
 
 
 def predict_outputs(bundle: ModelBundle, images: Cutouts, *, tta: bool | None = None,

@@ -26,6 +26,7 @@ def test_group_convolutions_are_equivariant() -> None:
 def test_d4_network_answers_the_same_for_all_eight_views() -> None:
     torch.manual_seed(1)
     model = build_model(Architecture("d4_resnet", width=8, depth=1, aux_outputs=3, tree_outputs=28)).eval()
+    model = model.to(memory_format=torch.channels_last)  # as training lays it out
     plain = build_model(Architecture("resnet_small", width=8, depth=1)).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

@@ -41,7 +41,7 @@ from galaxy_core.training.batches import LUMINANCE, recoloured
 from galaxy_core.training.train import train
 from tests.conftest import make_dataset, synthetic_galaxy
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STEMS = GZ2_TREE.stems
 
 
@@ -49,7 +49,7 @@ def add_tree_votes(root: Path, seed: int = 0) -> Path:
     """Give a synthetic dataset's catalogue per-answer vote counts and fractions for every GZ2 answer."""
     frame = pd.read_csv(root / "catalogue.csv")
     rng = np.random.default_rng(seed)
-    for question, part in zip(GZ2_TREE.questions, GZ2_TREE.slices()):
+    for part in GZ2_TREE.slices():
         counts = rng.integers(0, 20, (len(frame), part.stop - part.start))
         total = counts.sum(axis=1, keepdims=True)
         for k, stem in enumerate(STEMS[part]):
@@ -65,7 +65,8 @@ def test_gz2_tree_is_the_shared_catalogues_columns(shared_gz2: Path) -> None:
     stems = sorted({c[: -len("_count")] for c in header if c.endswith("_count")})
     assert sorted(STEMS) == stems and len(GZ2_TREE.questions) == 9
     frame = read_catalogue(shared_gz2 / "catalogue.csv")
-    assert tree_columns(frame.columns) == [f"{s}_{k}" for s in header_order(header) for k in ("count", "weighted_fraction")]
+    expected = [f"{s}_{k}" for s in header_order(header) for k in ("count", "weighted_fraction")]
+    assert tree_columns(frame.columns) == expected
 
 
 def header_order(header: pd.Index) -> list[str]:
@@ -137,7 +138,8 @@ def test_edge_on_rule_moves_elliptical_to_spiral_by_the_edge_on_share() -> None:
     probs = np.array([[0.1, 0.8, 0.1], [0.1, 0.8, 0.1]], dtype=np.float32)
     moved = apply_class_rule(probs, f, GZ2_TREE, ClassRule("edge_on_disk", 1.0))
     assert moved.sum(axis=1) == pytest.approx([1.0, 1.0])
-    assert moved[0].argmax() == CLASSES.index("Spiral") and moved[0, 0] == pytest.approx(0.1 + 0.72 * 0.9)
+    assert moved[0].argmax() == CLASSES.index("Spiral") and moved[0, 0] == pytest.approx(0.1 + 0.72 * 0.8)
+    assert moved[0, 2] == pytest.approx(0.1)  # Uncertain keeps its own
     np.testing.assert_allclose(moved[1], probs[1])  # a round smooth galaxy keeps its Elliptical
     np.testing.assert_array_equal(apply_class_rule(probs, f, GZ2_TREE, ClassRule()), probs)
 
@@ -165,7 +167,8 @@ def test_tree_words_follow_the_most_likely_path() -> None:
     reading = read_tree(dict(zip(STEMS, shares)), GZ2_TREE)
     assert [a.stem for a in reading.path] == ["t01_smooth_or_features_a02_features_or_disk", "t02_edgeon_a04_yes",
                                               "t09_bulge_shape_a25_rounded", "t06_odd_a15_no"]
-    assert reading.sentence.startswith("A disk or features (99%), seen edge-on (99%), with a rounded bulge (99%), nothing odd")
+    assert reading.sentence.startswith(
+        "A disk or features (99%), seen edge-on (99%), with a rounded bulge (99%), nothing odd")
     assert len(reading.answers) == len(STEMS) and reading.answers[0].reach == 1.0
 
 
@@ -242,3 +245,40 @@ def test_a_tree_model_trains_and_answers_every_question(tmp_path: Path) -> None:
     tuned = dataclasses.replace(card, class_rule=ClassRule("edge_on_disk", 2.0))
     assert ModelCard.from_dict(json.loads(json.dumps(tuned.to_dict()))) == tuned
     shutil.rmtree(tmp_path / "cache")
+
+
+def test_classify_page_says_the_trees_answer_in_words(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    data = add_tree_votes(make_dataset(tmp_path / "data", n_per_class=8))
+    models = tmp_path / "models"
+    train(TrainConfig(data_dir=data, out_dir=models / "tree", epochs=1, batch_size=8, input_size=32, crop=96, width=8,
+                      depth=1, tree_weight=1.0, cache_dir=tmp_path / "cache"))
+    monkeypatch.setenv("GALAXY_MODELS_ROOT", str(models))
+    monkeypatch.setenv("GALAXY_DATA_ROOT", str(tmp_path / "empty"))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
+    at.switch_page("app_pages/classify.py").run()
+    upload = ("galaxy.jpg", (data / "images" / "syn0_0001.jpg").read_bytes(), "image/jpeg")
+    at.file_uploader[0].set_value([upload]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    said = [m.value for m in at.markdown if "decision tree" in m.value]
+    assert len(said) == 1 and said[0].split(": ", 1)[1].split(" (")[0] in {a.words.capitalize() for a in
+                                                                          GZ2_TREE.questions[0].answers}
+
+
+def test_init_from_starts_from_a_models_weights_but_never_from_one_that_saw_the_test_galaxies(tmp_path: Path) -> None:
+    from galaxy_core.base.config import ConfigError
+    from galaxy_core.model.bundle import load_bundle
+
+    data = add_tree_votes(make_dataset(tmp_path / "data", n_per_class=8))
+    common = dict(data_dir=data, epochs=1, batch_size=8, input_size=32, crop=96, width=8, depth=1,
+                  cache_dir=tmp_path / "cache")
+    train(TrainConfig(out_dir=tmp_path / "first", aux_weight=1.0, **common))
+    first = load_bundle(tmp_path / "first").model.state_dict()
+    train(TrainConfig(out_dir=tmp_path / "tree", tree_weight=1.0, init_from=tmp_path / "first", lr=1e-6,
+                      weight_decay=0.0, **common))
+    tuned = load_bundle(tmp_path / "tree").model.state_dict()
+    assert torch.allclose(tuned["stem.0.weight"], first["stem.0.weight"], atol=1e-4)  # lr ~0: still its weights
+    assert not torch.allclose(first["stem.0.weight"], torch.zeros_like(first["stem.0.weight"]))
+    with pytest.raises(ConfigError, match="overlap this run's validation or test galaxies"):
+        train(TrainConfig(out_dir=tmp_path / "other", init_from=tmp_path / "first", **{**common, "seed": 5}))
