@@ -17,6 +17,14 @@ def jpeg(size: int) -> bytes:
     return buffer.getvalue()
 
 
+class QuietServer(ThreadingHTTPServer):
+    """A client hanging up mid-answer is what these tests provoke: not an error worth a traceback on
+    stderr, where a test reading the CLI's stderr would take it for the CLI's."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        return
+
+
 class Stand:
     """A 127.0.0.1 server whose routes are functions of the handler; it records what it saw."""
 
@@ -43,7 +51,7 @@ class Stand:
                     except OSError:  # the client hung up, as it should
                         pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
 
     def url(self, path: str) -> str:

@@ -1,4 +1,5 @@
-"""The shipped models, models/default (the volunteers' votes) and models/debiased: they load safely,
+"""The shipped models, models/default (the volunteers' votes), models/debiased and models/tree (the
+whole Galaxy Zoo 2 decision tree): they load safely,
 classify out of the box, record their label rule, and their cards' test metrics are reproduced by
 `evaluate` on the shared data."""
 
@@ -16,7 +17,7 @@ from galaxy_core.model.bundle import load_bundle, read_card
 from galaxy_core.serving.predict import Classifier
 
 SHIPPED = default_model_dir()
-MODELS = {"default": "votes", "debiased": "debiased"}
+MODELS = {"default": "votes", "debiased": "debiased", "tree": "votes"}
 ANSWER_COLUMNS = {"votes": "weighted_fraction", "debiased": "debiased"}
 
 
