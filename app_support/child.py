@@ -72,16 +72,18 @@ def in_child(make_task: Callable[..., Task], *args: Any) -> Task:
         kill_at: float | None = None
         try:
             while True:
+                # Checked before every message, not only when the queue is quiet: a job that reports
+                # every batch would otherwise never hear its stop.
+                if stop.is_set():
+                    child_stop.set()
+                    kill_at = kill_at or time.monotonic() + STOP_GRACE_S
+                    if time.monotonic() >= kill_at:
+                        process.terminate()
                 try:
                     kind, value = messages.get(timeout=POLL_S)
                 except queue.Empty:
                     if not process.is_alive():
                         break
-                    if stop.is_set():
-                        child_stop.set()
-                        kill_at = kill_at or time.monotonic() + STOP_GRACE_S
-                        if time.monotonic() >= kill_at:
-                            process.terminate()
                     continue
                 if kind == "progress":
                     report(value)

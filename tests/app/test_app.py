@@ -291,7 +291,7 @@ def fill_tiny_training(at: AppTest, name: str, epochs: int) -> None:
 
 def test_one_training_job_across_tabs_and_only_its_own_tab_stops_it(stocked):
     first = open_page("app_pages/train.py")
-    fill_tiny_training(first, "long-run", 200)
+    fill_tiny_training(first, "long-run", 5000)  # far longer than the test: only Stop can end it
     by_label(first.button, "Start training").click().run()
     assert not first.error, [e.value for e in first.error]
 
