@@ -74,10 +74,20 @@ def model_view(image: Image.Image, geometry: InputGeometry) -> Image.Image:
     return Image.fromarray(pixels, "RGB")
 
 
+SYMMETRIES = 8
+"""The symmetries of the square: 4 quarter turns, each with or without a mirror."""
+
+
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     """The k-th of the 8 symmetries of the square (k % 4 quarter turns, then a flip if k >= 4)."""
     out = torch.rot90(x, k % 4, dims=(-2, -1))
     return out.flip(-1) if k >= 4 else out
+
+
+def undo_dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The inverse of ``dihedral(x, k)``: a map computed on the k-th view, back in the image's frame."""
+    x = x.flip(-1) if k >= 4 else x
+    return torch.rot90(x, -(k % 4), dims=(-2, -1))
 
 
 def dihedral_per_sample(x: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:

@@ -14,14 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ORDER = 8
+from galaxy_core.data.geometry import SYMMETRIES, dihedral
+
+ORDER = SYMMETRIES
 
 
 def act(g: int, x: torch.Tensor) -> torch.Tensor:
-    """Element g of D4 (g % 4 quarter turns, after a mirror when g >= 4) on the last two axes."""
-    if g >= 4:
-        x = x.flip(-1)
-    return torch.rot90(x, g % 4, dims=(-2, -1))
+    """Element g of D4 on the last two axes, numbered as the rest of the package numbers the square's
+    symmetries (``dihedral``); the Cayley table below follows that numbering."""
+    return dihedral(x, g)
 
 
 def _cayley() -> tuple[list[list[int]], list[int]]:

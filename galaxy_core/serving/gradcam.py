@@ -9,17 +9,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from galaxy_core.data.geometry import InputGeometry, cutout_array, dihedral, model_view
+from galaxy_core.data.geometry import SYMMETRIES, InputGeometry, cutout_array, dihedral, model_view, undo_dihedral
 from galaxy_core.model.bundle import ModelBundle
 from galaxy_core.serving.inference import prepare_batch
-
-VIEWS = 8
-
-
-def undo_dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The inverse of ``dihedral(x, k)``: a map computed on the k-th view, back in the image's frame."""
-    x = x.flip(-1) if k >= 4 else x
-    return torch.rot90(x, -(k % 4), dims=(-2, -1))
 
 
 def grad_cam(bundle: ModelBundle, image: Image.Image, class_index: int | None = None,
@@ -31,7 +23,7 @@ def grad_cam(bundle: ModelBundle, image: Image.Image, class_index: int | None = 
     several users hold a lock."""
     model = bundle.model
     use_tta = bundle.card.tta if tta is None else tta
-    views = VIEWS if use_tta else 1
+    views = SYMMETRIES if use_tta else 1
     x = prepare_batch(cutout_array(image, bundle.geometry)[None], bundle)
     outputs: list[torch.Tensor] = []
     handles = [block.register_forward_hook(lambda _m, _i, output: outputs.append(output))

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from galaxy_core.base.config import ANSWERS
-from galaxy_core.data.geometry import crop_and_resize, dihedral
+from galaxy_core.data.geometry import SYMMETRIES, crop_and_resize, dihedral
 from galaxy_core.data.normalise import normalise
 from galaxy_core.model.bundle import ModelBundle
 from galaxy_core.model.precision import autocast
@@ -118,7 +118,7 @@ def batch_view_log_probs(bundle: ModelBundle, x: torch.Tensor) -> ViewLogProbs:
     """Log-probabilities of a normalised batch in each of the 8 symmetric views."""
     out = []
     for part in _passes(x, 8):
-        classes, votes, tree = _log_probs(bundle, torch.cat([dihedral(part, k) for k in range(8)]))
+        classes, votes, tree = _log_probs(bundle, torch.cat([dihedral(part, k) for k in range(SYMMETRIES)]))
         n = part.shape[0]
         out.append(ViewLogProbs(classes.view(8, n, -1), None if votes is None else votes.view(8, n, -1),
                                 None if tree is None else tree.view(8, n, -1)))

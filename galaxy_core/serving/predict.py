@@ -24,6 +24,7 @@ from galaxy_core.base.config import ANSWERS, CLASSES, PredictConfig
 from galaxy_core.data.framing import NO_GALAXY, Framing, frame_image
 from galaxy_core.data.geometry import model_view
 from galaxy_core.model.bundle import ModelBundle, load_bundle
+from galaxy_core.model.card import ModelCard
 from galaxy_core.serving.gradcam import grad_cam, grad_cam_overlay, overlay_heatmap, peak_in_cutout
 from galaxy_core.serving.inference import Outputs, iter_chunks, predict_outputs
 from galaxy_core.sources.images import (
@@ -43,6 +44,7 @@ def framing_threads() -> int:
     cutouts, 2 cores: 22 against 50 images/s; with one torch thread, 2 framing threads gave 67
     against 57)."""
     return max(1, min(8, (os.cpu_count() or 1) - torch.get_num_threads() + 1))
+
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
 CSV_COLUMNS = ["path", "label", *[f"p_{c.lower()}" for c in CLASSES], "error",
@@ -67,9 +69,9 @@ GREYSCALE_WARNING = ("greyscale image: the model was trained on colour images, s
                      "a colour one")
 
 
-def colour_warning(image: Image.Image, card: object) -> str | None:
+def colour_warning(image: Image.Image, card: ModelCard) -> str | None:
     """A warning for a greyscale image, unless the model's card says it was trained for them."""
-    if getattr(card, "trained_for_greyscale", False) or not is_greyscale(image):
+    if card.trained_for_greyscale or not is_greyscale(image):
         return None
     return GREYSCALE_WARNING
 

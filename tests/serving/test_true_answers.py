@@ -51,7 +51,7 @@ def test_16_bit_greyscale_is_scaled_by_its_own_range():
 def test_greyscale_images_are_warned_unless_the_model_was_trained_for_them():
     colour = colour_galaxy()
     assert not is_greyscale(load_image(png(colour)))
-    card = SimpleNamespace()
+    card = SimpleNamespace(trained_for_greyscale=False)
     for grey in (colour.convert("L"), Image.fromarray(np.asarray(colour.convert("L"), np.uint16) * 257),
                  colour.convert("L").convert("RGB")):
         loaded = load_image(png(grey))
