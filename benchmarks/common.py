@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import resource
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -66,3 +68,26 @@ def widefield_half(table: pd.DataFrame, half: str) -> pd.DataFrame:
     first = np.sort(order[: len(ordered) // 2])
     rows = first if half == "dev" else np.sort(order[len(ordered) // 2:])
     return ordered.iloc[rows]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, log: Path, seconds: float = 90.0) -> None:
+    """Return once the Streamlit server at ``url`` answers its health check; raise with the tail of
+    its log if it exits or stays silent for ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+                if answer.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"streamlit did not become healthy in {seconds:.0f} s:\n{log.read_text()[-3000:]}")

@@ -14,29 +14,21 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import REPO, default_data_root
+from benchmarks.common import REPO, default_data_root, free_port, wait_healthy
 
 CHROMIUM = Path(os.environ.get("GALAXY_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 ANSWER_TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -121,18 +113,12 @@ def start_app(folder: Path, data: Path | None) -> tuple[subprocess.Popen, str]:
              str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"streamlit exited: {(folder / 'streamlit.log').read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
-                if answer.read().strip() == b"ok":
-                    return process, url
-        except OSError:
-            time.sleep(0.3)
-    process.kill()
-    raise RuntimeError("streamlit did not become healthy in 120 s")
+    try:
+        wait_healthy(url, process, folder / "streamlit.log", seconds=120)
+    except RuntimeError:
+        process.kill()
+        raise
+    return process, url
 
 
 async def start_training(browser, url: str) -> object:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.common import free_port, wait_healthy
 from galaxy_core.base.config import CLASSES
 from galaxy_core.serving.examples import list_examples
 
@@ -37,24 +37,20 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def start_training(page, name: str, numbers: dict[str, str], more_settings: dict[str, str]) -> None:  # noqa: ANN001
+    """Fill the Train form (the model's name, number boxes by their labels, then those under "More
+    settings") and start training."""
+    def fill(boxes: dict[str, str]) -> None:
+        for label, value in boxes.items():
+            box = page.get_by_role("spinbutton", name=label)
+            box.fill(value)
+            box.press("Tab")
 
-
-def wait_healthy(url: str, process: subprocess.Popen, log: Path, seconds: float = 90.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"streamlit exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
-                if answer.read().strip() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"streamlit did not become healthy in {seconds} s:\n{log.read_text()}")
+    page.get_by_role("textbox", name="Model name").fill(name)
+    fill(numbers)
+    page.locator('[data-testid="stExpander"] summary').filter(has_text="More settings").click()
+    fill(more_settings)
+    page.get_by_role("button", name="Start training").click()
 
 
 @pytest.fixture
@@ -194,18 +190,8 @@ def test_the_first_hour_in_chromium(app_url: str, tmp_path: Path):
 
             # 3. Train briefly on it, then follow the link to this model's results.
             page.goto(f"{app_url}/train")
-            page.get_by_role("textbox", name="Model name").fill("first-hour")
-            epochs = page.get_by_role("spinbutton", name="Epochs")
-            epochs.fill("1")
-            epochs.press("Tab")
-            batch = page.get_by_role("spinbutton", name="Batch size")
-            batch.fill("8")
-            batch.press("Tab")
-            page.locator('[data-testid="stExpander"] summary').filter(has_text="More settings").click()
-            votes = page.get_by_role("spinbutton", name="Vote-fraction head weight")
-            votes.fill("1")
-            votes.press("Tab")
-            page.get_by_role("button", name="Start training").click()
+            start_training(page, "first-hour", {"Epochs": "1", "Batch size": "8"},
+                           {"Vote-fraction head weight": "1"})
             link = page.get_by_role("link", name="See its results")
             done = link.or_(page.locator('[data-testid="stAlertContentError"]'))
             try:

@@ -12,7 +12,14 @@ import pandas as pd
 import pytest
 from conftest import make_dataset
 from PIL import Image
-from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, app_url, settle  # noqa: F401 (app_url: a fixture)
+from test_browser import (  # noqa: F401 (app_url: a fixture)
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    app_url,
+    settle,
+    start_training,
+)
 
 from galaxy_core.base.config import CLASSES
 from galaxy_core.serving.examples import list_examples
@@ -65,15 +72,7 @@ def train_from_the_page(page, sync_api, app_url: str, folder: Path, name: str) -
     page.goto(f"{app_url}/train?dataset={folder}")
     sync_api.expect(page.get_by_role("combobox", name="Dataset")).to_have_value(
         re.compile(re.escape(folder.name)), timeout=60_000)
-    page.get_by_role("textbox", name="Model name").fill(name)
-    epochs = page.get_by_role("spinbutton", name="Epochs")
-    epochs.fill("1")
-    epochs.press("Tab")
-    page.locator('[data-testid="stExpander"] summary').filter(has_text="More settings").click()
-    width = page.get_by_role("spinbutton", name="Network width")
-    width.fill("8")
-    width.press("Tab")
-    page.get_by_role("button", name="Start training").click()
+    start_training(page, name, {"Epochs": "1"}, {"Network width": "8"})
     link = page.get_by_role("link", name="See its results")
     failed = page.locator('[data-testid="stAlertContentError"]')
     try:
