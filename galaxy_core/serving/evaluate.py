@@ -215,7 +215,7 @@ class EvaluationResult:
         if self.labels_from_votes:
             if rule == self.model_rule:
                 return f"{answers}; the folder's vote fractions were labelled by the same rule."
-            return (f"{answers}; the folder's vote fractions were labelled by the {rule} rule, "
+            return (f"{answers}; the folder's {rule} vote fractions were labelled by the {rule} rule, "
                     "which the model was not trained to answer: expect a lower figure.")
         return (f"{answers}; the folder has labels but no vote fractions, so the figures assume its labels "
                 f"follow the {self.model_rule} rule (a folder labelled by another rule scores lower).")
