@@ -26,6 +26,7 @@ from app_support.common import (
     server_limits,
     session_owner,
     set_active_model,
+    training_facts,
 )
 from app_support.folders import model_dir_for_training
 from app_support.jobs import JobSnapshot
@@ -40,7 +41,7 @@ from galaxy_core.base import (
     GalaxyError,
     TrainConfig,
 )
-from galaxy_core.data import DatasetFacts, dataset_facts, fit_to_data
+from galaxy_core.data import dataset_facts, fit_to_data
 from galaxy_core.sources import DatasetFolder
 from galaxy_core.training import TrainProgress, TrainResult, estimate_training_memory
 
@@ -74,17 +75,8 @@ limits = server_limits()
 st.session_state["_train_seen"] = None if snap is None else (snap.id, snap.state)
 
 
-def facts_of(data_dir: Path) -> DatasetFacts | None:
-    """What the dataset gives under the chosen label rule, or None when it cannot train (the
-    reason is shown when training is asked for)."""
-    try:
-        return dataset_facts(TrainConfig(data_dir, Path("."), label_rule=label_rule(), batch_size=2))
-    except GalaxyError:
-        return None
-
-
 def training_form(data_dir: Path) -> None:
-    facts = facts_of(data_dir)
+    facts = training_facts(data_dir)
     votes = facts is None or facts.has_vote_fractions
     if not votes:
         st.info("This dataset has classes but no vote fractions: the model learns the classes alone, "

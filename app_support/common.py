@@ -19,11 +19,13 @@ from app_support.jobs import JobRegistry
 from app_support.limits import ServerLimits
 from app_support.tables import job_fraction
 from app_support.text import escape_markdown, public_text
-from galaxy_core.base import PredictConfig, SplitConfig, TrainConfig, clip
+from galaxy_core.base import GalaxyError, PredictConfig, SplitConfig, TrainConfig, clip
 from galaxy_core.data import (
+    DatasetFacts,
     PackedDataset,
     PixelStatistics,
     build_cache,
+    dataset_facts,
     dataset_summary,
     pixel_statistics,
     sample_galaxies,
@@ -101,12 +103,12 @@ def public(text: object, limit: int = 300) -> str:
 
 def public_path(path: Path | str) -> str:
     """A server folder as a visitor sees it: relative to the data, models or a read root."""
-    target = os.path.abspath(path)
-    for root, name in folders().public_names():
+    paths, target = folders(), os.path.abspath(path)
+    for root, name in paths.public_names():
         base = os.path.abspath(root)
         if target == base or target.startswith(base.rstrip("/") + "/"):
             rel = os.path.relpath(target, base)
-            return rel if root == folders().data_root or root == folders().models_root else f"{name}/{rel}"
+            return rel if root in (paths.data_root, paths.models_root) else f"{name}/{rel}"
     return Path(path).name
 
 
@@ -297,6 +299,21 @@ def add_extra_dataset(path: Path) -> None:
 def dataset_fingerprint(data_dir: Path) -> tuple[int, int]:
     """Changes when the catalogue is rewritten or images are added, so cached tables refresh."""
     return DatasetFolder(data_dir).fingerprint()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _training_facts(data_dir: str, fingerprint: tuple[int, int], rule: str) -> DatasetFacts | None:
+    try:
+        return dataset_facts(TrainConfig(Path(data_dir), Path("."), label_rule=rule, batch_size=2))
+    except GalaxyError:
+        return None
+
+
+def training_facts(data_dir: Path) -> DatasetFacts | None:
+    """What the dataset gives a training run under the chosen label rule (read once per catalogue,
+    not on every rerun of the Train page), or None when it cannot train (the reason is shown when
+    training is asked for)."""
+    return _training_facts(str(data_dir), dataset_fingerprint(data_dir), label_rule())
 
 
 def dataset_size(data_dir: Path) -> int:
