@@ -10,6 +10,7 @@ What it sees is also the reason for a warning: blank sky, only point sources, no
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -99,16 +100,34 @@ def _small(image: Image.Image) -> tuple[np.ndarray, np.ndarray, float]:
     return rgb, grey, float(image.size[0] / small.size[0]) if factor > 1 else 1.0
 
 
-def _clipped(values: np.ndarray, rounds: int = 4) -> tuple[float, float, np.ndarray]:
-    """Median and robust sigma after clipping everything above median + 3 sigma (the sources)."""
-    keep = np.ones(values.shape, dtype=bool)
-    level, noise = float(np.median(values)), 0.0
+def _median(values: np.ndarray, ordered: bool = False) -> np.floating:
+    """``np.median`` of a 1-d array (the same value, in the array's type) without its general
+    machinery: framing takes dozens of medians of small patches per image. ``ordered``: the
+    values are sorted already."""
+    half = values.size // 2
+    if not ordered:
+        values = np.partition(values, half if values.size % 2 else (half - 1, half))
+    return values[half] if values.size % 2 else (values[half - 1] + values[half]) / 2
+
+
+def _clipped(values: np.ndarray, rounds: int = 4) -> tuple[float, float]:
+    """Median and robust sigma after clipping everything above median + 3 sigma (the sources).
+
+    The values are sorted once, so each round's sample is a prefix of them; a round that keeps
+    the same prefix as the one before has converged."""
+    ordered = np.sort(values, axis=None)
+    kept, level, noise = ordered.size, 0.0, 0.0
     for _ in range(rounds):
-        sample = values[keep]
-        level = float(np.median(sample))
-        noise = float(1.4826 * np.median(np.abs(sample - level)))
-        keep = values <= level + 3 * max(noise, 0.5)
-    return level, noise, keep
+        sample = ordered[:kept]
+        level = float(_median(sample, ordered=True))
+        noise = float(1.4826 * _median(np.abs(sample - level)))
+        # The bound in the values' own type, as a comparison of the array with it would take it.
+        bound = ordered.dtype.type(level + 3 * max(noise, 0.5))
+        now = int(np.searchsorted(ordered, bound, side="right"))
+        if now == kept:
+            break
+        kept = now
+    return level, noise
 
 
 def _corner_patches(grey: np.ndarray) -> list[np.ndarray]:
@@ -212,6 +231,15 @@ def _warning(sky: Sky, source: Source | None, flat: bool) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4)
+def _sky_noise(out_size: int) -> np.ndarray:
+    """Seeded standard normal noise for a sky canvas (drawing it was a quarter of framing a cutout;
+    scaled by the sky's spread and moved to its colour, it equals numpy's ``normal`` of those)."""
+    noise = np.random.default_rng(0).standard_normal((out_size, out_size, 3))
+    noise.flags.writeable = False
+    return noise
+
+
 def _cut(image: Image.Image, box: tuple[float, float, float], out_size: int, sky: Sky) -> np.ndarray:
     """The square ``box`` of ``image`` at ``out_size``; what lies outside the image is filled
     with sky of the image's own colour and noise (seeded, so the same input frames the same)."""
@@ -224,7 +252,7 @@ def _cut(image: Image.Image, box: tuple[float, float, float], out_size: int, sky
     if (x0, y0, x1, y1) == (left, top, left + side, top + side):
         canvas = np.empty((out_size, out_size, 3))  # the image covers the box: no sky to draw
     else:
-        canvas = np.random.default_rng(0).normal(sky.colour, sky.noise_rgb, (out_size, out_size, 3))
+        canvas = np.asarray(sky.colour) + np.asarray(sky.noise_rgb) * _sky_noise(out_size)
     if x1 - x0 >= 1 and y1 - y0 >= 1:
         ox, oy = round((x0 - left) * scale), round((y0 - top) * scale)
         pw = min(out_size - ox, max(1, round((x1 - x0) * scale)))

@@ -55,16 +55,23 @@ def cutout_array(image: Image.Image, geometry: InputGeometry) -> np.ndarray:
 
 
 def crop_and_resize(batch_uint8: torch.Tensor, geometry: InputGeometry) -> torch.Tensor:
-    """uint8 NHWC (source_size square) -> float NCHW in [0, 1] at the network's input size."""
+    """uint8 NHWC (source_size square) -> float NCHW in [0, 1] at the network's input size,
+    channels-last in memory (the network's format)."""
+    return crop_and_resize_nchw(batch_uint8, geometry).contiguous(memory_format=torch.channels_last)
+
+
+def crop_and_resize_nchw(batch_uint8: torch.Tensor, geometry: InputGeometry) -> torch.Tensor:
+    """``crop_and_resize``, contiguous NCHW in memory: the antialiased resize is the same to the bit
+    and about 1.4x faster in this layout than channels-last on a CPU (benchmarks/README.md)."""
     x = batch_uint8
     side = x.shape[1]
     crop = min(round(geometry.crop * side / geometry.source_size), side)
     start = (side - crop) // 2
-    x = x[:, start:start + crop, start:start + crop, :].permute(0, 3, 1, 2).float().div_(255.0)
+    x = x[:, start:start + crop, start:start + crop, :].permute(0, 3, 1, 2).contiguous().float().div_(255.0)
     if crop != geometry.input_size:
         x = F.interpolate(x, size=(geometry.input_size, geometry.input_size), mode="bilinear",
                           antialias=True, align_corners=False)
-    return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def model_view(image: Image.Image, geometry: InputGeometry) -> Image.Image:

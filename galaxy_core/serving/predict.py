@@ -9,7 +9,7 @@ import io
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -203,15 +203,22 @@ class Classifier:
         results = [Prediction(name) for name in names]
         taken: set[Path] = set()  # heat-map files written by this run
         # Each image is reduced as it is decoded and framed at once, so only its framed cutout is
-        # kept: a folder of large photos never sits in memory, whatever the batch size.
-        # A batch's images are decoded and framed on a thread per core (PIL's decoders and
-        # scipy.ndimage release the GIL), so framing keeps pace with the batched forward pass.
+        # kept: a folder of large photos never sits in memory, whatever the batch size. A batch's
+        # images are decoded and framed on a thread per free core (PIL's decoders and scipy.ndimage
+        # release the GIL), and the next batch is framed while this one's forward pass runs, so
+        # at most two batches of cutouts are held at once.
+        parts = list(iter_chunks(len(sources), self.config.batch_size))
         with ThreadPoolExecutor(max_workers=framing_threads()) as pool:
-            for part in iter_chunks(len(sources), self.config.batch_size):
+            def framing_of(part: slice) -> list[Future]:
+                return [pool.submit(self._load_and_frame, sources[k]) for k in range(part.start, part.stop)]
+
+            pending = framing_of(parts[0]) if parts else []
+            for n, part in enumerate(parts):
+                framing, pending = pending, framing_of(parts[n + 1]) if n + 1 < len(parts) else []
                 good: list[tuple[int, Framing]] = []
                 scales: dict[int, tuple[float, float]] = {}  # file pixels per decoded pixel
-                indices = range(part.start, part.stop)
-                for i, loaded in zip(indices, pool.map(lambda k: self._load_and_frame(sources[k]), indices)):
+                for i, future in zip(range(part.start, part.stop), framing):
+                    loaded = future.result()
                     if isinstance(loaded, str):
                         results[i].error = loaded
                     else:
@@ -219,9 +226,9 @@ class Classifier:
                         good.append((i, framed))
                 self.classify_framed([f for _, f in good], [results[i] for i, _ in good])
                 if saliency_dir is not None:
-                    for i, framing in good:
+                    for i, framing_i in good:
                         if results[i].classified:
-                            self._saliency(results[i], framing, scales[i], saliency_dir, names[i], taken)
+                            self._saliency(results[i], framing_i, scales[i], saliency_dir, names[i], taken)
                 if progress is not None:
                     progress(part.stop, len(sources))
         return results

@@ -20,7 +20,13 @@ import torch.nn.functional as F
 from galaxy_core.base.config import TrainConfig
 from galaxy_core.data.cache import PackedDataset
 from galaxy_core.data.dataset import Balanced, training_targets
-from galaxy_core.data.geometry import InputGeometry, compose_dihedral, crop_and_resize, dihedral_per_sample
+from galaxy_core.data.geometry import (
+    InputGeometry,
+    compose_dihedral,
+    crop_and_resize,
+    crop_and_resize_nchw,
+    dihedral_per_sample,
+)
 from galaxy_core.data.normalise import ChannelStats, normalise
 from galaxy_core.model.tree import training_tree
 from galaxy_core.training.distributed import Distributed
@@ -60,7 +66,7 @@ def jittered_crop(images_uint8: torch.Tensor, geometry: InputGeometry, jitter: t
     margin -= (margin - geometry.input_size) % 2  # centred crops of the margin align only if this is even
     wide = InputGeometry(source_size=geometry.source_size, crop=round(margin / scale), input_size=margin,
                           pixel_scale=geometry.pixel_scale)
-    x = crop_and_resize(images_uint8, wide)
+    x = crop_and_resize_nchw(images_uint8, wide)
     angle, zoom, dx, dy = jitter.unbind(1)
     ratio = geometry.input_size / margin / zoom
     cos, sin = torch.cos(angle) * ratio, torch.sin(angle) * ratio
@@ -158,12 +164,14 @@ def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
     stop = threading.Event()
 
     def produce() -> None:
+        # Stop is heard before each batch is made, not after: a consumer that stops early (a
+        # Stop, or a benchmark's few steps) waits for at most the batch in hand.
         try:
-            for item in iterator:
-                if stop.is_set():
-                    return
+            while not stop.is_set():
+                item = next(iterator, done)
                 slots.put(item)
-            slots.put(done)
+                if item is done:
+                    return
         except BaseException as exc:  # surfaced in the consumer
             slots.put(exc)
 

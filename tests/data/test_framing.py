@@ -149,3 +149,40 @@ def test_low_confidence_and_framer_warnings_and_vote_words():
     assert answer_warning(blank, np.array([0.9, 0.05, 0.05]), 0.5).startswith(NO_GALAXY)
     assert vote_sentence({"smooth": 0.85, "features": 0.12, "artifact": 0.03}, "votes") == (
         "About 85% of volunteers would call it smooth (12% features or a disk, 3% a star or artifact).")
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 441, 442])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_framers_median_is_numpys(size: int, dtype: type) -> None:
+    from galaxy_core.data.framing import _median
+
+    rng = np.random.default_rng(size)
+    for values in (rng.normal(20, 5, size).astype(dtype), np.round(rng.normal(20, 5, size)).astype(dtype)):
+        expected = np.median(values)
+        assert _median(values) == expected and _median(np.sort(values), ordered=True) == expected
+        assert _median(values).dtype == expected.dtype
+
+
+def clipped_by_masks(values: np.ndarray, rounds: int = 4) -> tuple[float, float]:
+    """Sigma clipping as first written: a boolean mask of the kept values, every round."""
+    keep = np.ones(values.shape, dtype=bool)
+    level, noise = float(np.median(values)), 0.0
+    for _ in range(rounds):
+        sample = values[keep]
+        level = float(np.median(sample))
+        noise = float(1.4826 * np.median(np.abs(sample - level)))
+        keep = values <= level + 3 * max(noise, 0.5)
+    return level, noise
+
+
+def test_sigma_clipping_on_sorted_values_equals_clipping_by_masks() -> None:
+    from galaxy_core.data.framing import _clipped
+
+    rng = np.random.default_rng(7)
+    for trial in range(200):
+        patch = rng.normal(rng.uniform(0, 60), rng.uniform(0.01, 9), (rng.integers(2, 40), rng.integers(2, 40)))
+        if trial % 2:  # sources above the sky, and the whole-number levels of a JPEG
+            patch += rng.exponential(40, patch.shape) * (rng.random(patch.shape) < 0.2)
+            patch = np.round(patch)
+        patch = patch.astype(np.float32)
+        assert _clipped(patch) == clipped_by_masks(patch)

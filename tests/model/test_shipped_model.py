@@ -97,3 +97,22 @@ def test_spiral_and_elliptical_examples(name: str, shared_gz2: Path) -> None:
     # Near-unanimous galaxies are rarely the ones a model should flag (the debiased model, less sure
     # of what a distant galaxy would look like nearby, flags 6 of these 58 as low confidence).
     assert np.mean([r.warning is not None for r in results]) <= 0.15
+
+
+def test_predict_frames_the_next_batch_during_this_ones_pass_and_keeps_every_answer(
+        shared_gz2: Path) -> None:
+    """Batches of 3 (the next one framed while the network reads this one) give the answers of one
+    batch of all, in input order, with an unreadable input's error in its place."""
+    images: list = sorted((shared_gz2 / "images").glob("*.jpg"))[:10]
+    images.insert(4, b"not an image")
+    one = Classifier.load(PredictConfig(model_dir=SHIPPED, batch_size=64)).predict(images)
+    seen: list[tuple[int, int]] = []
+    small = Classifier.load(PredictConfig(model_dir=SHIPPED, batch_size=3)).predict(
+        images, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(3, 11), (6, 11), (9, 11), (11, 11)]
+    assert [p.name for p in small] == [p.name for p in one]
+    assert small[4].error and not small[4].classified and one[4].error == small[4].error
+    for a, b in zip(one, small):
+        assert a.label == b.label and a.warning == b.warning
+        if a.probabilities:
+            assert max(abs(a.probabilities[c] - b.probabilities[c]) for c in CLASSES) < 1e-3
