@@ -8,7 +8,7 @@ import csv
 import io
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, replace
@@ -45,6 +45,9 @@ def framing_threads() -> int:
     against 57)."""
     return max(1, min(8, (os.cpu_count() or 1) - torch.get_num_threads() + 1))
 
+
+LoadedImage = tuple[Framing, str | None, tuple[float, float]]
+"""An input decoded and framed: its framing, its colour warning and the file's pixels per decoded pixel."""
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
 CSV_COLUMNS = ["path", "label", *[f"p_{c.lower()}" for c in CLASSES], "error",
@@ -202,38 +205,46 @@ class Classifier:
                                                        else f"image {i + 1}" for i, s in enumerate(sources)]
         results = [Prediction(name) for name in names]
         taken: set[Path] = set()  # heat-map files written by this run
-        # Each image is reduced as it is decoded and framed at once, so only its framed cutout is
-        # kept: a folder of large photos never sits in memory, whatever the batch size. A batch's
-        # images are decoded and framed on a thread per free core (PIL's decoders and scipy.ndimage
-        # release the GIL), and the next batch is framed while this one's forward pass runs, so
-        # at most two batches of cutouts are held at once.
-        parts = list(iter_chunks(len(sources), self.config.batch_size))
-        with ThreadPoolExecutor(max_workers=framing_threads()) as pool:
-            def framing_of(part: slice) -> list[Future]:
-                return [pool.submit(self._load_and_frame, sources[k]) for k in range(part.start, part.stop)]
-
-            pending = framing_of(parts[0]) if parts else []
-            for n, part in enumerate(parts):
-                framing, pending = pending, framing_of(parts[n + 1]) if n + 1 < len(parts) else []
+        batches = self._framed_batches(sources, list(iter_chunks(len(sources), self.config.batch_size)))
+        with contextlib.closing(batches):  # an error here cancels the framing ahead at once
+            for part, loaded in batches:
                 good: list[tuple[int, Framing]] = []
                 scales: dict[int, tuple[float, float]] = {}  # file pixels per decoded pixel
-                for i, future in zip(range(part.start, part.stop), framing):
-                    loaded = future.result()
-                    if isinstance(loaded, str):
-                        results[i].error = loaded
+                for i, one in zip(range(part.start, part.stop), loaded):
+                    if isinstance(one, str):
+                        results[i].error = one
                     else:
-                        framed, results[i].warning, scales[i] = loaded
+                        framed, results[i].warning, scales[i] = one
                         good.append((i, framed))
                 self.classify_framed([f for _, f in good], [results[i] for i, _ in good])
                 if saliency_dir is not None:
-                    for i, framing_i in good:
+                    for i, framing in good:
                         if results[i].classified:
-                            self._saliency(results[i], framing_i, scales[i], saliency_dir, names[i], taken)
+                            self._saliency(results[i], framing, scales[i], saliency_dir, names[i], taken)
                 if progress is not None:
                     progress(part.stop, len(sources))
         return results
 
-    def _load_and_frame(self, source: ImageSource) -> tuple[Framing, str | None, tuple[float, float]] | str:
+    def _framed_batches(self, sources: Sequence[ImageSource],
+                        parts: list[slice]) -> Iterator[tuple[slice, list[LoadedImage | str]]]:
+        """Each batch of inputs decoded and framed, in order. Each image is reduced as it is decoded
+        and only its framed cutout is kept, so a folder of large photos never sits in memory. The
+        images are framed on a thread per free core (PIL's decoders and scipy.ndimage release the
+        GIL), and the next batch is framed while the caller classifies this one, so at most two
+        batches of cutouts are held; stopping early (an error, Ctrl-C) cancels what has not begun."""
+        with ThreadPoolExecutor(max_workers=framing_threads()) as pool:
+            def submit(part: slice) -> list[Future]:
+                return [pool.submit(self._load_and_frame, sources[k]) for k in range(part.start, part.stop)]
+
+            try:
+                ahead = submit(parts[0]) if parts else []
+                for n, part in enumerate(parts):
+                    current, ahead = ahead, submit(parts[n + 1]) if n + 1 < len(parts) else []
+                    yield part, [future.result() for future in current]
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _load_and_frame(self, source: ImageSource) -> LoadedImage | str:
         """One input decoded and framed, with its colour warning and the file's pixels per decoded
         pixel; or why it cannot be read."""
         try:

@@ -116,3 +116,21 @@ def test_predict_frames_the_next_batch_during_this_ones_pass_and_keeps_every_ans
         assert a.label == b.label and a.warning == b.warning
         if a.probabilities:
             assert max(abs(a.probabilities[c] - b.probabilities[c]) for c in CLASSES) < 1e-3
+
+
+def test_predict_decodes_at_most_the_next_batch_ahead(shared_gz2: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory is bounded by two batches, whatever the number of inputs: stopped after the first
+    batch (here by an error from the progress callback), no input past the second was decoded."""
+    images = sorted((shared_gz2 / "images").glob("*.jpg"))[:40]
+    classifier = Classifier.load(PredictConfig(model_dir=SHIPPED, batch_size=4))
+    decoded: list[str] = []
+    load_and_frame = classifier._load_and_frame
+    monkeypatch.setattr(classifier, "_load_and_frame", lambda source: decoded.append(str(source)) or
+                        load_and_frame(source))
+
+    def stop(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        classifier.predict(images, progress=stop)
+    assert 4 <= len(decoded) <= 8 and set(decoded) <= {str(p) for p in images[:8]}
