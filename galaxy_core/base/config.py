@@ -87,6 +87,8 @@ TRAIN_SETTINGS: dict[str, Setting] = {
                                             "image gets the class of its colour original", 0, 1),
     "colour_jitter": Setting("Colour balance jitter", "random per-channel gain of up to this much (0.2: "
                                                       "x0.8 to x1.2) on training views", 0, 0.9),
+    "low_res": Setting("Low-resolution share", "share of training views seen 1.5 to 3 times coarser, as a "
+                                               "small galaxy in a wide-field image is once framed", 0, 1),
     "max_zoom": Setting("Zoom range", "with --jitter, random zoom of up to this much either way (0.1: "
                                       "x0.9 to x1.1)", 0, 0.9),
     "input_size": Setting("Image size (px)", "network input in pixels (the crop is resized to it)", 16, 512),
@@ -227,6 +229,7 @@ class TrainConfig:
     tree_weight: float = 0.0
     greyscale: float = 0.0
     colour_jitter: float = 0.0
+    low_res: float = 0.0
     max_zoom: float = 0.1
     input_size: int = 64
     crop: int = 96

@@ -105,6 +105,36 @@ def recoloured(x: torch.Tensor, grey: torch.Tensor, gains: torch.Tensor) -> torc
     return x.clamp(0, 1)
 
 
+LOW_RES_FACTORS = (1.5, 2.0, 2.5, 3.0)
+"""How many times coarser a low-resolution training view is seen."""
+
+
+def random_low_res(n: int, gen: torch.Generator, share: float) -> torch.Tensor | None:
+    """Per-view coarsening factor (1: as it is): a ``share`` of views get one of LOW_RES_FACTORS.
+    None when not asked for, so such runs draw exactly what they drew before."""
+    if share <= 0:
+        return None
+    chosen = torch.rand(n, generator=gen) < share
+    factor = torch.tensor(LOW_RES_FACTORS)[torch.randint(0, len(LOW_RES_FACTORS), (n,), generator=gen)]
+    return torch.where(chosen, factor, torch.ones(n))
+
+
+def coarsened(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Views (n, 3, h, w) whose factor f > 1 are shrunk f times (antialiased) and enlarged back:
+    a galaxy a few dozen pixels across in a wide-field image looks like this once the framer has
+    enlarged it to a cutout's size."""
+    size = x.shape[-1]
+    out = x.clone()
+    for f in torch.unique(factors).tolist():
+        if f <= 1:
+            continue
+        where = factors == f
+        small = F.interpolate(x[where], size=max(4, round(size / f)), mode="bilinear", antialias=True,
+                              align_corners=False)
+        out[where] = F.interpolate(small, size=size, mode="bilinear", align_corners=False)
+    return out
+
+
 @dataclass
 class BatchSource:
     """Training views (row, quarter turns) and how to turn them into network input."""
@@ -133,6 +163,7 @@ class BatchSource:
         flips = torch.randint(0, 8, (steps * size,), generator=gen)
         jitter = random_jitter(steps * size, gen, max_zoom=self.config.max_zoom) if self.config.jitter else None
         colour = random_colour(steps * size, gen, self.config.greyscale, self.config.colour_jitter)
+        low_res = random_low_res(steps * size, gen, self.config.low_res)
         for step in range(steps):
             chunk = np.arange(step * size, (step + 1) * size)[dist_info.rank::dist_info.world]
             picked = perm[chunk]
@@ -148,6 +179,8 @@ class BatchSource:
             if self.config.augment:
                 symmetry = compose_dihedral(flips[chunk], symmetry)
             x = dihedral_per_sample(x, symmetry)
+            if low_res is not None:
+                x = coarsened(x, low_res[torch.from_numpy(chunk)])
             if colour is not None:
                 x = recoloured(x, *(part[torch.from_numpy(chunk)] for part in colour))
             x = normalise(x, self.stats)

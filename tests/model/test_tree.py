@@ -37,7 +37,7 @@ from galaxy_core.serving.predict import CSV_COLUMNS, Classifier, predictions_csv
 from galaxy_core.serving.tree_words import read_tree
 from galaxy_core.sources.catalogue import read_catalogue, tree_columns, write_catalogue
 from galaxy_core.sources.folder import DatasetError
-from galaxy_core.training.batches import LUMINANCE, recoloured
+from galaxy_core.training.batches import LOW_RES_FACTORS, LUMINANCE, coarsened, random_low_res, recoloured
 from galaxy_core.training.train import train
 from tests.conftest import make_dataset, synthetic_galaxy
 
@@ -220,14 +220,32 @@ def test_greyscale_views_are_the_luminance_a_greyscale_image_is_read_as() -> Non
     assert float(kept.max()) <= 1.0
 
 
+def test_low_resolution_views_lose_fine_detail_and_keep_their_light() -> None:
+    gen = torch.Generator().manual_seed(0)
+    assert random_low_res(100, gen, 0.0) is None  # runs without it draw what they drew before
+    factors = random_low_res(4000, gen, 0.25)
+    assert set(factors.unique().tolist()) == {1.0, *LOW_RES_FACTORS}
+    assert float((factors > 1).float().mean()) == pytest.approx(0.25, abs=0.03)
+    # A one-pixel checkerboard (the finest detail) with a smooth galaxy-like glow.
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    glow = torch.exp(-((yy - 15.5) ** 2 + (xx - 15.5) ** 2) / 60)
+    x = (0.5 * glow + 0.1 * ((yy + xx) % 2)).expand(3, 32, 32)[None].repeat(2, 1, 1, 1)
+    out = coarsened(x, torch.tensor([1.0, 2.0]))
+    assert torch.equal(out[0], x[0])  # factor 1: untouched
+    detail = (out[1] - out[1].roll(1, dims=-1)).abs().mean()
+    assert detail < 0.3 * (x[1] - x[1].roll(1, dims=-1)).abs().mean()
+    assert float(out[1].mean()) == pytest.approx(float(x[1].mean()), rel=0.05)
+
+
 def test_a_tree_model_trains_and_answers_every_question(tmp_path: Path) -> None:
     data = add_tree_votes(make_dataset(tmp_path / "data", n_per_class=8))
     out = tmp_path / "model"
     train(TrainConfig(data_dir=data, out_dir=out, epochs=1, batch_size=8, input_size=32, crop=96, width=8,
-                      depth=1, aux_weight=1.0, tree_weight=1.0, greyscale=0.3, colour_jitter=0.1,
+                      depth=1, aux_weight=1.0, tree_weight=1.0, greyscale=0.3, colour_jitter=0.1, low_res=0.3,
                       cache_dir=tmp_path / "cache"))
     card = read_card(out)
     assert card.tree == GZ2_TREE and card.architecture.tree_outputs == len(STEMS) and card.trained_for_greyscale
+    assert card.provenance.config.low_res == 0.3
     assert set(card.metrics.tree_rmse) >= {"t01", "t02", "mean"}
     classifier = Classifier.load(PredictConfig(model_dir=out))
     rng = np.random.default_rng(1)
