@@ -180,3 +180,16 @@ def test_load_bench_parts_count_answers_and_the_memory_of_a_process_tree() -> No
         assert tree_rss_bytes(os.getpid()) > alone  # the child's memory counts with its parent's
     finally:
         child.communicate(b"")
+
+
+def test_the_edge_on_weight_is_chosen_by_balanced_wide_field_accuracy_within_the_validation_slack() -> None:
+    from benchmarks.tune_class_rule import Score, balanced_accuracy, choose
+
+    says = np.array([True, False, False, False, False, False])
+    truth = np.array([True, True, False, False, False, False])
+    assert balanced_accuracy(says, truth) == pytest.approx((0.5 + 1.0) / 2)
+    rows = [Score(0.0, 0.820, 0.994, 0.79, 0.74, 0.45),
+            Score(0.5, 0.818, 0.991, 0.83, 0.73, 0.40),  # plain accuracy up by calling more Elliptical
+            Score(1.0, 0.817, 0.990, 0.81, 0.76, 0.60),  # balanced best, within 0.5 points on validation
+            Score(2.0, 0.805, 0.910, 0.86, 0.80, 0.75)]  # better still, but validation falls too far
+    assert choose(rows).weight == 1.0
