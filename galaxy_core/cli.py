@@ -226,13 +226,17 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from galaxy_core.training.train import train
 
-    from .terminal import TrainingDisplay, metrics_text
+    from .terminal import TrainingDisplay, busy_machine_hint, metrics_text
 
     config = train_config_from_args(args)
+    first_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, the one that speaks and owns --out
+    hint = busy_machine_hint(os.getloadavg()[0], os.cpu_count() or 1, config.num_threads)
+    if hint and first_rank:
+        print(hint, file=sys.stderr)
     display = TrainingDisplay()
     command = "python -m galaxy_core " + " ".join(shlex.quote(a) for a in argv)
     # Under torchrun only rank 0 owns --out, so only it may discard the checkpoint.
-    restart = args.restart and os.environ.get("RANK", "0") == "0"
+    restart = args.restart and first_rank
     try:
         result = train(config, display, command=command, restart=restart)
     except KeyboardInterrupt:

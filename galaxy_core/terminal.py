@@ -105,3 +105,15 @@ def metrics_text(metrics: Metrics) -> str:
     lines.append("confusion (rows true, columns predicted: " + ", ".join(CLASSES) + ")")
     lines += ["  " + " ".join(f"{v:6d}" for v in row) for row in metrics.confusion]
     return "\n".join(lines)
+
+
+def busy_machine_hint(load: float, cores: int, threads: int | None) -> str | None:
+    """Advice when training starts on a machine already busy: a process whose intra-op threads
+    meet at the end of every operation waits for the slowest of them, so with other jobs on the
+    cores two threads ran a step several times slower than one (benchmarks/README.md, Threads).
+    None when the threads were chosen, or the machine is not busy."""
+    if threads is not None or cores < 2 or load < cores:
+        return None
+    return (f"the machine is busy (load {load:.1f} on {cores} cores): training uses every core, and beside "
+            f"other jobs that can run several times slower than one thread; --threads 1 avoids it")
+

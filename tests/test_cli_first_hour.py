@@ -120,3 +120,13 @@ def test_the_examples_folder_lists_its_galaxies_and_names_what_is_wrong(tmp_path
     (tmp_path / "catalogue.csv").write_text("image,label,ra,dec\nimages/missing.jpg,Spiral,1,2\n")
     with pytest.raises(ExamplesError, match="missing.jpg"):
         list_examples(tmp_path)
+
+
+def test_training_on_a_busy_machine_suggests_one_thread_unless_threads_were_chosen() -> None:
+    from galaxy_core.terminal import busy_machine_hint
+
+    hint = busy_machine_hint(3.4, 2, None)
+    assert hint is not None and "load 3.4 on 2 cores" in hint and "--threads 1" in hint
+    assert busy_machine_hint(3.4, 2, 1) is None  # the user chose
+    assert busy_machine_hint(1.2, 2, None) is None  # not busy
+    assert busy_machine_hint(5.0, 1, None) is None  # one core: one thread already
