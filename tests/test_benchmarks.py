@@ -193,3 +193,18 @@ def test_the_edge_on_weight_is_chosen_by_balanced_wide_field_accuracy_within_the
             Score(1.0, 0.817, 0.990, 0.81, 0.76, 0.60),  # balanced best, within 0.5 points on validation
             Score(2.0, 0.805, 0.910, 0.86, 0.80, 0.75)]  # better still, but validation falls too far
     assert choose(rows).weight == 1.0
+
+
+def test_the_edge_cue_crop_is_centred_on_the_frame_and_smaller_than_it() -> None:
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from benchmarks.edge_cue import inside_its_frame
+
+    image = Image.new("RGB", (400, 300))
+    crop = inside_its_frame(image, SimpleNamespace(box=(100.0, 50.0, 200.0)))  # frame centred at (200, 150)
+    assert crop.size == (120, 120)  # 0.6 of the frame's side: the frame runs past it on every side
+    marked = Image.new("RGB", (400, 300))
+    marked.putpixel((200, 150), (255, 0, 0))
+    assert inside_its_frame(marked, SimpleNamespace(box=(100.0, 50.0, 200.0))).getpixel((60, 60)) == (255, 0, 0)

@@ -1,0 +1,76 @@
+"""Does a model read the edge of the synthetic sky as a sign of a spiral?
+
+    python benchmarks/edge_cue.py [--model models/default]
+
+Framing a GZ2 cutout so that r90 is 0.3 of the side runs past the 128-px cutout for most large
+galaxies, and the framer fills the rest with synthetic sky: a square edge that 96% of the GZ2
+Spirals show and 42% of the Ellipticals, but almost no wide-field photo. Each wide-field
+development galaxy (Spiral or Elliptical) is classified as given, and cropped to 0.6 of its frame's
+side around the galaxy, so that its frame runs past the crop and gets that edge. A model that
+learnt "an edge means Spiral" calls more of the cropped galaxies Spiral. The crop also removes the
+light beyond about r90, so a shift is evidence, not proof.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from benchmarks.common import default_data_root, widefield_half  # noqa: E402
+from galaxy_core.base.config import PredictConfig, default_model_dir  # noqa: E402
+from galaxy_core.data.framing import Framing  # noqa: E402
+from galaxy_core.serving.predict import Classifier  # noqa: E402
+from galaxy_core.sources.images import load_image  # noqa: E402
+
+KEEP = 0.6  # the crop's side, as a share of the frame's side
+
+
+def inside_its_frame(image: Image.Image, framing: Framing, keep: float = KEEP) -> Image.Image:
+    """The square ``keep`` times the frame's side, centred on the frame: the frame runs past it."""
+    left, top, side = framing.box
+    cx, cy, half = left + side / 2, top + side / 2, keep * side / 2
+    return image.crop((round(cx - half), round(cy - half), round(cx + half), round(cy + half)))
+
+
+def says_spiral(classifier: Classifier, images: list[Image.Image]) -> list[bool | None]:
+    """Spiral over Elliptical for each image; None where there is no answer."""
+    out: list[bool | None] = []
+    for p in classifier.predict(images):
+        out.append(None if p.probabilities is None else p.probabilities["Spiral"] > p.probabilities["Elliptical"])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=default_model_dir())
+    parser.add_argument("--widefield", type=Path, default=default_data_root() / "gz1-widefield-423")
+    args = parser.parse_args()
+    classifier = Classifier.load(PredictConfig(model_dir=args.model))
+    table = widefield_half(pd.read_csv(args.widefield / "catalogue.csv"), "dev")
+    table = table[table["label"].isin(["Spiral", "Elliptical"])]
+    rows = []
+    for rel, label in zip(table["image"], table["label"]):
+        image = load_image(args.widefield / rel)
+        framing = classifier.frame(image)
+        if framing.source is None:
+            continue
+        plain, cropped = says_spiral(classifier, [image, inside_its_frame(image, framing)])
+        if plain is not None and cropped is not None:
+            rows.append((label == "Spiral", plain, cropped))
+    spiral, plain, cropped = (np.array(column) for column in zip(*rows))
+    print(f"model: {args.model}; {spiral.sum()} spirals, {(~spiral).sum()} ellipticals (wide-field development half)")
+    for name, says in (("as_given", plain), ("cropped_inside_its_frame", cropped)):
+        print(f"{name}_spiral_recall: {says[spiral].mean():.3f}")
+        print(f"{name}_elliptical_recall: {(~says[~spiral]).mean():.3f}")
+
+
+if __name__ == "__main__":
+    main()
