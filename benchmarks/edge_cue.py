@@ -4,7 +4,8 @@
 
 Framing a GZ2 cutout so that r90 is 0.3 of the side runs past the 128-px cutout for most large
 galaxies, and the framer fills the rest with synthetic sky: a square edge that 96% of the GZ2
-Spirals show and 42% of the Ellipticals, but almost no wide-field photo. Each wide-field
+Spirals show and 42% of the Ellipticals, but almost no wide-field photo (the script measures both
+first, on ``--sample`` GZ2 galaxies and on the wide-field ones). Each wide-field
 development galaxy (Spiral or Elliptical) is classified as given, and cropped to 0.6 of its frame's
 side around the galaxy, so that its frame runs past the crop and gets that edge. A model that
 learnt "an edge means Spiral" calls more of the cropped galaxies Spiral. The crop also removes the
@@ -25,9 +26,11 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from benchmarks.common import default_data_root, widefield_half  # noqa: E402
-from galaxy_core.base.config import PredictConfig, default_model_dir  # noqa: E402
+from galaxy_core.base.config import CLASSES, PredictConfig, default_model_dir  # noqa: E402
 from galaxy_core.data.framing import Framing  # noqa: E402
 from galaxy_core.serving.predict import Classifier  # noqa: E402
+from galaxy_core.sources.catalogue import rule_labels  # noqa: E402
+from galaxy_core.sources.folder import DatasetFolder  # noqa: E402
 from galaxy_core.sources.images import load_image  # noqa: E402
 
 KEEP = 0.6  # the crop's side, as a share of the frame's side
@@ -38,6 +41,22 @@ def inside_its_frame(image: Image.Image, framing: Framing, keep: float = KEEP) -
     left, top, side = framing.box
     cx, cy, half = left + side / 2, top + side / 2, keep * side / 2
     return image.crop((round(cx - half), round(cy - half), round(cx + half), round(cy + half)))
+
+
+def runs_past(image: Image.Image, framing: Framing) -> bool:
+    """Whether the frame reaches past the image, so the framer fills part of it with synthetic sky."""
+    left, top, side = framing.box
+    return left < 0 or top < 0 or left + side > image.width or top + side > image.height
+
+
+def share_with_an_edge(classifier: Classifier, data: Path, n: int) -> dict[str, float]:
+    """Of ``n`` GZ2 galaxies (a seeded sample), the share of each class whose frame has the edge."""
+    folder = DatasetFolder(data)
+    table = folder.read_catalogue().sample(n, random_state=0)
+    labels = rule_labels(table, classifier.card.label_rule)
+    edge = np.array([runs_past(image, classifier.frame(image))
+                     for image in (load_image(folder.root / rel) for rel in table["image"])])
+    return {name: float(edge[labels == k].mean()) for k, name in enumerate(CLASSES) if (labels == k).any()}
 
 
 def says_spiral(classifier: Classifier, images: list[Image.Image]) -> list[bool | None]:
@@ -51,22 +70,28 @@ def says_spiral(classifier: Classifier, images: list[Image.Image]) -> list[bool 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=default_model_dir())
+    parser.add_argument("--data", type=Path, default=default_data_root() / "gz2-sdss-128")
     parser.add_argument("--widefield", type=Path, default=default_data_root() / "gz1-widefield-423")
+    parser.add_argument("--sample", type=int, default=1500, help="GZ2 galaxies whose frames are checked")
     args = parser.parse_args()
     classifier = Classifier.load(PredictConfig(model_dir=args.model))
+    for name, share in share_with_an_edge(classifier, args.data, args.sample).items():
+        print(f"gz2_{name.lower()}_frame_runs_past_the_cutout: {share:.3f}")
     table = widefield_half(pd.read_csv(args.widefield / "catalogue.csv"), "dev")
     table = table[table["label"].isin(["Spiral", "Elliptical"])]
-    rows = []
+    rows, edges = [], []
     for rel, label in zip(table["image"], table["label"]):
         image = load_image(args.widefield / rel)
         framing = classifier.frame(image)
         if framing.source is None:
             continue
+        edges.append(runs_past(image, framing))
         plain, cropped = says_spiral(classifier, [image, inside_its_frame(image, framing)])
         if plain is not None and cropped is not None:
             rows.append((label == "Spiral", plain, cropped))
     spiral, plain, cropped = (np.array(column) for column in zip(*rows))
     print(f"model: {args.model}; {spiral.sum()} spirals, {(~spiral).sum()} ellipticals (wide-field development half)")
+    print(f"widefield_frame_runs_past_the_image: {np.mean(edges):.3f}")
     for name, says in (("as_given", plain), ("cropped_inside_its_frame", cropped)):
         print(f"{name}_spiral_recall: {says[spiral].mean():.3f}")
         print(f"{name}_elliptical_recall: {(~says[~spiral]).mean():.3f}")
