@@ -212,7 +212,7 @@ def test_the_first_hour_in_chromium(app_url: str, tmp_path: Path):
             example = list_examples()[-1]
             page.goto(f"{app_url}/classify?example={urllib.parse.quote(example.id)}")
             page.get_by_text(f"{example.id} (example").first.wait_for(timeout=60_000)
-            assert page.get_by_role("heading", name="Predicted:").count() == 1
+            sync_api.expect(page.get_by_role("heading", name="Predicted:")).to_have_count(1, timeout=60_000)
             page.get_by_text("of volunteers would call it").first.wait_for(timeout=60_000)
             page.get_by_text("bright yellow drove").first.wait_for(timeout=60_000)
             assert page.get_by_role("combobox", name="Active model").input_value() == "first-hour"
