@@ -27,7 +27,7 @@ from PIL import Image  # noqa: E402
 
 from benchmarks.common import default_data_root, widefield_half  # noqa: E402
 from galaxy_core.base.config import CLASSES, PredictConfig, default_model_dir  # noqa: E402
-from galaxy_core.data.framing import Framing  # noqa: E402
+from galaxy_core.data.framing import Framing, runs_past  # noqa: E402
 from galaxy_core.serving.predict import Classifier  # noqa: E402
 from galaxy_core.sources.catalogue import rule_labels  # noqa: E402
 from galaxy_core.sources.folder import DatasetFolder  # noqa: E402
@@ -43,18 +43,12 @@ def inside_its_frame(image: Image.Image, framing: Framing, keep: float = KEEP) -
     return image.crop((round(cx - half), round(cy - half), round(cx + half), round(cy + half)))
 
 
-def runs_past(image: Image.Image, framing: Framing) -> bool:
-    """Whether the frame reaches past the image, so the framer fills part of it with synthetic sky."""
-    left, top, side = framing.box
-    return left < 0 or top < 0 or left + side > image.width or top + side > image.height
-
-
 def share_with_an_edge(classifier: Classifier, data: Path, n: int) -> dict[str, float]:
     """Of ``n`` GZ2 galaxies (a seeded sample), the share of each class whose frame has the edge."""
     folder = DatasetFolder(data)
     table = folder.read_catalogue().sample(n, random_state=0)
     labels = rule_labels(table, classifier.card.label_rule)
-    edge = np.array([runs_past(image, classifier.frame(image))
+    edge = np.array([runs_past(classifier.frame(image).box, image.size)
                      for image in (load_image(folder.root / rel) for rel in table["image"])])
     return {name: float(edge[labels == k].mean()) for k, name in enumerate(CLASSES) if (labels == k).any()}
 
@@ -85,7 +79,7 @@ def main() -> None:
         framing = classifier.frame(image)
         if framing.source is None:
             continue
-        edges.append(runs_past(image, framing))
+        edges.append(runs_past(framing.box, image.size))
         plain, cropped = says_spiral(classifier, [image, inside_its_frame(image, framing)])
         if plain is not None and cropped is not None:
             rows.append((label == "Spiral", plain, cropped))

@@ -231,6 +231,13 @@ def _warning(sky: Sky, source: Source | None, flat: bool) -> str | None:
     return None
 
 
+def runs_past(box: tuple[float, float, float], size: tuple[int, int]) -> bool:
+    """Whether the square ``box`` (left, top, side) reaches past an image of ``size`` (width,
+    height): the framer fills that part with sky."""
+    left, top, side = box
+    return left < 0 or top < 0 or left + side > size[0] or top + side > size[1]
+
+
 @functools.lru_cache(maxsize=4)
 def _sky_noise(out_size: int) -> np.ndarray:
     """Seeded standard normal noise for a sky canvas (drawing it was a quarter of framing a cutout;
@@ -249,10 +256,10 @@ def _cut(image: Image.Image, box: tuple[float, float, float], out_size: int, sky
     # Resample only the part inside the image, then place it on a sky-coloured canvas.
     x0, y0 = max(0.0, left), max(0.0, top)
     x1, y1 = min(float(width), left + side), min(float(height), top + side)
-    if (x0, y0, x1, y1) == (left, top, left + side, top + side):
-        canvas = np.empty((out_size, out_size, 3))  # the image covers the box: no sky to draw
-    else:
+    if runs_past(box, image.size):
         canvas = np.asarray(sky.colour) + np.asarray(sky.noise_rgb) * _sky_noise(out_size)
+    else:
+        canvas = np.empty((out_size, out_size, 3))  # the image covers the box: no sky to draw
     if x1 - x0 >= 1 and y1 - y0 >= 1:
         ox, oy = round((x0 - left) * scale), round((y0 - top) * scale)
         pw = min(out_size - ox, max(1, round((x1 - x0) * scale)))

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from galaxy_core.base.atomic import write_bytes_atomic, write_text_atomic
 from galaxy_core.base.config import ANSWERS, CLASSES, PredictConfig
-from galaxy_core.data.framing import NO_GALAXY, Framing, frame_image
+from galaxy_core.data.framing import NO_GALAXY, Framing, frame_image, runs_past
 from galaxy_core.data.geometry import model_view
 from galaxy_core.model.bundle import ModelBundle, load_bundle
 from galaxy_core.model.card import ModelCard
@@ -321,8 +321,7 @@ class Classified:
         text = f"uploaded ({width}×{height})"
         if self.framing is None or self.size is None:
             return text
-        left, top, side = self.framing.box
-        if left < 0 or top < 0 or left + side > self.size[0] or top + side > self.size[1]:
+        if runs_past(self.framing.box, self.size):
             return f"{text}; the model reads the boxed part, with sky added where its square runs past the image"
         return f"{text}; the box is what the model reads"
 
