@@ -98,6 +98,18 @@ class PooledHead(nn.Module):
         return heads.logits
 
 
+def residual_stages(block: type[nn.Module], width: int, depth: int) -> tuple[nn.Sequential, int]:
+    """Four stages of ``depth`` residual blocks doubling ``width``, each stage after the first
+    halving the resolution in its first block; and the channels (or fields) the last one gives.
+    One layout for the plain and the D4 ResNet, so the two differ only in their blocks."""
+    layers, c_in = [], width
+    for i, c_out in enumerate([width, width * 2, width * 4, width * 8]):
+        for j in range(depth):
+            layers.append(block(c_in, c_out, 2 if (j == 0 and i > 0) else 1))
+            c_in = c_out
+    return nn.Sequential(*layers), c_in
+
+
 class GalaxyResNet(nn.Module):
     """Stem at half resolution, four stages doubling width, global average pooling.
 
@@ -107,15 +119,9 @@ class GalaxyResNet(nn.Module):
     def __init__(self, num_classes: int = 3, width: int = 32, depth: int = 2, dropout: float = 0.2,
                  aux_outputs: int = 0, tree_outputs: int = 0):
         super().__init__()
-        widths = [width, width * 2, width * 4, width * 8]
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1, bias=False),
                                   nn.BatchNorm2d(width), nn.ReLU(inplace=True))
-        layers, c_in = [], width
-        for i, c_out in enumerate(widths):
-            for j in range(depth):
-                layers.append(BasicBlock(c_in, c_out, 2 if (j == 0 and i > 0) else 1))
-                c_in = c_out
-        self.features = nn.Sequential(*layers)
+        self.features, c_in = residual_stages(BasicBlock, width, depth)
         self.head = PooledHead(c_in, num_classes, dropout, aux_outputs, tree_outputs)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -169,14 +175,8 @@ class D4ResNet(nn.Module):
                  aux_outputs: int = 0, tree_outputs: int = 0):
         super().__init__()
         base = max(1, width // 4)
-        widths = [base, base * 2, base * 4, base * 8]
         self.stem = nn.Sequential(LiftingConv(3, base, 3, 2, 1), FieldNorm(base), nn.ReLU(inplace=True))
-        layers, c_in = [], base
-        for i, c_out in enumerate(widths):
-            for j in range(depth):
-                layers.append(GroupBlock(c_in, c_out, 2 if (j == 0 and i > 0) else 1))
-                c_in = c_out
-        self.features = nn.Sequential(*layers)
+        self.features, c_in = residual_stages(GroupBlock, base, depth)
         self.head = PooledHead(c_in * ORDER, num_classes, dropout, aux_outputs, tree_outputs)
         self.fields = c_in
         for block in self.features:
