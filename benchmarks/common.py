@@ -91,3 +91,33 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, seconds: float 
         except OSError:
             time.sleep(0.3)
     raise RuntimeError(f"streamlit did not become healthy in {seconds:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def start_streamlit(env: dict[str, str], log: Path, seconds: float = 90.0) -> tuple[subprocess.Popen, str]:
+    """``streamlit run app.py`` headless on a free 127.0.0.1 port with ``env``, its output in
+    ``log``; returns it and its URL once it answers (stopped again if it never does)."""
+    port = free_port()
+    with open(log, "w") as out:  # the server keeps its own copy of the handle
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+             "--server.port", str(port), "--server.address", "127.0.0.1",
+             "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process, log, seconds)
+    except RuntimeError:
+        stop_process(process)
+        raise
+    return process, url
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """Ask ``process`` to end; kill it if it has not within 10 s."""
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import REPO, default_data_root, free_port, wait_healthy
+from benchmarks.common import REPO, default_data_root, start_streamlit, stop_process
 
 CHROMIUM = Path(os.environ.get("GALAXY_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -106,19 +106,7 @@ def start_app(folder: Path, data: Path | None) -> tuple[subprocess.Popen, str]:
         (data_root / data.name).symlink_to(data, target_is_directory=True)
     env = {**os.environ, "GALAXY_MODELS_ROOT": str(models), "GALAXY_DATA_ROOT": str(data_root),
            "GALAXY_CACHE_DIR": str(folder / "cache")}
-    port = free_port()
-    with open(folder / "streamlit.log", "w") as log:  # the server keeps its own copy of the handle
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
-             str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, process, folder / "streamlit.log", seconds=120)
-    except RuntimeError:
-        process.kill()
-        raise
-    return process, url
+    return start_streamlit(env, folder / "streamlit.log", seconds=120)
 
 
 async def start_training(browser, url: str) -> object:
@@ -183,11 +171,7 @@ def main() -> None:
             with PeakSampler(process.pid) as sampler:
                 times = asyncio.run(drive(url, args.visitors, photo, args.training))
         finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_process(process)
     load = os.getloadavg()
     print(f"{'with' if args.training else 'without'} a training job: {summarise(times).line()}; server peak "
           f"memory {sampler.peak / 1024**2:,.0f} MB (server and job processes); photo {photo.name}; "

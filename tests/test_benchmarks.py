@@ -167,7 +167,8 @@ def test_load_bench_parts_count_answers_and_the_memory_of_a_process_tree() -> No
     import subprocess
     import sys
 
-    from benchmarks.load_bench import free_port, summarise, tree_rss_bytes
+    from benchmarks.common import free_port
+    from benchmarks.load_bench import summarise, tree_rss_bytes
 
     summary = summarise([3.0, None, 1.0, 2.0])
     assert (summary.asked, summary.answered, summary.median_s, summary.slowest_s) == (4, 3, 2.0, 3.0)

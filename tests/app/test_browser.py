@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -17,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.common import free_port, wait_healthy
+from benchmarks.common import start_streamlit, stop_process
 from galaxy_core.base.config import CLASSES
 from galaxy_core.serving.examples import list_examples
 
@@ -63,25 +61,11 @@ def app_url(tmp_path: Path, trained_tiny_model: Path, isolated_cache: Path):
     env = {**os.environ, "GALAXY_MODELS_ROOT": str(models), "GALAXY_DATA_ROOT": str(data),
            "GALAXY_CACHE_DIR": str(isolated_cache),
            "GALAXY_READ_ROOTS": str(tmp_path)}  # where the first-hour test puts the folder it types
-    port = free_port()
-    log = tmp_path / "streamlit.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1",
-             "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    process, url = start_streamlit(env, tmp_path / "streamlit.log")
     try:
-        wait_healthy(url, process, log)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process)
 
 
 def galaxy_image(tmp_path: Path) -> Path:
