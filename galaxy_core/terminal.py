@@ -116,4 +116,3 @@ def busy_machine_hint(load: float, cores: int, threads: int | None) -> str | Non
         return None
     return (f"the machine is busy (load {load:.1f} on {cores} cores): training uses every core, and beside "
             f"other jobs that can run several times slower than one thread; --threads 1 avoids it")
-

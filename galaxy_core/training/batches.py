@@ -164,29 +164,31 @@ class BatchSource:
         jitter = random_jitter(steps * size, gen, max_zoom=self.config.max_zoom) if self.config.jitter else None
         colour = random_colour(steps * size, gen, self.config.greyscale, self.config.colour_jitter)
         low_res = random_low_res(steps * size, gen, self.config.low_res)
+        stems = self.tree_stems
         for step in range(steps):
             chunk = np.arange(step * size, (step + 1) * size)[dist_info.rank::dist_info.world]
+            index = torch.from_numpy(chunk)  # this batch's draws from the epoch's augmentation
             picked = perm[chunk]
             rows = self.views.rows[picked]
             images = torch.from_numpy(self.dataset.images(rows))
             if jitter is None:
                 x = crop_and_resize(images, self.geometry)
             else:
-                x = jittered_crop(images, self.geometry, jitter[torch.from_numpy(chunk)])
+                x = jittered_crop(images, self.geometry, jitter[index])
             # The balancing turn and the random symmetry, composed and applied once to the small
             # network-size crop (they commute with a centred crop and resize), not to the cutout.
             symmetry = torch.from_numpy(self.views.rotations[picked])
             if self.config.augment:
-                symmetry = compose_dihedral(flips[chunk], symmetry)
+                symmetry = compose_dihedral(flips[index], symmetry)
             x = dihedral_per_sample(x, symmetry)
             if low_res is not None:
-                x = coarsened(x, low_res[torch.from_numpy(chunk)])
+                x = coarsened(x, low_res[index])
             if colour is not None:
-                x = recoloured(x, *(part[torch.from_numpy(chunk)] for part in colour))
+                x = recoloured(x, *(part[index] for part in colour))
             x = normalise(x, self.stats)
             x = x.contiguous(memory_format=torch.channels_last)
             targets = torch.from_numpy(training_targets(self.dataset, rows, self.config.soft_labels,
-                                                        self.config.aux_outputs, self.tree_stems))
+                                                        self.config.aux_outputs, stems))
             yield x, targets
 
 
