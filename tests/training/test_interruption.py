@@ -161,8 +161,11 @@ def test_stop_event_then_resume_matches_uninterrupted_run(reference, tmp_path: P
 # has begun, then waits in its training loop (the main thread, where Ctrl-C lands) until the
 # signal comes: the parent synchronises on that event, never on time, however busy the machine.
 WAITING_TRAIN = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
+# Ctrl-C raises KeyboardInterrupt, as in a terminal's foreground job, even when the tests run as a
+# background job (whose children start with SIGINT ignored, so Python installs no handler).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import galaxy_core.training.train
 core = sys.modules["galaxy_core.training.train"]
 marker = Path(sys.argv.pop(1))
