@@ -9,12 +9,16 @@ Prints one ``name: value`` line per figure:
 - ``widefield_edge_on_recall``: of those labelled Spiral, the edge-on disks (GZ1 plurality
   "edge-on") called Spiral rather than Elliptical; ``--half dev|test`` takes one half of the images
   (``benchmarks.common.widefield_half``: models are tuned and chosen on ``dev`` only).
+- ``validation_accuracy``, ``validation_spiral_vs_elliptical``: on the model's validation galaxies
+  (choosing data, like the development half).
 - ``greyscale_copy_agreement``: the share of the model's own test galaxies whose greyscale copy gets
   the class their colour image gets.
 - ``framing_accuracy_*``: 3-class accuracy on the model's own test galaxies as downloaded, shrunk
   2x and 3x into a wider synthetic sky, enlarged 1.5x, and shifted 15% of the side off centre.
 - ``warned_*``: the share of real test galaxies that get any warning (and by kind), and whether
   each kind of image without a galaxy (blank, noise, star field, a photo of something else) does.
+- ``right_when_low_confidence`` / ``right_when_confident``: 3-class accuracy of the test answers
+  that carry the low-confidence warning, and of the others: what the warning is worth.
 - ``classify_ms_per_upload``: one decoded upload through ``Classifier.predict``, framing included
   (median, warm, one thread per core as the app runs).
 """
@@ -122,18 +126,25 @@ def reframed(image: Image.Image, how: str, rng: np.random.Generator) -> Image.Im
     raise ValueError(how)
 
 
-def test_galaxies(classifier: Classifier, data_dir: Path, limit: int | None) -> tuple[list[Image.Image], np.ndarray]:
+def split_galaxies(classifier: Classifier, data_dir: Path, limit: int | None,
+                   split: str = "test") -> tuple[list[Image.Image], np.ndarray]:
+    """The images and labels (under the model's rule) of one split the model's evaluation records."""
     folder = DatasetFolder(data_dir)
     table = folder.read_catalogue()
     evaluation = read_evaluation(classifier.bundle.path)
-    test = set(evaluation.split_ids.get("test", [])) if evaluation else set()
-    if not test:
-        raise SystemExit(f"{classifier.bundle.path} records no test split for {data_dir}")
-    table = table[table["id"].astype(str).isin(test)]
+    ids = set(evaluation.split_ids.get(split, [])) if evaluation else set()
+    if not ids:
+        raise SystemExit(f"{classifier.bundle.path} records no {split} split for {data_dir}")
+    table = table[table["id"].astype(str).isin(ids)]
     if limit:
         table = table.iloc[:limit]
     labels = rule_labels(table, classifier.card.label_rule)
     return [load_image(folder.root / rel) for rel in table["image"]], labels
+
+
+def answers_of(probs: np.ndarray) -> np.ndarray:
+    """The class index of each answer; -1 where there is none (no galaxy, unreadable)."""
+    return np.where(np.isnan(probs).any(axis=1), -1, np.nan_to_num(probs).argmax(axis=1))
 
 
 def no_galaxy_images(rng: np.random.Generator) -> dict[str, Image.Image]:
@@ -167,11 +178,15 @@ def main() -> None:
     started = time.perf_counter()
     for name, value in bench_widefield(classifier, args.widefield, limit, args.half).items():
         print(f"{name}: {value:.4f}" if isinstance(value, float) else f"{name}: {value}")
-    images, labels = test_galaxies(classifier, args.data, limit)
+    val_images, val_labels = split_galaxies(classifier, args.data, limit, "val")
+    val_probs = probabilities(classifier, val_images)[0]
+    print(f"validation_accuracy: {float((answers_of(val_probs) == val_labels).mean()):.4f}")
+    print(f"validation_spiral_vs_elliptical: {spiral_vs_elliptical(val_probs, val_labels)['spiral_vs_elliptical']:.4f}")
+    images, labels = split_galaxies(classifier, args.data, limit)
     rng = np.random.default_rng(0)
     for how in ("native", "shrink2", "shrink3", "enlarge1.5", "shift15"):
         probs, warnings = probabilities(classifier, [reframed(im, how, rng) for im in images])
-        answers = np.where(np.isnan(probs).any(axis=1), -1, np.nan_to_num(probs).argmax(axis=1))  # -1: none
+        answers = answers_of(probs)
         print(f"framing_accuracy_{how}: {float((answers == labels).mean()):.4f}")
         if how == "native":
             print(f"greyscale_copy_agreement: {greyscale_agreement(classifier, images, probs):.4f}")
@@ -180,6 +195,11 @@ def main() -> None:
                   f"({len(warnings)} galaxies)")
             for kind, n in sorted(kinds.items()):
                 print(f"warned_real_test_galaxies_{kind.replace(' ', '_')}: {n / len(warnings):.4f}")
+            unsure = np.array([bool(w) and w.startswith("low confidence") for w in warnings])
+            for name, group in (("low_confidence", unsure), ("confident", ~unsure & (answers >= 0))):
+                if group.any():
+                    print(f"right_when_{name}: {float((answers[group] == labels[group]).mean()):.4f} "
+                          f"({int(group.sum())} galaxies)")
     for name, image in no_galaxy_images(rng).items():
         warning = classifier.predict([image])[0].warning or ""
         print(f"warned_no_galaxy_{name}: {int(warning.startswith(NO_GALAXY))} ({warning or 'no warning'})")

@@ -20,7 +20,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.answers import test_galaxies  # noqa: E402
+from benchmarks.answers import split_galaxies  # noqa: E402
 from benchmarks.common import default_data_root  # noqa: E402
 from galaxy_core.base.config import CLASSES, PredictConfig, default_model_dir  # noqa: E402
 from galaxy_core.serving.gradcam import grad_cam  # noqa: E402
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N test galaxies")
     args = parser.parse_args()
     classifier = Classifier.load(PredictConfig(model_dir=args.model))
-    images, _ = test_galaxies(classifier, args.data, args.limit)
+    images, _ = split_galaxies(classifier, args.data, args.limit)
     on = {"tta": [], "one_view": []}
     skipped = 0
     for image in images:
