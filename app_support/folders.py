@@ -14,7 +14,7 @@ from galaxy_core.training import CHECKPOINT_NAME
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SHIPPED_MODEL = "default"
-SHIPPED_MODELS = (SHIPPED_MODEL, "debiased")  # in git; never overwritten by training
+SHIPPED_MODELS = (SHIPPED_MODEL, "first-question", "debiased")  # in git; never overwritten by training
 
 
 class InvalidNameError(GalaxyError):

@@ -5,7 +5,9 @@
 Framing a GZ2 cutout so that r90 is 0.3 of the side runs past the 128-px cutout for most large
 galaxies, and the framer fills the rest with synthetic sky: a square edge that 96% of the GZ2
 Spirals show and 42% of the Ellipticals, but almost no wide-field photo (the script measures both
-first, on ``--sample`` GZ2 galaxies and on the wide-field ones). Each wide-field
+first, on ``--sample`` GZ2 galaxies and on the wide-field ones). The fill is drawn at the image's
+own pixel scale so it has the real sky's grain (``fill_grain``, whose median the script prints:
+1.0 is a fill as grainy as the sky beside it); before framer version 2 it was 2.4. Each wide-field
 development galaxy (Spiral or Elliptical) is classified as given, and cropped to 0.6 of its frame's
 side around the galaxy, so that its frame runs past the crop and gets that edge. A model that
 learnt "an edge means Spiral" calls more of the cropped galaxies Spiral. The crop also removes the
@@ -43,14 +45,41 @@ def inside_its_frame(image: Image.Image, framing: Framing, keep: float = KEEP) -
     return image.crop((round(cx - half), round(cy - half), round(cx + half), round(cy + half)))
 
 
-def share_with_an_edge(classifier: Classifier, data: Path, n: int) -> dict[str, float]:
-    """Of ``n`` GZ2 galaxies (a seeded sample), the share of each class whose frame has the edge."""
+def fill_grain(framing: Framing, size: tuple[int, int]) -> float | None:
+    """How grainy the filled-in sky of a framed image is next to its real sky: the mean absolute
+    step between horizontal neighbours in the fill over that in the real sky (pixels at most 2
+    sigma above the sky level, 3 input pixels clear of the seam); None with too little of either."""
+    left, top, side = framing.box
+    out = framing.image.shape[0]
+    yy, xx = np.mgrid[:out, :out]
+    sx, sy = left + (xx + 0.5) * side / out, top + (yy + 0.5) * side / out
+    margin = 3 * side / out
+    filled = (sx < -margin) | (sy < -margin) | (sx > size[0] + margin) | (sy > size[1] + margin)
+    grey = framing.image.astype(float).mean(axis=2)
+    real = ((sx > margin) & (sy > margin) & (sx < size[0] - margin) & (sy < size[1] - margin)
+            & (grey < framing.sky.level + 2 * max(framing.sky.noise, 0.5)))
+    steps = np.abs(np.diff(grey, axis=1))
+    filled, real = filled[:, 1:] & filled[:, :-1], real[:, 1:] & real[:, :-1]
+    if filled.sum() < 50 or real.sum() < 50:
+        return None
+    return float(steps[filled].mean() / max(steps[real].mean(), 1e-6))
+
+
+def share_with_an_edge(classifier: Classifier, data: Path, n: int) -> tuple[dict[str, float], float]:
+    """Of ``n`` GZ2 galaxies (a seeded sample), the share of each class whose frame has the edge,
+    and the median ``fill_grain`` of those frames."""
     folder = DatasetFolder(data)
     table = folder.read_catalogue().sample(n, random_state=0)
     labels = rule_labels(table, classifier.card.label_rule)
-    edge = np.array([runs_past(classifier.frame(image).box, image.size)
-                     for image in (load_image(folder.root / rel) for rel in table["image"])])
-    return {name: float(edge[labels == k].mean()) for k, name in enumerate(CLASSES) if (labels == k).any()}
+    edge, grains = [], []
+    for image in (load_image(folder.root / rel) for rel in table["image"]):
+        framing = classifier.frame(image)
+        edge.append(runs_past(framing.box, image.size))
+        if edge[-1] and (grain := fill_grain(framing, image.size)) is not None:
+            grains.append(grain)
+    edged = np.array(edge)
+    shares = {name: float(edged[labels == k].mean()) for k, name in enumerate(CLASSES) if (labels == k).any()}
+    return shares, float(np.median(grains))
 
 
 def says_spiral(classifier: Classifier, images: list[Image.Image]) -> list[bool | None]:
@@ -67,10 +96,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=default_data_root() / "gz2-sdss-128")
     parser.add_argument("--widefield", type=Path, default=default_data_root() / "gz1-widefield-423")
     parser.add_argument("--sample", type=int, default=1500, help="GZ2 galaxies whose frames are checked")
+    parser.add_argument("--keep", type=float, default=KEEP, help="the crop's side, as a share of the frame's side")
     args = parser.parse_args()
     classifier = Classifier.load(PredictConfig(model_dir=args.model))
-    for name, share in share_with_an_edge(classifier, args.data, args.sample).items():
+    shares, grain = share_with_an_edge(classifier, args.data, args.sample)
+    for name, share in shares.items():
         print(f"gz2_{name.lower()}_frame_runs_past_the_cutout: {share:.3f}")
+    print(f"gz2_fill_grain_over_real_sky_grain_median: {grain:.2f}")
     table = widefield_half(pd.read_csv(args.widefield / "catalogue.csv"), "dev")
     table = table[table["label"].isin(["Spiral", "Elliptical"])]
     rows, edges = [], []
@@ -80,7 +112,7 @@ def main() -> None:
         if framing.source is None:
             continue
         edges.append(runs_past(framing.box, image.size))
-        plain, cropped = says_spiral(classifier, [image, inside_its_frame(image, framing)])
+        plain, cropped = says_spiral(classifier, [image, inside_its_frame(image, framing, args.keep)])
         if plain is not None and cropped is not None:
             rows.append((label == "Spiral", plain, cropped))
     spiral, plain, cropped = (np.array(column) for column in zip(*rows))

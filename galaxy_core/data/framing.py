@@ -22,7 +22,7 @@ from scipy import ndimage
 from galaxy_core.base import fields
 from galaxy_core.sources.images import resize_square
 
-FRAMER_VERSION = 1  # part of a framed cache's key: a changed framer frames anew
+FRAMER_VERSION = 2  # part of a framed cache's key: a changed framer frames anew
 DETECTION_SIDE = 256
 FLAT_GREY_LEVELS = 8  # an image whose grey levels all lie closer than this is blank
 ISOPHOTE = 0.1  # the galaxy ends where its light falls to this fraction of its peak
@@ -130,20 +130,32 @@ def _clipped(values: np.ndarray, rounds: int = 4) -> tuple[float, float]:
     return level, noise
 
 
-def _corner_patches(grey: np.ndarray) -> list[np.ndarray]:
-    h, w = grey.shape
+def _corners(shape: tuple[int, ...]) -> list[tuple[slice, slice]]:
+    h, w = shape[:2]
     ph, pw = max(2, h // 6), max(2, w // 6)
-    return [grey[:ph, :pw], grey[:ph, -pw:], grey[-ph:, :pw], grey[-ph:, -pw:]]
+    top, bottom, left, right = slice(0, ph), slice(h - ph, h), slice(0, pw), slice(w - pw, w)
+    return [(top, left), (top, right), (bottom, left), (bottom, right)]
+
+
+def _corner_patches(grey: np.ndarray) -> list[np.ndarray]:
+    return [grey[corner] for corner in _corners(grey.shape)]
 
 
 def estimate_sky(rgb: np.ndarray, grey: np.ndarray) -> Sky:
     """Sky from the two darkest corners: a galaxy that fills most of the frame, or a bright
-    star in one corner, then does not pass for background."""
-    corners = sorted((_clipped(patch)[:2] for patch in _corner_patches(grey)), key=lambda c: c[0])[:2]
-    level = float(np.mean([c[0] for c in corners]))
-    noise = float(np.mean([c[1] for c in corners]))
-    keep = grey <= level + 3 * max(noise, 0.5)
-    background = rgb[keep] if keep.any() else rgb.reshape(-1, 3)
+    star in one corner, then does not pass for background. Its colour and per-channel spread
+    come from those corners' pixels too (a galaxy's faint outskirts elsewhere made the sky that
+    the framer fills in brighter than the real sky beside it)."""
+    corners = _corners(grey.shape)
+    clipped = [_clipped(grey[corner])[:2] for corner in corners]
+    darkest = sorted(range(len(corners)), key=lambda k: clipped[k][0])[:2]
+    level = float(np.mean([clipped[k][0] for k in darkest]))
+    noise = float(np.mean([clipped[k][1] for k in darkest]))
+    bound = level + 3 * max(noise, 0.5)
+    patches = [(rgb[corners[k]].reshape(-1, 3), grey[corners[k]].ravel()) for k in darkest]
+    background = np.concatenate([pixels[shade <= bound] for pixels, shade in patches])
+    if not len(background):
+        background = np.concatenate([pixels for pixels, _ in patches])
     colour = np.median(background, axis=0)
     spread = 1.4826 * np.median(np.abs(background - colour), axis=0)
     return Sky(level, noise, tuple(float(c) for c in colour), tuple(float(c) for c in spread))  # type: ignore[arg-type]
@@ -239,34 +251,71 @@ def runs_past(box: tuple[float, float, float], size: tuple[int, int]) -> bool:
 
 
 @functools.lru_cache(maxsize=4)
-def _sky_noise(out_size: int) -> np.ndarray:
-    """Seeded standard normal noise for a sky canvas (drawing it was a quarter of framing a cutout;
-    scaled by the sky's spread and moved to its colour, it equals numpy's ``normal`` of those)."""
-    noise = np.random.default_rng(0).standard_normal((out_size, out_size, 3))
-    noise.flags.writeable = False
-    return noise
+def _sky_field(side: int) -> np.ndarray:
+    """Seeded standard normal noise from which each sky fill takes a window (drawing fresh noise
+    was a quarter of framing a cutout); read-only, float32."""
+    field = np.random.default_rng(0).standard_normal((side, side, 3), dtype=np.float32)
+    field.flags.writeable = False
+    return field
 
 
-def _cut(image: Image.Image, box: tuple[float, float, float], out_size: int, sky: Sky) -> np.ndarray:
-    """The square ``box`` of ``image`` at ``out_size``; what lies outside the image is filled
-    with sky of the image's own colour and noise (seeded, so the same input frames the same)."""
+def _sky_canvas(image: Image.Image, box: tuple[float, float, float], out_size: int,
+                sky: Sky) -> tuple[Image.Image, tuple[float, float, float, float]]:
+    """``image`` placed on a canvas of its own sky that covers ``box``, at the image's pixel
+    scale or an integer reduction of it (so the canvas stays under about twice ``out_size``
+    across), and the box on that canvas.
+
+    The sky noise is drawn at the canvas's pixel scale and resampled together with the image, so
+    it has the grain of the real sky beside it and no seam: a fill of fresh noise at the output's
+    scale was more than twice as grainy, an edge that tells big (mostly spiral) galaxies from
+    small ones. Its window in the noise field depends on the box and the sky, so the same input
+    frames the same and different inputs do not share one pattern."""
     left, top, side = box
-    scale = out_size / side
-    width, height = image.size
-    # Resample only the part inside the image, then place it on a sky-coloured canvas.
-    x0, y0 = max(0.0, left), max(0.0, top)
-    x1, y1 = min(float(width), left + side), min(float(height), top + side)
-    if runs_past(box, image.size):
-        canvas = np.asarray(sky.colour) + np.asarray(sky.noise_rgb) * _sky_noise(out_size)
+    reduction = max(1, int(side // (2 * out_size)))
+    own_scale = max(image.size) <= DETECTION_SIDE  # the sky was measured on the image itself
+    if not own_scale:
+        # A large image: only the part under the box is read (its edges on the reduction's grid,
+        # so the reduced part equals that part of the reduced image), never a copy of the whole.
+        width, height = image.size
+        cx0, cy0 = (int(max(0.0, v) // reduction) * reduction for v in (left, top))
+        cx1 = min(width, -(-int(np.ceil(min(float(width), left + side))) // reduction) * reduction)
+        cy1 = min(height, -(-int(np.ceil(min(float(height), top + side))) // reduction) * reduction)
+        image = image.crop((cx0, cy0, cx1, cy1))
+        left, top = left - cx0, top - cy0
+    if reduction > 1:
+        image = image.reduce(reduction)
+        left, top, side = left / reduction, top / reduction, side / reduction
+    x0, y0 = int(np.floor(left)), int(np.floor(top))
+    width, height = int(np.ceil(left + side)) - x0, int(np.ceil(top + side)) - y0
+    if reduction == 1 and own_scale:
+        spread = np.asarray(sky.noise_rgb, dtype=np.float32)  # measured at this very scale
     else:
-        canvas = np.empty((out_size, out_size, 3))  # the image covers the box: no sky to draw
-    if x1 - x0 >= 1 and y1 - y0 >= 1:
-        ox, oy = round((x0 - left) * scale), round((y0 - top) * scale)
-        pw = min(out_size - ox, max(1, round((x1 - x0) * scale)))
-        ph = min(out_size - oy, max(1, round((y1 - y0) * scale)))
-        part = image.resize((pw, ph), Image.Resampling.BILINEAR, box=(x0, y0, x1, y1), reducing_gap=None)
-        canvas[oy:oy + ph, ox:ox + pw] = np.asarray(part, dtype=np.float64)
-    return np.clip(np.round(canvas), 0, 255).astype(np.uint8)
+        rgb = np.asarray(image, dtype=np.float32)
+        spread = np.asarray(estimate_sky(rgb, rgb.mean(axis=2)).noise_rgb, dtype=np.float32)
+    field = _sky_field(4 * out_size + 8)
+    spare = field.shape[0] - max(width, height)
+    pick = hash((round(left, 3), round(top, 3), round(side, 3), *sky.colour)) % (spare * spare)
+    oy, ox = divmod(pick, spare)
+    window = field[oy:oy + height, ox:ox + width]
+    canvas = np.clip(np.rint(np.asarray(sky.colour, dtype=np.float32) + spread * window), 0, 255).astype(np.uint8)
+    # The part of the image inside the box, pasted over the sky.
+    ix0, iy0 = max(0, x0), max(0, y0)
+    ix1, iy1 = min(image.size[0], x0 + width), min(image.size[1], y0 + height)
+    if ix1 > ix0 and iy1 > iy0:
+        canvas[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = np.asarray(image.crop((ix0, iy0, ix1, iy1)))
+    return Image.fromarray(canvas), (left - x0, top - y0, left - x0 + side, top - y0 + side)
+
+
+def cut_square(image: Image.Image, box: tuple[float, float, float], out_size: int, sky: Sky) -> np.ndarray:
+    """The square ``box`` of ``image`` at ``out_size``; what lies outside the image is filled
+    with sky of the image's own colour and grain (``_sky_canvas``)."""
+    left, top, side = box
+    if runs_past(box, image.size):
+        image, corners = _sky_canvas(image, box, out_size, sky)
+    else:
+        corners = (left, top, left + side, top + side)
+    framed = image.resize((out_size, out_size), Image.Resampling.BILINEAR, box=corners, reducing_gap=None)
+    return np.asarray(framed, dtype=np.uint8)
 
 
 def frame_image(image: Image.Image, spec: FramingSpec | None, out_size: int) -> Framing:
@@ -289,7 +338,7 @@ def frame_image(image: Image.Image, spec: FramingSpec | None, out_size: int) -> 
         return Framing(resize_square(image, out_size), box, source, sky, warning)
     side = max(source.r90 / spec.radius_fraction, 8.0)
     box = (source.x + 0.5 - side / 2, source.y + 0.5 - side / 2, side)
-    return Framing(_cut(image, box, out_size, sky), box, source, sky, warning)
+    return Framing(cut_square(image, box, out_size, sky), box, source, sky, warning)
 
 
 def _scaled(source: Source, factor: float) -> Source:

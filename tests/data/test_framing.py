@@ -3,12 +3,14 @@ when there is no galaxy to classify."""
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from galaxy_core.base.fields import FieldError
-from galaxy_core.data.framing import NO_GALAXY, WARNINGS, FramingSpec, frame_image
+from galaxy_core.data.framing import NO_GALAXY, WARNINGS, FramingSpec, cut_square, estimate_sky, frame_image
 from galaxy_core.model.card import ModelCard
 from galaxy_core.serving.predict import answer_warning, vote_sentence
 
@@ -186,3 +188,81 @@ def test_sigma_clipping_on_sorted_values_equals_clipping_by_masks() -> None:
             patch = np.round(patch)
         patch = patch.astype(np.float32)
         assert _clipped(patch) == clipped_by_masks(patch)
+
+
+
+def grain(grey: np.ndarray, mask: np.ndarray) -> float:
+    """Mean absolute step between horizontal neighbours that both lie in ``mask``."""
+    pairs = mask[:, 1:] & mask[:, :-1]
+    return float(np.abs(np.diff(grey, axis=1))[pairs].mean())
+
+
+def input_position(box: tuple[float, float, float], out_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Where in the input image the centre of each pixel cut from ``box`` lies (x, y)."""
+    left, top, side = box
+    yy, xx = np.mgrid[:out_size, :out_size]
+    return left + (xx + 0.5) * side / out_size, top + (yy + 0.5) * side / out_size
+
+
+def filled_and_real(size: int, box: tuple[float, float, float], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A square of pure sky noise cut to ``box`` at 128 pixels: the grey result, and where it
+    shows filled-in sky and where the image's own (3 input pixels clear of the seam)."""
+    array = sky(size, np.random.default_rng(seed), level=20.0, noise=6.0)
+    image = picture(array)
+    rgb = np.asarray(image, dtype=np.float32)
+    framed = cut_square(image, box, 128, estimate_sky(rgb, rgb.mean(axis=2)))
+    sx, sy = input_position(box)
+    margin = 3 * box[2] / 128
+    outside = (sx < -margin) | (sy < -margin) | (sx > size + margin) | (sy > size + margin)
+    inside = (sx > margin) & (sy > margin) & (sx < size - margin) & (sy < size - margin)
+    return framed.astype(float).mean(axis=2), outside, inside
+
+
+@pytest.mark.parametrize("box", [(-64.0, -64.0, 256.0), (-10.5, 20.25, 160.0), (-20.0, -20.0, 80.0)])
+def test_the_sky_beyond_the_image_has_the_grain_and_level_of_its_own_sky(box):
+    """A big galaxy in a small cutout: the frame runs past the image, and the sky filled in
+    there must not stand out from the real sky, or the network learns that an edge means a big
+    galaxy (a fill of fresh noise at the output's scale was twice as grainy when shrunk)."""
+    grey, filled, real = filled_and_real(128, box, seed=6)
+    assert filled.sum() > 300 and real.sum() > 300
+    assert 0.8 < grain(grey, filled) / grain(grey, real) < 1.25
+    assert abs(grey[filled].mean() - grey[real].mean()) < 1.0
+
+
+def test_two_images_do_not_share_one_pattern_of_filled_sky():
+    fills = []
+    for seed, box in ((7, (-64.0, -64.0, 256.0)), (8, (-60.0, -66.0, 256.0))):
+        grey, filled, _ = filled_and_real(128, box, seed)
+        fills.append(grey[:25, :25][filled[:25, :25]])
+    a, b = (fill - fill.mean() for fill in fills)
+    assert len(a) == len(b) == 625
+    assert abs(float(np.corrcoef(a, b)[0, 1])) < 0.2
+
+
+@pytest.mark.parametrize("box", [(-1000.0, -1000.0, 6000.0), (-20.0, 3000.0, 100.0)])
+def test_a_huge_image_that_the_frame_runs_past_is_cut_without_a_copy_at_its_scale(box):
+    """A big galaxy filling a 5000-px photo, or a small one at its edge: only the part under the
+    box is read, never a float copy of the whole image (which would take 300 MB)."""
+    image = picture(sky(500, np.random.default_rng(9))).resize((5000, 5000))
+    rgb = np.asarray(image.reduce(20), dtype=np.float32)
+    tracemalloc.start()
+    try:
+        framed = cut_square(image, box, 128, estimate_sky(rgb, rgb.mean(axis=2)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert framed.shape == (128, 128, 3) and framed.dtype == np.uint8
+    assert peak < 32 * 1024**2
+    grey = framed.astype(float).mean(axis=2)
+    assert abs(grey.mean() - 12.0) < 3.0  # sky throughout, the fill of the same level
+
+
+def test_the_filled_sky_is_as_dark_as_the_sky_beyond_a_galaxy_that_fills_the_cutout():
+    """The sky's colour comes from the darkest corners, not from every faint pixel: a big
+    galaxy's outskirts made the filled-in sky brighter than the real sky around it."""
+    image = picture(add_galaxy(sky(128, np.random.default_rng(10), level=20.0), 64, 64, 30.0, axis_ratio=0.3))
+    framing = frame_image(image, SPEC, 128)
+    sx, sy = input_position(framing.box)
+    filled = (sx < -3) | (sy < -3) | (sx > 131) | (sy > 131)
+    assert filled.sum() > 1000
+    assert abs(framing.image.mean(axis=2)[filled].mean() - 20.0) < 0.8

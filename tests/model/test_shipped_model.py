@@ -1,5 +1,6 @@
-"""The shipped models, models/default (the volunteers' votes), models/debiased and models/tree (the
-whole Galaxy Zoo 2 decision tree): they load safely,
+"""The shipped models, models/default (the whole Galaxy Zoo 2 decision tree, on the volunteers'
+votes), models/first-question (the first question only, from which the default was fine-tuned) and
+models/debiased (distance-corrected labels): they load safely,
 classify out of the box, record their label rule, and their cards' test metrics are reproduced by
 `evaluate` on the shared data."""
 
@@ -11,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app_support.folders import SHIPPED_MODELS
 from galaxy_core.base.config import CLASSES, PredictConfig, default_model_dir
 from galaxy_core.cli import main
 from galaxy_core.model.bundle import load_bundle, read_card
-from galaxy_core.serving.predict import Classifier
+from galaxy_core.serving.predict import CSV_COLUMNS, Classifier
 
 SHIPPED = default_model_dir()
-MODELS = {"default": "votes", "debiased": "debiased", "tree": "votes"}
+MODELS = {name: "debiased" if name == "debiased" else "votes" for name in SHIPPED_MODELS}
 ANSWER_COLUMNS = {"votes": "weighted_fraction", "debiased": "debiased"}
 
 
@@ -38,9 +40,12 @@ def test_shipped_bundle_is_complete_and_records_its_label_rule(name: str) -> Non
     assert sum(p.numel() for p in bundle.model.parameters()) > 10_000
 
 
-def test_the_default_model_frames_uploads_and_predicts_vote_fractions() -> None:
+def test_the_default_model_frames_uploads_and_answers_the_whole_tree() -> None:
     card = read_card(SHIPPED)
     assert card.framing is not None and card.architecture.aux_outputs == 3
+    assert card.tree is not None and len(card.tree.stems) == 28 and card.trained_for_greyscale
+    assert card.class_rule is not None  # tuned on the validation and wide-field development galaxies
+    assert card.provenance.config.init_from == Path("models") / "first-question"
     # The debiased choice is the 71.3% model that was the default before the votes rule.
     assert read_card(model_dir("debiased")).metrics.accuracy >= 0.712
 
@@ -52,10 +57,12 @@ def test_predict_without_model_flag_uses_the_shipped_model(shared_gz2: Path, tmp
     lines = out.read_text().splitlines()
     assert len(lines) == 5 and all(line.split(",")[1] in CLASSES for line in lines[1:])
     header = lines[0].split(",")
-    assert header[-6:] == ["vote_smooth", "vote_features", "vote_artifact", "warning", "saliency_peak_x",
-                           "saliency_peak_y"]
-    votes = [float(v) for v in lines[1].split(",")[header.index("vote_smooth"):header.index("warning")]]
-    assert sum(votes) == pytest.approx(1.0, abs=1e-4)
+    stems = read_card(SHIPPED).tree.stems
+    assert header == [*CSV_COLUMNS, *stems]
+    row = dict(zip(header, lines[1].split(",")))
+    assert sum(float(row[f"vote_{a}"]) for a in ("smooth", "features", "artifact")) == pytest.approx(1.0, abs=1e-4)
+    edge_on = [float(row[stem]) for stem in stems if stem.startswith("t02_")]
+    assert len(edge_on) == 2 and sum(edge_on) == pytest.approx(1.0, abs=1e-4)
 
 
 @pytest.mark.parametrize("name", MODELS)
