@@ -262,7 +262,7 @@ def _sky_field(side: int) -> np.ndarray:
 def _sky_canvas(image: Image.Image, box: tuple[float, float, float], out_size: int,
                 sky: Sky) -> tuple[Image.Image, tuple[float, float, float, float]]:
     """``image`` placed on a canvas of its own sky that covers ``box``, at the image's pixel
-    scale or an integer reduction of it (so the canvas stays under about twice ``out_size``
+    scale or an integer reduction of it (so the canvas is at most about four times ``out_size``
     across), and the box on that canvas.
 
     The sky noise is drawn at the canvas's pixel scale and resampled together with the image, so
@@ -276,10 +276,10 @@ def _sky_canvas(image: Image.Image, box: tuple[float, float, float], out_size: i
     if not own_scale:
         # A large image: only the part under the box is read (its edges on the reduction's grid,
         # so the reduced part equals that part of the reduced image), never a copy of the whole.
-        width, height = image.size
+        image_w, image_h = image.size
         cx0, cy0 = (int(max(0.0, v) // reduction) * reduction for v in (left, top))
-        cx1 = min(width, -(-int(np.ceil(min(float(width), left + side))) // reduction) * reduction)
-        cy1 = min(height, -(-int(np.ceil(min(float(height), top + side))) // reduction) * reduction)
+        cx1 = min(image_w, -(-int(np.ceil(min(float(image_w), left + side))) // reduction) * reduction)
+        cy1 = min(image_h, -(-int(np.ceil(min(float(image_h), top + side))) // reduction) * reduction)
         image = image.crop((cx0, cy0, cx1, cy1))
         left, top = left - cx0, top - cy0
     if reduction > 1:
