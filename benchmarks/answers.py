@@ -38,7 +38,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.common import EDGE_ON_CLASS, WIDEFIELD_HALVES, default_data_root, widefield_half  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    EDGE_ON_CLASS,
+    WIDEFIELD_HALVES,
+    default_data_root,
+    spiral_and_elliptical_recall,
+    widefield_half,
+)
 from galaxy_core.base.config import CLASSES, PredictConfig, default_model_dir  # noqa: E402
 from galaxy_core.data.framing import NO_GALAXY  # noqa: E402
 from galaxy_core.model.bundle import read_evaluation  # noqa: E402
@@ -59,13 +65,11 @@ def probabilities(classifier: Classifier, images: list[Image.Image]) -> tuple[np
 
 
 def spiral_vs_elliptical(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    says_spiral = probs[:, SPIRAL] > probs[:, ELLIPTICAL]
-    spiral, elliptical = labels == SPIRAL, labels == ELLIPTICAL
-    return {"spiral_vs_elliptical": float((says_spiral[spiral].sum() + (~says_spiral[elliptical]).sum())
-                                          / max(spiral.sum() + elliptical.sum(), 1)),
-            "spiral_recall": float(says_spiral[spiral].mean()),
-            "elliptical_recall": float((~says_spiral[elliptical]).mean()),
-            "galaxies": int(spiral.sum() + elliptical.sum())}
+    either = np.isin(labels, (SPIRAL, ELLIPTICAL))
+    says_spiral, is_spiral = probs[either, SPIRAL] > probs[either, ELLIPTICAL], labels[either] == SPIRAL
+    spiral_recall, elliptical_recall = spiral_and_elliptical_recall(says_spiral, is_spiral)
+    return {"spiral_vs_elliptical": float((says_spiral == is_spiral).mean()) if either.any() else 0.0,
+            "spiral_recall": spiral_recall, "elliptical_recall": elliptical_recall, "galaxies": int(either.sum())}
 
 
 def bench_widefield(classifier: Classifier, folder: Path, limit: int | None, half: str = "all") -> dict[str, float]:

@@ -12,9 +12,12 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,6 +55,12 @@ def run_child(args: list[str], timeout_s: float = 1800) -> dict[str, Any]:
 WIDEFIELD_HALVES = ("dev", "test", "all")
 EDGE_ON_CLASS = 3
 """``gz1_plurality_class`` of the wide-field images whose volunteers mostly said "edge-on" (labelled Spiral)."""
+
+
+def spiral_and_elliptical_recall(says_spiral: np.ndarray, is_spiral: np.ndarray) -> tuple[float, float]:
+    """Of galaxies labelled Spiral or Elliptical: the share of the spirals called Spiral, and of the
+    ellipticals not called Spiral."""
+    return float(says_spiral[is_spiral].mean()), float((~says_spiral[~is_spiral]).mean())
 
 
 def widefield_half(table: pd.DataFrame, half: str) -> pd.DataFrame:

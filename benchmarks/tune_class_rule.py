@@ -30,7 +30,12 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmarks.common import EDGE_ON_CLASS, default_data_root, widefield_half  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    EDGE_ON_CLASS,
+    default_data_root,
+    spiral_and_elliptical_recall,
+    widefield_half,
+)
 from galaxy_core.base.config import CLASSES, PredictConfig  # noqa: E402
 from galaxy_core.data.cache import ImageRows, PackedDataset  # noqa: E402
 from galaxy_core.model.bundle import Evaluation, load_bundle, read_evaluation, save_bundle  # noqa: E402
@@ -62,7 +67,7 @@ class Score:
 
 def balanced_accuracy(says_spiral: np.ndarray, is_spiral: np.ndarray) -> float:
     """The mean of the spiral recall and the elliptical recall."""
-    return float((says_spiral[is_spiral].mean() + (~says_spiral[~is_spiral]).mean()) / 2)
+    return float(np.mean(spiral_and_elliptical_recall(says_spiral, is_spiral)))
 
 
 def choose(rows: list[Score]) -> Score:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.edge_cue import input_position, mean_step
 from galaxy_core.base.fields import FieldError
 from galaxy_core.data.framing import NO_GALAXY, WARNINGS, FramingSpec, cut_square, estimate_sky, frame_image
 from galaxy_core.model.card import ModelCard
@@ -191,19 +192,6 @@ def test_sigma_clipping_on_sorted_values_equals_clipping_by_masks() -> None:
 
 
 
-def grain(grey: np.ndarray, mask: np.ndarray) -> float:
-    """Mean absolute step between horizontal neighbours that both lie in ``mask``."""
-    pairs = mask[:, 1:] & mask[:, :-1]
-    return float(np.abs(np.diff(grey, axis=1))[pairs].mean())
-
-
-def input_position(box: tuple[float, float, float], out_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """Where in the input image the centre of each pixel cut from ``box`` lies (x, y)."""
-    left, top, side = box
-    yy, xx = np.mgrid[:out_size, :out_size]
-    return left + (xx + 0.5) * side / out_size, top + (yy + 0.5) * side / out_size
-
-
 def filled_and_real(size: int, box: tuple[float, float, float], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A square of pure sky noise cut to ``box`` at 128 pixels: the grey result, and where it
     shows filled-in sky and where the image's own (3 input pixels clear of the seam)."""
@@ -211,7 +199,7 @@ def filled_and_real(size: int, box: tuple[float, float, float], seed: int) -> tu
     image = picture(array)
     rgb = np.asarray(image, dtype=np.float32)
     framed = cut_square(image, box, 128, estimate_sky(rgb, rgb.mean(axis=2)))
-    sx, sy = input_position(box)
+    sx, sy = input_position(box, 128)
     margin = 3 * box[2] / 128
     outside = (sx < -margin) | (sy < -margin) | (sx > size + margin) | (sy > size + margin)
     inside = (sx > margin) & (sy > margin) & (sx < size - margin) & (sy < size - margin)
@@ -225,7 +213,7 @@ def test_the_sky_beyond_the_image_has_the_grain_and_level_of_its_own_sky(box):
     galaxy (a fill of fresh noise at the output's scale was twice as grainy when shrunk)."""
     grey, filled, real = filled_and_real(128, box, seed=6)
     assert filled.sum() > 300 and real.sum() > 300
-    assert 0.8 < grain(grey, filled) / grain(grey, real) < 1.25
+    assert 0.8 < mean_step(grey, filled) / mean_step(grey, real) < 1.25
     assert abs(grey[filled].mean() - grey[real].mean()) < 1.0
 
 
@@ -262,7 +250,7 @@ def test_the_filled_sky_is_as_dark_as_the_sky_beyond_a_galaxy_that_fills_the_cut
     galaxy's outskirts made the filled-in sky brighter than the real sky around it."""
     image = picture(add_galaxy(sky(128, np.random.default_rng(10), level=20.0), 64, 64, 30.0, axis_ratio=0.3))
     framing = frame_image(image, SPEC, 128)
-    sx, sy = input_position(framing.box)
+    sx, sy = input_position(framing.box, 128)
     filled = (sx < -3) | (sy < -3) | (sx > 131) | (sy > 131)
     assert filled.sum() > 1000
     assert abs(framing.image.mean(axis=2)[filled].mean() - 20.0) < 0.8
