@@ -72,23 +72,35 @@ def spiral_vs_elliptical(probs: np.ndarray, labels: np.ndarray) -> dict[str, flo
             "spiral_recall": spiral_recall, "elliptical_recall": elliptical_recall, "galaxies": int(either.sum())}
 
 
-def bench_widefield(classifier: Classifier, folder: Path, limit: int | None, half: str = "all") -> dict[str, float]:
+def widefield_galaxies(folder: Path, limit: int | None, half: str = "all") -> pd.DataFrame:
+    """The wide-field images labelled Spiral or Elliptical in one half (a seeded sample of ``limit``)."""
     table = widefield_half(pd.read_csv(folder / "catalogue.csv"), half)
     table = table[table["label"].isin(["Spiral", "Elliptical"])]
-    if limit:
-        table = table.sample(n=min(limit, len(table)), random_state=0)
-    labels = table["label"].map(CLASSES.index).to_numpy()
+    return table.sample(n=min(limit, len(table)), random_state=0) if limit else table
+
+
+def widefield_probabilities(classifier: Classifier, folder: Path, table: pd.DataFrame) -> np.ndarray:
     probs = []
     for start in range(0, len(table), 256):  # decoded a batch at a time
         images = [load_image(folder / rel) for rel in table["image"].iloc[start:start + 256]]
         probs.append(probabilities(classifier, images)[0])
-    probs = np.concatenate(probs)
-    out = spiral_vs_elliptical(probs, labels)
+    return np.concatenate(probs)
+
+
+def widefield_scores(probs: np.ndarray, table: pd.DataFrame, half: str = "all") -> dict[str, float]:
+    """Spiral vs Elliptical (and each recall) of ``table``'s galaxies, and the share of its edge-on
+    disks called Spiral, named ``widefield_[half_]...``."""
+    out = spiral_vs_elliptical(probs, table["label"].map(CLASSES.index).to_numpy())
     edge = (table["gz1_plurality_class"] == EDGE_ON_CLASS).to_numpy()
     says_spiral = probs[edge, SPIRAL] > probs[edge, ELLIPTICAL]
     out["edge_on_recall"] = float(says_spiral.mean()) if edge.any() else float("nan")
     out["edge_on_galaxies"] = int(edge.sum())
     return {f"widefield_{half + '_' if half != 'all' else ''}{k}": v for k, v in out.items()}
+
+
+def bench_widefield(classifier: Classifier, folder: Path, limit: int | None, half: str = "all") -> dict[str, float]:
+    table = widefield_galaxies(folder, limit, half)
+    return widefield_scores(widefield_probabilities(classifier, folder, table), table, half)
 
 
 def greyscale_agreement(classifier: Classifier, images: list[Image.Image], colour: np.ndarray) -> float:

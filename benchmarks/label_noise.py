@@ -7,6 +7,11 @@ threshold, and the share whose class changes when the same number of volunteers 
 vote counts for the first question) is drawn again from the galaxy's own fractions (multinomially,
 seeded): two equally careful crowds disagree that often, so no model can agree with one of them
 much more often than that.
+
+Also prints the share of each rule's Ellipticals that most of the volunteers asked called
+cigar-shaped (``t07_rounded_a18_cigar_shaped`` above 0.5): smooth to GZ2's first question, but the
+shape Galaxy Zoo 1 volunteers answer "edge-on spiral" to, so the wide-field images' labels count many
+such galaxies as Spirals.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from benchmarks.common import default_data_root  # noqa: E402
 
 QUESTION = "t01_smooth_or_features_"
 ANSWERS = ("a01_smooth", "a02_features_or_disk", "a03_star_or_artifact")
+CIGAR = "t07_rounded_a18_cigar_shaped"
 RULES = {"votes": "weighted_fraction", "debiased": "debiased"}
 
 
@@ -54,6 +60,9 @@ def main() -> None:
             changed.append(float((classes(redrawn) != label).mean()))
         print(f"{rule}_within_0.1_of_threshold: {near:.4f}")
         print(f"{rule}_class_changed_by_a_redrawn_crowd: {np.mean(changed):.4f}")
+        ellipticals = label == 1
+        cigar = table[f"{CIGAR}_{suffix}"].to_numpy()[ellipticals] > 0.5
+        print(f"{rule}_ellipticals_cigar_shaped: {cigar.mean():.4f} ({int(cigar.sum())} of {int(ellipticals.sum())})")
 
 
 if __name__ == "__main__":

@@ -69,8 +69,8 @@ TRAIN_FLAGS = [  # flag, TrainConfig field, type (help and range: TRAIN_SETTINGS
     ("max-zoom", "max_zoom", float),
     ("image-size", "input_size", int), ("crop", "crop", int),
     ("width", "width", int), ("depth", "depth", int), ("seed", "seed", int),
-    ("val-fraction", "val_fraction", float), ("test-fraction", "test_fraction", float),
-    ("threads", "num_threads", int), ("max-galaxies", "max_galaxies", int),
+    ("split-seed", "split_seed", int), ("val-fraction", "val_fraction", float),
+    ("test-fraction", "test_fraction", float), ("threads", "num_threads", int), ("max-galaxies", "max_galaxies", int),
 ]
 TRAIN_SWITCHES = ["soft_labels", "augment", "jitter", "tta"]  # --x / --no-x
 

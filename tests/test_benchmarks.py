@@ -209,3 +209,21 @@ def test_the_edge_cue_crop_is_centred_on_the_frame_and_smaller_than_it() -> None
     marked = Image.new("RGB", (400, 300))
     marked.putpixel((200, 150), (255, 0, 0))
     assert inside_its_frame(marked, SimpleNamespace(box=(100.0, 50.0, 200.0))).getpixel((60, 60)) == (255, 0, 0)
+
+
+def test_models_are_averaged_only_when_they_hold_out_the_same_galaxies(tmp_path: Path) -> None:
+    import shutil
+
+    from benchmarks.seeds import check_one_split
+
+    repo = Path(__file__).resolve().parents[1]
+    first, tree = repo / "models" / "first-question", repo / "models" / "default"
+    check_one_split([first, tree])  # one split (seed 0, votes rule): no complaint
+    other = tmp_path / "other"
+    shutil.copytree(first, other)
+    evaluation = json.loads((other / "evaluation.json").read_text())
+    split_ids = evaluation["split_ids"]
+    split_ids["val"][0], split_ids["train"][0] = split_ids["train"][0], split_ids["val"][0]
+    (other / "evaluation.json").write_text(json.dumps(evaluation))
+    with pytest.raises(SystemExit, match="--split-seed"):
+        check_one_split([first, other])

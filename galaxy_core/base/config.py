@@ -95,7 +95,10 @@ TRAIN_SETTINGS: dict[str, Setting] = {
     "crop": Setting("Centre crop (px)", "centre crop of the cutout in pixels, before resizing", 16, None),
     "width": Setting("Network width", "channels of the first stage", 4, 128),
     "depth": Setting("Blocks per stage", "residual blocks per stage", 1, 8),
-    "seed": Setting("Seed", "seeds the split, balancing, shuffling and augmentation", 0, 2**32 - 1),
+    "seed": Setting("Seed", "seeds the split (unless a split seed is given), balancing, shuffling and "
+                            "augmentation", 0, 2**32 - 1),
+    "split_seed": Setting("Split seed", "seeds the split alone (default: the seed), so models trained with "
+                                        "different seeds can share their held-out galaxies", 0, 2**32 - 1),
     "val_fraction": Setting("Validation fraction", "share of galaxies held out for calibration", 0.001, 0.499),
     "test_fraction": Setting("Test fraction", "share of galaxies held out for the card's metrics", 0.001, 0.499),
     "num_threads": Setting("Threads", "CPU threads (default: all cores)", 1, 1024),
@@ -242,6 +245,8 @@ class TrainConfig:
     jitter: bool = False
     tta: bool = True
     seed: int = 0
+    # Seeds the split when set; otherwise ``seed`` does (a seed study or an ensemble keeps one split).
+    split_seed: int | None = None
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     num_threads: int | None = None
@@ -277,7 +282,8 @@ class TrainConfig:
 
     @property
     def split(self) -> SplitConfig:
-        return SplitConfig(self.val_fraction, self.test_fraction, self.seed)
+        seed = self.seed if self.split_seed is None else self.split_seed
+        return SplitConfig(self.val_fraction, self.test_fraction, seed)
 
     @property
     def aux_outputs(self) -> int:

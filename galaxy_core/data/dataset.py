@@ -195,7 +195,7 @@ def plan_views(ids: np.ndarray, labels: np.ndarray, config: TrainConfig) -> Trai
     caller checks, or fits to the number of views)."""
     rows = np.arange(len(ids))
     if config.max_galaxies is not None and config.max_galaxies < len(rows):
-        rows = np.sort(np.random.default_rng(config.seed).choice(rows, config.max_galaxies, replace=False))
+        rows = np.sort(np.random.default_rng(config.split.seed).choice(rows, config.max_galaxies, replace=False))
     local = split_dataset(ids[rows], labels[rows], config.split)
     split = Split(rows[local.train], rows[local.val], rows[local.test])
     if len(split.val) == 0 or len(split.test) == 0:

@@ -52,7 +52,7 @@ def render_model_card(card: ModelCard, metrics: Metrics) -> str:
         "Reproduce with:", "", "```", prov.command or "(trained from the Python API)", "```", "",
         "## Data", "",
         f"{data.galaxies} Galaxy Zoo galaxies with SDSS cutouts, split by galaxy (stratified, seed "
-        f"{prov.seed}) into {data.split['train']} train / {data.split['val']} validation / "
+        f"{cfg.split.seed}) into {data.split['train']} train / {data.split['val']} validation / "
         f"{data.split['test']} test before any augmentation. Labels: {LABEL_WORDS[card.label_rule]} > "
         f"{CLASS_THRESHOLD:g} for "
         "smooth (Elliptical) or features/disk (Spiral), else Uncertain; trained on "

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from galaxy_core.base.config import CLASSES, ConfigError, SplitConfig
+from galaxy_core.base.config import CLASSES, ConfigError, SplitConfig, TrainConfig
 from galaxy_core.data.cache import PackedDataset, build_cache
-from galaxy_core.data.dataset import balance, soft_targets, split_dataset
+from galaxy_core.data.dataset import balance, plan_views, soft_targets, split_dataset
 from galaxy_core.sources.images import load_image
 
 
@@ -67,6 +67,20 @@ def test_split_is_stratified_disjoint_and_seeded() -> None:
     again = split_dataset(ids, labels, SplitConfig(seed=3))
     np.testing.assert_array_equal(split.test, again.test)
     assert not np.array_equal(split.test, split_dataset(ids, labels, SplitConfig(seed=4)).test)
+
+
+@pytest.mark.parametrize("subset", [None, 150])
+def test_a_split_seed_keeps_the_held_out_galaxies_of_another_training_seed(subset: int | None) -> None:
+    ids = np.array([f"g{i:03d}" for i in range(200)])
+    labels = np.array([0] * 120 + [1] * 50 + [2] * 30)
+    plan = lambda **seeds: plan_views(ids, labels, TrainConfig(Path("."), Path("."), max_galaxies=subset,  # noqa: E731
+                                                                balance="median", **seeds))
+    first, second, own = plan(seed=0), plan(seed=1, split_seed=0), plan(seed=1)
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(first.split, name), getattr(second.split, name))
+    assert not np.array_equal(first.split.test, own.split.test)  # without it, the seed moves the split
+    # ...while the training seed still draws its own balancing (which galaxies are culled).
+    assert not np.array_equal(first.views.rows, second.views.rows)
 
 
 def test_split_does_not_depend_on_row_order() -> None:
