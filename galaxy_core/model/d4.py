@@ -44,7 +44,43 @@ def downsampled(x: torch.Tensor, stride: int) -> torch.Tensor:
     return x if stride == 1 else F.avg_pool2d(x, stride)
 
 
-class LiftingConv(nn.Module):
+class SharedFilters(nn.Module):
+    """A convolution whose filters are built from one learnt weight (``build``).
+
+    While training they are built on every call, so gradients reach the weight. Served (eval mode,
+    no gradients) they are built once and kept until the weight changes: building them is dozens of
+    small tensor operations per layer, a large share of classifying one image.
+    """
+
+    weight: nn.Parameter
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._kept: tuple[tuple, torch.Tensor] | None = None
+
+    def build(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def filters(self) -> torch.Tensor:
+        if self.training or torch.is_grad_enabled():
+            return self.build()
+        w = self.weight
+        key = (w._version, w.data_ptr(), w.dtype, w.device)
+        if self._kept is None or self._kept[0] != key:
+            self._kept = (key, self.build())
+        return self._kept[1]
+
+    def train(self, mode: bool = True) -> SharedFilters:
+        if mode:  # the weights are about to change; serving (eval, called per batch) keeps them
+            self._kept = None
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args: object, **kwargs: object) -> None:
+        self._kept = None
+        super()._load_from_state_dict(*args, **kwargs)  # type: ignore[arg-type]
+
+
+class LiftingConv(SharedFilters):
     """Image channels -> ``fields`` x 8 channels: one learnt filter, turned and mirrored 8 ways."""
 
     def __init__(self, c_in: int, fields: int, kernel: int, stride: int = 1, padding: int = 0):
@@ -53,12 +89,14 @@ class LiftingConv(nn.Module):
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
         self.stride, self.padding = stride, padding
 
+    def build(self) -> torch.Tensor:
+        return torch.stack([act(g, self.weight) for g in range(ORDER)], dim=1).flatten(0, 1)  # fields x 8, c_in, k, k
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = torch.stack([act(g, self.weight) for g in range(ORDER)], dim=1)  # fields, 8, c_in, k, k
-        return F.conv2d(downsampled(x, self.stride), w.flatten(0, 1), padding=self.padding)
+        return F.conv2d(downsampled(x, self.stride), self.filters(), padding=self.padding)
 
 
-class GroupConv(nn.Module):
+class GroupConv(SharedFilters):
     """``c_in`` x 8 -> ``c_out`` x 8 channels: filter g is the learnt one turned by g, reading the
     input's copies in the order g permutes them."""
 
@@ -72,13 +110,15 @@ class GroupConv(nn.Module):
         perms = torch.tensor([[CAYLEY[INVERSE[g]][h] for h in range(ORDER)] for g in range(ORDER)])
         self.register_buffer("perms", perms, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def build(self) -> torch.Tensor:
         c_out, channels, k, _ = self.weight.shape
         c_in = channels // ORDER
         weight = self.weight.reshape(c_out, c_in, ORDER, k, k)
         w = torch.stack([act(g, weight[:, :, self.perms[g]]) for g in range(ORDER)], dim=1)
-        return F.conv2d(downsampled(x, self.stride), w.reshape(c_out * ORDER, c_in * ORDER, k, k),
-                        padding=self.padding)
+        return w.reshape(c_out * ORDER, c_in * ORDER, k, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(downsampled(x, self.stride), self.filters(), padding=self.padding)
 
 
 class FieldNorm(nn.Module):

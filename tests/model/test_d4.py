@@ -36,3 +36,39 @@ def test_d4_network_answers_the_same_for_all_eight_views() -> None:
             assert torch.allclose(heads.logits, ref.logits, atol=1e-5)
             assert torch.allclose(heads.tree, ref.tree, atol=1e-5)
         assert not torch.allclose(plain(dihedral(x, 1)), plain(x), atol=1e-4)  # what the D4 network fixes
+
+
+def test_served_filters_are_built_once_and_follow_every_change_of_the_weights() -> None:
+    torch.manual_seed(2)
+    model = build_model(Architecture("d4_resnet", width=4, depth=1)).eval()
+    other = build_model(Architecture("d4_resnet", width=4, depth=1)).eval()
+    conv = next(m for m in model.modules() if isinstance(m, GroupConv))
+    x = torch.randn(2, 3, 16, 16)
+
+    def served() -> torch.Tensor:
+        with torch.inference_mode():
+            return model.heads(x).logits.clone()
+
+    def built_afresh() -> torch.Tensor:  # with gradients on, every call builds its filters
+        with torch.enable_grad():
+            return model.heads(x).logits.detach()
+
+    first = served()
+    kept = conv._kept
+    model.eval()  # as every call to the classifier does
+    assert kept is not None and torch.equal(served(), first) and conv._kept is kept
+    assert torch.allclose(first, built_afresh(), atol=1e-6)
+    model.load_state_dict(other.state_dict())  # a model loaded into a served network
+    with torch.inference_mode():
+        assert torch.allclose(served(), other.heads(x).logits, atol=1e-6)
+    with torch.no_grad():  # an in-place change without leaving eval mode
+        for p in model.parameters():
+            p.mul_(1.1)
+    assert torch.allclose(served(), built_afresh(), atol=1e-6)
+    model.train()
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.heads(x).logits.sum().backward()
+    optimiser.step()
+    model.eval()
+    changed = served()
+    assert not torch.allclose(changed, first, atol=1e-3) and torch.allclose(changed, built_afresh(), atol=1e-6)
