@@ -16,7 +16,8 @@ from galaxy_core.base.config import PredictConfig
 from galaxy_core.cli import main
 from galaxy_core.data.framing import Framing
 from galaxy_core.data.geometry import InputGeometry, dihedral
-from galaxy_core.serving.gradcam import grad_cam, peak_in_cutout, undo_dihedral
+from galaxy_core.model.network import Architecture, build_model
+from galaxy_core.serving.gradcam import cam_features, grad_cam, peak_in_cutout, undo_dihedral
 from galaxy_core.serving.predict import CSV_COLUMNS, Classifier, peak_in_image
 
 
@@ -35,6 +36,16 @@ def test_the_map_of_a_turned_galaxy_is_the_turned_map(trained_tiny_model: Path):
     assert np.allclose(np.rot90(heat), turned, atol=0.02)
     one_view = grad_cam(classifier.bundle, Image.fromarray(pixels), 0, tta=False)
     assert not np.allclose(heat, one_view, atol=0.02)  # the 8 views make another map than one
+
+
+def test_each_network_names_the_stage_its_saliency_reads() -> None:
+    stages = [torch.zeros(1, 1, side, side) for side in (32, 16, 8, 4)]
+    assert cam_features(stages).shape[-1] == 8  # twice the final side: the plain ResNet's 8 x 8
+    assert cam_features(stages, 4).shape[-1] == 16
+    assert cam_features(stages, 64).shape[-1] == 4  # none that fine: the final map
+    sides = {name: build_model(Architecture(name, width=8, depth=1)).saliency_side
+             for name in ("resnet_small", "d4_resnet")}
+    assert sides == {"resnet_small": 2, "d4_resnet": 4}
 
 
 def test_the_peak_is_given_in_the_input_images_pixels():
