@@ -43,7 +43,7 @@ from benchmarks.common import (  # noqa: E402
     WIDEFIELD_HALVES,
     default_data_root,
     spiral_and_elliptical_recall,
-    widefield_half,
+    widefield_galaxies,
 )
 from galaxy_core.base.config import CLASSES, PredictConfig, default_model_dir  # noqa: E402
 from galaxy_core.data.framing import NO_GALAXY  # noqa: E402
@@ -72,13 +72,6 @@ def spiral_vs_elliptical(probs: np.ndarray, labels: np.ndarray) -> dict[str, flo
             "spiral_recall": spiral_recall, "elliptical_recall": elliptical_recall, "galaxies": int(either.sum())}
 
 
-def widefield_galaxies(folder: Path, limit: int | None, half: str = "all") -> pd.DataFrame:
-    """The wide-field images labelled Spiral or Elliptical in one half (a seeded sample of ``limit``)."""
-    table = widefield_half(pd.read_csv(folder / "catalogue.csv"), half)
-    table = table[table["label"].isin(["Spiral", "Elliptical"])]
-    return table.sample(n=min(limit, len(table)), random_state=0) if limit else table
-
-
 def widefield_probabilities(classifier: Classifier, folder: Path, table: pd.DataFrame) -> np.ndarray:
     probs = []
     for start in range(0, len(table), 256):  # decoded a batch at a time
@@ -99,7 +92,7 @@ def widefield_scores(probs: np.ndarray, table: pd.DataFrame, half: str = "all") 
 
 
 def bench_widefield(classifier: Classifier, folder: Path, limit: int | None, half: str = "all") -> dict[str, float]:
-    table = widefield_galaxies(folder, limit, half)
+    table = widefield_galaxies(folder, half, limit)
     return widefield_scores(widefield_probabilities(classifier, folder, table), table, half)
 
 

@@ -130,3 +130,10 @@ def stop_process(process: subprocess.Popen) -> None:
         process.kill()
         process.wait(5)
 
+
+def widefield_galaxies(folder: Path, half: str = "all", limit: int | None = None) -> pd.DataFrame:
+    """The wide-field images labelled Spiral or Elliptical in one half of ``folder``'s catalogue
+    (a seeded sample of ``limit`` of them)."""
+    table = widefield_half(pd.read_csv(folder / "catalogue.csv"), half)
+    table = table[table["label"].isin(["Spiral", "Elliptical"])]
+    return table.sample(n=min(limit, len(table)), random_state=0) if limit else table

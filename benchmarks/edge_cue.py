@@ -25,10 +25,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.common import default_data_root, spiral_and_elliptical_recall, widefield_half  # noqa: E402
+from benchmarks.common import default_data_root, spiral_and_elliptical_recall, widefield_galaxies  # noqa: E402
 from galaxy_core.base.config import CLASSES, PredictConfig, default_model_dir  # noqa: E402
 from galaxy_core.data.framing import Framing, runs_past  # noqa: E402
 from galaxy_core.serving.predict import Classifier  # noqa: E402
@@ -116,8 +115,7 @@ def main() -> None:
     for name, share in shares.items():
         print(f"gz2_{name.lower()}_frame_runs_past_the_cutout: {share:.3f}")
     print(f"gz2_fill_grain_over_real_sky_grain_median: {grain:.2f}")
-    table = widefield_half(pd.read_csv(args.widefield / "catalogue.csv"), "dev")
-    table = table[table["label"].isin(["Spiral", "Elliptical"])]
+    table = widefield_galaxies(args.widefield, "dev")
     rows, edges = [], []
     for rel, label in zip(table["image"], table["label"]):
         image = load_image(args.widefield / rel)

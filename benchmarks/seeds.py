@@ -25,11 +25,10 @@ import numpy as np  # noqa: E402
 from benchmarks.answers import (  # noqa: E402
     probabilities,
     split_galaxies,
-    widefield_galaxies,
     widefield_probabilities,
     widefield_scores,
 )
-from benchmarks.common import default_data_root  # noqa: E402
+from benchmarks.common import default_data_root, widefield_galaxies  # noqa: E402
 from galaxy_core.base.config import PredictConfig  # noqa: E402
 from galaxy_core.model.bundle import read_evaluation  # noqa: E402
 from galaxy_core.model.metrics import classification_metrics  # noqa: E402
@@ -71,7 +70,7 @@ def main() -> None:
         parser.error("give --model at least twice")
     check_one_split(args.model)
     limit = 200 if args.quick else None
-    table = widefield_galaxies(args.widefield, limit, "dev")
+    table = widefield_galaxies(args.widefield, "dev", limit)
     probs: dict[str, list[np.ndarray]] = {"val": [], "test": [], "widefield": []}
     labels: dict[str, np.ndarray] = {}
     for model in args.model:

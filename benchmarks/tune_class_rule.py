@@ -28,13 +28,12 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
     EDGE_ON_CLASS,
     default_data_root,
     spiral_and_elliptical_recall,
-    widefield_half,
+    widefield_galaxies,
 )
 from galaxy_core.base.config import CLASSES, PredictConfig  # noqa: E402
 from galaxy_core.data.cache import ImageRows, PackedDataset  # noqa: E402
@@ -107,8 +106,7 @@ def main() -> None:
     val = table[table["id"].astype(str).isin(set(evaluation.split_ids["val"]))]
     val_labels = rule_labels(val, bundle.card.label_rule)
     val_probs, val_tree = head_outputs(classifier, [folder.root / rel for rel in val["image"]])
-    wide = widefield_half(pd.read_csv(args.widefield / "catalogue.csv"), "dev")
-    wide = wide[wide["label"].isin(["Spiral", "Elliptical"])]
+    wide = widefield_galaxies(args.widefield, "dev")
     wide_labels = wide["label"].map(CLASSES.index).to_numpy()
     edge = (wide["gz1_plurality_class"] == EDGE_ON_CLASS).to_numpy()
     wide_probs, wide_tree = head_outputs(classifier, [args.widefield / rel for rel in wide["image"]])
