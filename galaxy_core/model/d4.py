@@ -75,10 +75,6 @@ class SharedFilters(nn.Module):
             self._kept = None
         return super().train(mode)
 
-    def _load_from_state_dict(self, *args: object, **kwargs: object) -> None:
-        self._kept = None
-        super()._load_from_state_dict(*args, **kwargs)  # type: ignore[arg-type]
-
 
 class LiftingConv(SharedFilters):
     """Image channels -> ``fields`` x 8 channels: one learnt filter, turned and mirrored 8 ways."""

@@ -146,6 +146,8 @@ class GalaxyResNet(nn.Module):
 class PlainCNN(nn.Module):
     """The baseline: four conv-pool blocks and a linear head, as in the original project."""
 
+    saliency_side = 2  # as GalaxyResNet's
+
     def __init__(self, num_classes: int = 3, width: int = 32, depth: int = 1, dropout: float = 0.3,
                  aux_outputs: int = 0, tree_outputs: int = 0):
         super().__init__()

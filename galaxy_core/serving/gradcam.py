@@ -34,7 +34,7 @@ def grad_cam(bundle: ModelBundle, image: Image.Image, class_index: int | None = 
             logits = model(batch).float()
             answer = torch.log_softmax(logits, dim=1).mean(dim=0)
             index = int(answer.argmax()) if class_index is None else class_index
-            features = cam_features(outputs, getattr(model, "saliency_side", 2))
+            features = cam_features(outputs, model.saliency_side)
             (grads,) = torch.autograd.grad(logits[:, index].sum(), features)
     finally:
         for handle in handles:
@@ -50,7 +50,7 @@ def grad_cam(bundle: ModelBundle, image: Image.Image, class_index: int | None = 
     return (cam / peak if peak > 0 else cam).cpu().numpy()
 
 
-def cam_features(outputs: list[torch.Tensor], side: int = 2) -> torch.Tensor:
+def cam_features(outputs: list[torch.Tensor], side: int) -> torch.Tensor:
     """The feature maps Grad-CAM weighs: the last stage's output whose side is at least ``side``
     times the final one's (the network's ``saliency_side``). The final stage of a 64-pixel input is
     4 x 4 cells, too coarse to tell the galaxy from the sky beside it (its hottest cell is as often

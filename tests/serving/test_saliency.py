@@ -40,12 +40,12 @@ def test_the_map_of_a_turned_galaxy_is_the_turned_map(trained_tiny_model: Path):
 
 def test_each_network_names_the_stage_its_saliency_reads() -> None:
     stages = [torch.zeros(1, 1, side, side) for side in (32, 16, 8, 4)]
-    assert cam_features(stages).shape[-1] == 8  # twice the final side: the plain ResNet's 8 x 8
+    assert cam_features(stages, 2).shape[-1] == 8  # twice the final side: the plain ResNet's 8 x 8
     assert cam_features(stages, 4).shape[-1] == 16
     assert cam_features(stages, 64).shape[-1] == 4  # none that fine: the final map
     sides = {name: build_model(Architecture(name, width=8, depth=1)).saliency_side
-             for name in ("resnet_small", "d4_resnet")}
-    assert sides == {"resnet_small": 2, "d4_resnet": 4}
+             for name in ("resnet_small", "plain_cnn", "d4_resnet")}
+    assert sides == {"resnet_small": 2, "plain_cnn": 2, "d4_resnet": 4}
 
 
 def test_the_peak_is_given_in_the_input_images_pixels():
